@@ -1,0 +1,9 @@
+"""Per-batch latency percentiles and throughput of each config at each batch size."""
+from qbench_plugin.bench import measure_latency
+
+
+def test_latency(benchmark, qbench_engine, qbench_eval, qbench_settings, qbench_store, qbench_config, batch_size):
+    stats = measure_latency(benchmark, qbench_engine, qbench_eval.texts, batch_size,
+                            samples=qbench_settings.samples, warmup=qbench_settings.warmup,
+                            store=qbench_store, config=qbench_config.name)
+    assert stats["throughput_samples_per_s"] > 0

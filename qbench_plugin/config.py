@@ -1,0 +1,106 @@
+"""Typed benchmark configs, one JSON file per quantization setup (configs/*.json).
+
+Validation happens when a file is read, before any model loads, so a typo costs
+milliseconds and the message names the file and the field.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+METHODS = ("none", "bitsandbytes", "awq", "gptq", "fp8", "int8")
+Method = Literal["none", "bitsandbytes", "awq", "gptq", "fp8", "int8"]
+EngineName = Literal["vllm", "hf"]
+ENGINES = ("vllm", "hf")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Quantization(_Strict):
+    method: Method = "none"
+    bits: int | None = Field(default=None, description="weight bits (4 or 8) where the method has a choice")
+    scheme: str | None = Field(default=None, description="method-specific scheme, e.g. W4A16, W8A8")
+    checkpoint: str | None = Field(
+        default=None, description="pre-quantized model (hub id or local path) instead of the run's model"
+    )
+
+
+class Gates(_Strict):
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
+    max_flip_rate: float | None = Field(default=None, ge=0, le=1)
+
+
+class BenchConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    engine: EngineName | None = Field(default=None, description="pin an engine; default: --qbench-engine")
+    device: Literal["any", "cpu", "cuda"] = "any"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    quantization: Quantization = Quantization()
+    max_num_seqs: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    enforce_eager: bool | None = Field(default=None, description="default: True on CPU, False on CUDA")
+    baseline: bool = Field(default=False, description="the config others are compared against")
+    markers: tuple[str, ...] = ()
+    gates: Gates = Gates()
+
+    @property
+    def method(self) -> str:
+        return self.quantization.method
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def load_config(path: str | Path) -> BenchConfig:
+    """Read and validate one config file; raises ConfigError naming the file and the field."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    try:
+        return BenchConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = _field_path(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            elif field == "quantization.method":
+                msg = f"unknown method {err.get('input')!r}; valid methods: {', '.join(METHODS)}"
+            problems.append(f"field '{field}': {msg}")
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+
+
+def load_configs(directory: str | Path, names: list[str] | None = None) -> list[BenchConfig]:
+    """All configs in a directory (sorted by file name), or the named ones in the given order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: configs directory not found")
+    available = {p.stem: p for p in sorted(directory.glob("*.json"))}
+    if not names:
+        return [load_config(p) for p in available.values()]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ConfigError(
+            f"{directory}: no config named {', '.join(missing)}; available: {', '.join(available) or 'none'}"
+        )
+    return [load_config(available[n]) for n in names]

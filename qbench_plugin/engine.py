@@ -1,0 +1,155 @@
+"""Engines behind one small interface: classify texts into class probabilities.
+
+The benchmark code never asks which engine it holds. vLLM (pooling runner) is the engine under
+test; Hugging Face transformers is the reference.
+"""
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from .config import BenchConfig
+
+
+class EngineUnavailable(Exception):
+    """The config cannot run on this engine, version or hardware; the message says exactly why."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine needs to start, resolved from settings and one config."""
+
+    config: BenchConfig
+    model: str  # hub id or local path
+    engine: str
+    max_model_len: int
+    device: str  # "cpu" or "cuda"
+
+
+class Engine(Protocol):
+    name: str
+    labels: list[str]
+
+    def classify(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, shape (len(texts), len(labels)), float32."""
+
+    def close(self) -> None:
+        """Stop the engine and release its memory before the next config starts."""
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def resolve_dtype(spec: EngineSpec) -> str:
+    if spec.config.dtype != "auto":
+        return spec.config.dtype
+    return "bfloat16"
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, spec: EngineSpec, labels: list[str], extra: dict | None = None):
+        if spec.device == "cpu":
+            # On CPU, gpu_memory_utilization is a share of the NUMA node's RAM; the KV cache size in
+            # GiB is the knob that does not depend on how much RAM the machine happens to have.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        cfg = spec.config
+        kwargs = dict(
+            model=spec.model,
+            runner="pooling",
+            dtype=resolve_dtype(spec),
+            max_model_len=spec.max_model_len,
+            enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else spec.device == "cpu",
+            seed=0,
+        )
+        if spec.device == "cuda":
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.max_num_seqs:
+            kwargs["max_num_seqs"] = cfg.max_num_seqs
+        kwargs.update(extra or {})
+        self.engine_kwargs = kwargs
+        self.labels = labels
+        self.llm = LLM(**kwargs)
+
+    def classify(self, texts: Sequence[str]) -> np.ndarray:
+        outputs = self.llm.classify(list(texts), use_tqdm=False)
+        return np.asarray([out.outputs.probs for out in outputs], dtype=np.float32)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            self.llm = None
+            del llm
+            _release_memory()
+
+
+class HfEngine:
+    name = "hf"
+
+    def __init__(self, spec: EngineSpec, labels: list[str], extra: dict | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self._torch = torch
+        self.device = spec.device
+        self.max_length = spec.max_model_len
+        self.labels = labels
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model)
+        kwargs = dict(dtype=getattr(torch, resolve_dtype(spec)))
+        kwargs.update(extra or {})
+        model = AutoModelForSequenceClassification.from_pretrained(spec.model, **kwargs)
+        if "quantization_config" not in kwargs:  # bitsandbytes places its own weights
+            model = model.to(spec.device)
+        self.model = model.eval()
+
+    def classify(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.model.device)
+        with torch.inference_mode():
+            logits = self.model(**enc).logits
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return probs
+
+    def close(self) -> None:
+        self.model = None
+        _release_memory()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"vllm": VllmEngine, "hf": HfEngine}
+
+
+def start_engine(spec: EngineSpec, labels: list[str], extra: dict | None = None) -> Engine:
+    """Start the spec's engine; `extra` are engine arguments (vLLM) or from_pretrained arguments (HF)."""
+    try:
+        factory = ENGINES[spec.engine]
+    except KeyError:
+        raise ValueError(f"unknown engine {spec.engine!r}; valid engines: {', '.join(ENGINES)}") from None
+    return factory(spec, labels, extra)

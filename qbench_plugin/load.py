@@ -1,0 +1,114 @@
+"""Load the model's label set and the evaluation split: hub ids, local folders, or the embedded default.
+
+Hub ids (e.g. codefactory4791/intent-classification-qwen, codefactory4791/amazon_test) go through
+transformers and datasets unchanged; the same code takes local paths, which is how it is tested.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .embedded import DATA_DIR, EMBEDDED
+
+
+class DataError(ValueError):
+    """A dataset that cannot be evaluated against the model; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    texts: list[str]
+    label_ids: np.ndarray  # indices into `labels`
+    labels: list[str]  # the model's id2label, in id order
+    source: str
+    split: str
+
+
+def model_labels(model: str) -> list[str]:
+    """The model's class names in id order, from its config's id2label."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
+    if not id2label or sorted(id2label) != list(range(len(id2label))):
+        raise DataError(f"model {model}: config.id2label must map 0..N-1 to class names, got {config.id2label}")
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def _load_split(dataset: str, split: str):
+    try:
+        return _read_split(dataset, split)
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+        text = str(exc)
+        if "corresponds to no data" in text:
+            raise DataError(f"dataset {dataset} split {split}: the split is empty") from None
+        if "split" in text.lower():
+            raise DataError(f"dataset {dataset}: {text}") from None
+        raise
+
+
+def _read_split(dataset: str, split: str):
+    import datasets
+
+    if dataset == EMBEDDED:
+        dataset = str(DATA_DIR)
+    path = Path(dataset)
+    if path.is_file():
+        kind = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+        if kind is None:
+            raise DataError(f"dataset {dataset}: unsupported file type {path.suffix!r} (csv, jsonl, json, parquet)")
+        return datasets.load_dataset(kind, data_files={split: str(path)}, split=split)
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataError(f"dataset {dataset}: no split {split!r}; splits: {', '.join(loaded)}")
+            return loaded[split]
+        return loaded
+    return datasets.load_dataset(str(path) if path.is_dir() else dataset, split=split)
+
+
+def load_eval_set(dataset: str, split: str, text_column: str, label_column: str, labels: list[str]) -> EvalSet:
+    """Texts and label ids of one split, with labels mapped through the model's label names."""
+    ds = _load_split(dataset, split)
+    for column in (text_column, label_column):
+        if column not in ds.column_names:
+            raise DataError(
+                f"dataset {dataset} split {split}: no column {column!r}; columns: {', '.join(ds.column_names)}"
+            )
+    if len(ds) == 0:
+        raise DataError(f"dataset {dataset} split {split}: the split is empty")
+    texts = ds[text_column]
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise DataError(f"dataset {dataset} split {split}: column {text_column!r} has non-text values at rows {bad[:5]}")
+    raw = ds[label_column]
+    feature = ds.features[label_column]
+    names = getattr(feature, "names", None)
+    if names is not None:  # a ClassLabel column stores ids of its own name list
+        raw = [names[i] for i in raw]
+    label2id = {name: i for i, name in enumerate(labels)}
+    if all(isinstance(v, str) for v in raw):
+        unknown = sorted({v for v in raw if v not in label2id})
+        if unknown:
+            raise DataError(
+                f"dataset {dataset} split {split}: labels the model does not know: {', '.join(unknown[:10])}"
+                f"{' ...' if len(unknown) > 10 else ''}; the model's labels: {', '.join(labels)}"
+            )
+        ids = [label2id[v] for v in raw]
+    elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw):
+        out_of_range = sorted({int(v) for v in raw if not 0 <= v < len(labels)})
+        if out_of_range:
+            raise DataError(
+                f"dataset {dataset} split {split}: label ids {out_of_range[:10]} are outside the model's "
+                f"0..{len(labels) - 1}"
+            )
+        ids = [int(v) for v in raw]
+    else:
+        raise DataError(f"dataset {dataset} split {split}: column {label_column!r} mixes label types")
+    return EvalSet(texts=list(texts), label_ids=np.asarray(ids, dtype=np.int64), labels=labels,
+                   source=dataset, split=split)

@@ -1,0 +1,38 @@
+"""Every metric qbench records, named once: the JSON schema does not depend on flags."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    higher_is_better: bool
+    scope: str  # "case": per (config, batch size); "config": per config
+    description: str
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("latency_mean_ms", "ms", False, "case", "mean wall time of one classify call (one batch)"),
+    Metric("latency_p50_ms", "ms", False, "case", "median batch latency"),
+    Metric("latency_p95_ms", "ms", False, "case", "95th percentile batch latency"),
+    Metric("latency_p99_ms", "ms", False, "case", "99th percentile batch latency"),
+    Metric("latency_min_ms", "ms", False, "case", "fastest batch"),
+    Metric("latency_max_ms", "ms", False, "case", "slowest batch"),
+    Metric("throughput_samples_per_s", "samples/s", True, "case", "texts classified per second over all timed batches"),
+    Metric("cold_start_s", "s", False, "config", "seconds from engine construction to a ready engine"),
+    Metric("memory_rss_mib", "MiB", False, "config", "resident memory of the process tree (main + engine processes) once ready"),
+    Metric("memory_rss_peak_mib", "MiB", False, "config", "peak resident memory of the process tree while the config ran"),
+    Metric("gpu_memory_used_mib", "MiB", False, "config", "device memory in use once ready (all processes)"),
+    Metric("gpu_memory_peak_mib", "MiB", False, "config", "peak device memory in use while the config ran"),
+    Metric("model_weights_mib", "MiB", False, "config", "size of the checkpoint's weight files"),
+    Metric("accuracy", "ratio", True, "config", "share of test rows predicted correctly"),
+    Metric("macro_f1", "ratio", True, "config", "unweighted mean of per-class F1 over the test split"),
+)
+BY_NAME = {m.name: m for m in METRICS}
+CASE_METRICS = tuple(m.name for m in METRICS if m.scope == "case")
+CONFIG_METRICS = tuple(m.name for m in METRICS if m.scope == "config")
+# Present on every machine; the GPU ones are None where there is no GPU.
+REQUIRED = CASE_METRICS + ("cold_start_s", "memory_rss_mib", "memory_rss_peak_mib", "model_weights_mib",
+                           "accuracy", "macro_f1")

@@ -1,0 +1,130 @@
+"""One pytest run's results: per-config records and per-case measurements, in memory, then on disk.
+
+Tests and fixtures write here; the JSON hook, the HTML report and the terminal summary read from
+here, so everything renders from one results object.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+
+
+def git_commit(cwd: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader never sees half a file, even if the run is killed mid-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=_json_default)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+@dataclass
+class ConfigRecord:
+    """What was measured once per config: start, memory, accuracy; predictions kept for comparisons."""
+
+    name: str
+    method: str
+    engine: str
+    status: str = "pending"  # pending | ready | failed | skipped
+    reason: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # engine arguments, model path, ...
+    predictions: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "method": self.method, "engine": self.engine, "status": self.status,
+                "reason": self.reason, "metrics": self.metrics, "info": self.info}
+
+
+@dataclass
+class CaseRecord:
+    config: str
+    batch_size: int
+    metrics: dict[str, float]
+    status: str = "passed"
+
+
+@dataclass
+class RunStore:
+    run_id: str
+    out_dir: Path
+    settings: dict[str, Any]
+    commit: str | None = None
+    configs: dict[str, ConfigRecord] = field(default_factory=dict)
+    cases: list[CaseRecord] = field(default_factory=list)
+
+    def config(self, name: str) -> ConfigRecord:
+        return self.configs[name]
+
+    def add_case(self, case: CaseRecord) -> None:
+        self.cases.append(case)
+        self.save()
+
+    def save(self) -> None:
+        """results/<run id>/qbench.json, rewritten atomically after every finished case."""
+        if self.out_dir is None:
+            return
+        write_json_atomic(self.out_dir / "qbench.json", self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "commit": self.commit,
+            "settings": self.settings,
+            "configs": {name: rec.summary() for name, rec in self.configs.items()},
+            "cases": [case.__dict__ for case in self.cases],
+        }
+
+    def table(self):
+        """One row per (config, batch size) with the case and config metrics: the report's matrix."""
+        import pandas as pd
+
+        rows = []
+        for case in self.cases:
+            rec = self.configs.get(case.config)
+            row = {"config": case.config, "method": rec.method if rec else None,
+                   "engine": rec.engine if rec else None, "batch_size": case.batch_size}
+            row.update(case.metrics)
+            if rec:
+                row.update(rec.metrics)
+            rows.append(row)
+        return pd.DataFrame(rows)
