@@ -8,7 +8,7 @@ import numpy as np
 
 from .engine import Engine
 from .load import EvalSet
-from .measure import LatencyRecorder, classification_metrics, latency_stats, make_batches
+from .measure import LatencyRecorder, baseline_comparison, classification_metrics, latency_stats, make_batches
 from .run import CaseRecord, RunStore
 
 
@@ -54,6 +54,12 @@ def measure_accuracy(benchmark, engine: Engine, eval_set: EvalSet, batch_size: i
     record = store.config(config)
     record.metrics.update(scores)
     record.predictions, record.probabilities = preds, probs
+    base = store.baseline()
+    if base is not None and base is not record:
+        scores.update(baseline_comparison(probs, scores, base.probabilities, base.metrics))
+        scores["baseline"] = base.name
+        record.metrics.update({k: v for k, v in scores.items() if k != "baseline"})
+        record.info["baseline"] = base.name
     benchmark.extra_info.update(kind="accuracy", config=config, engine=engine.name, batch_size=batch_size,
                                 rows=len(eval_set.texts), split=eval_set.split, **scores)
     store.save()

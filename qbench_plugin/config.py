@@ -32,6 +32,7 @@ class Quantization(_Strict):
     checkpoint: str | None = Field(
         default=None, description="pre-quantized model (hub id or local path) instead of the run's model"
     )
+    calibration_samples: int = Field(default=256, gt=0, description="calibration texts for gptq, awq, int8")
 
 
 class Gates(_Strict):

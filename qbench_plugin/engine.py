@@ -16,7 +16,13 @@ from .config import BenchConfig
 
 
 class EngineUnavailable(Exception):
-    """The config cannot run on this engine, version or hardware; the message says exactly why."""
+    """The config cannot run on this engine, version or hardware; the message says exactly why.
+
+    `metrics` carries what was measured before the obstacle (e.g. a checkpoint's making time)."""
+
+    def __init__(self, reason: str, metrics: dict | None = None):
+        super().__init__(reason)
+        self.metrics = metrics or {}
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Stop the engine and release its memory before the next config starts."""
+
+    def weights_memory_bytes(self) -> int | None:
+        """Weights as held in memory, where the engine can tell (None otherwise)."""
 
 
 def cuda_available() -> bool:
@@ -84,6 +93,9 @@ class VllmEngine:
         self.labels = labels
         self.llm = LLM(**kwargs)
 
+    def weights_memory_bytes(self) -> int | None:
+        return None  # the weights live in vLLM's engine process; see the memory metrics instead
+
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         outputs = self.llm.classify(list(texts), use_tqdm=False)
         return np.asarray([out.outputs.probs for out in outputs], dtype=np.float32)
@@ -118,6 +130,9 @@ class HfEngine:
         if "quantization_config" not in kwargs:  # bitsandbytes places its own weights
             model = model.to(spec.device)
         self.model = model.eval()
+
+    def weights_memory_bytes(self) -> int | None:
+        return int(self.model.get_memory_footprint())
 
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch

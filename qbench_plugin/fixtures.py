@@ -6,15 +6,14 @@ of each config together, builds its engine once, and closes it (memory released)
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 from . import quantize
 from .config import BenchConfig
-from .embedded import EMBEDDED, ensure_model
+from .embedded import EMBEDDED, default_cache_dir, ensure_model
 from .engine import Engine, EngineSpec, EngineUnavailable, cuda_available, start_engine
-from .load import EvalSet, load_eval_set, model_labels
+from .load import EvalSet, load_eval_set, load_texts, model_labels
 from .measure import MemoryTracker, Stopwatch, mib
 from .options import Settings
 from .run import ConfigRecord, RunStore
@@ -50,52 +49,53 @@ def qbench_eval(qbench_settings: Settings, qbench_labels: list[str]) -> EvalSet:
 
 
 @pytest.fixture(scope="session")
+def qbench_quant_context(qbench_settings: Settings) -> quantize.QuantContext:
+    s = qbench_settings
+    if s.calibration_split == s.split:
+        raise pytest.UsageError(f"--qbench-calibration-split must differ from the evaluated split ({s.split!r})")
+    return quantize.QuantContext.detect(
+        cache_dir=s.cache_dir or default_cache_dir(), quant_python=s.quant_python,
+        calibration=lambda: load_texts(s.dataset, s.calibration_split, s.text_column))
+
+
+@pytest.fixture(scope="session")
 def qbench_config(request: pytest.FixtureRequest) -> BenchConfig:
     return request.param
 
 
-def weights_bytes(model: str) -> int | None:
-    """Size of a checkpoint's weight files, for local folders and hub snapshots already downloaded."""
-    path = Path(model)
-    if not path.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(model, local_files_only=True))
-        except Exception:
-            return None
-    files = [*path.glob("*.safetensors"), *path.glob("*.bin")]
-    return sum(f.stat().st_size for f in files) if files else None
+def _compression_ratio(source: str, prepared: quantize.Prepared) -> float | None:
+    """Source weights on disk over the engine's checkpoint on disk; None when quantized at load."""
+    if prepared.model == source:
+        return None if prepared.engine_kwargs else 1.0
+    before, after = quantize.weights_bytes(source), quantize.weights_bytes(prepared.model)
+    return round(before / after, 3) if before and after else None
 
 
 @pytest.fixture(scope="session")
 def qbench_engine(qbench_config: BenchConfig, qbench_settings: Settings, qbench_model: str,
-                  qbench_labels: list[str], qbench_store: RunStore):
+                  qbench_labels: list[str], qbench_store: RunStore, qbench_quant_context: quantize.QuantContext):
     cfg = qbench_config
     engine_name = cfg.engine or qbench_settings.engine
     device = "cuda" if cuda_available() else "cpu"
-    record = qbench_store.configs.setdefault(cfg.name, ConfigRecord(cfg.name, cfg.method, engine_name))
+    record = qbench_store.configs.setdefault(cfg.name, ConfigRecord(cfg.name, cfg.method, engine_name, cfg.baseline))
     if record.status == "failed":  # pytest retries a failed session fixture per test; fail fast instead
         pytest.fail(f"config {cfg.name}: engine failed to start: {record.reason}", pytrace=False)
+    tracker = MemoryTracker()
+    stopwatch = Stopwatch()
     try:
         if cfg.device == "cuda" and device != "cuda":
             raise EngineUnavailable(f"config {cfg.name} needs a CUDA GPU; torch.cuda.is_available() is False here")
         spec = EngineSpec(config=cfg, model=qbench_model, engine=engine_name,
                           max_model_len=qbench_settings.max_model_len, device=device)
-        prepared = quantize.prepare(spec)
-    except EngineUnavailable as exc:
-        record.status, record.reason = "skipped", str(exc)
-        qbench_store.save()
-        pytest.skip(str(exc))
-    tracker = MemoryTracker().start()
-    stopwatch = Stopwatch()
-    try:
+        prepared = quantize.prepare(spec, qbench_quant_context)  # may make a checkpoint (minutes)
+        tracker.start()
         with stopwatch.track():
             engine: Engine = start_engine(dataclasses.replace(spec, model=prepared.model), qbench_labels,
                                           prepared.engine_kwargs)
     except EngineUnavailable as exc:
         tracker.stop()
         record.status, record.reason = "skipped", str(exc)
+        record.metrics.update(exc.metrics)
         qbench_store.save()
         pytest.skip(str(exc))
     except Exception as exc:
@@ -111,7 +111,10 @@ def qbench_engine(qbench_config: BenchConfig, qbench_settings: Settings, qbench_
         cold_start_s=round(stopwatch.seconds, 3),
         memory_rss_mib=mib(ready.rss_end_bytes),
         gpu_memory_used_mib=mib(ready.gpu_end_bytes),
-        model_weights_mib=mib(weights_bytes(prepared.model)),
+        model_weights_mib=mib(quantize.weights_bytes(prepared.model)),
+        weights_memory_mib=mib(engine.weights_memory_bytes()),
+        quantization_time_s=prepared.info.get("quantization_time_s"),
+        compression_ratio=_compression_ratio(qbench_model, prepared),
     )
     qbench_store.save()
     try:

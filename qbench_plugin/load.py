@@ -72,6 +72,14 @@ def _read_split(dataset: str, split: str):
     return datasets.load_dataset(str(path) if path.is_dir() else dataset, split=split)
 
 
+def load_texts(dataset: str, split: str, text_column: str) -> list[str]:
+    """Just the texts of a split (calibration data)."""
+    ds = _load_split(dataset, split)
+    if text_column not in ds.column_names:
+        raise DataError(f"dataset {dataset} split {split}: no column {text_column!r}; columns: {', '.join(ds.column_names)}")
+    return list(ds[text_column])
+
+
 def load_eval_set(dataset: str, split: str, text_column: str, label_column: str, labels: list[str]) -> EvalSet:
     """Texts and label ids of one split, with labels mapped through the model's label names."""
     ds = _load_split(dataset, split)

@@ -74,6 +74,19 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_lab
     return {"accuracy": float((t == p).mean()), "macro_f1": float(f1[present].mean())}
 
 
+def baseline_comparison(probs: np.ndarray, scores: dict[str, float], base_probs: np.ndarray,
+                        base_scores: dict[str, float]) -> dict[str, float]:
+    """How a config's answers differ from the baseline config's on the same rows."""
+    if probs.shape != base_probs.shape:
+        raise ValueError(f"cannot compare predictions of shape {probs.shape} with the baseline's {base_probs.shape}")
+    return {
+        "accuracy_delta": scores["accuracy"] - base_scores["accuracy"],
+        "macro_f1_delta": scores["macro_f1"] - base_scores["macro_f1"],
+        "flip_rate": float((probs.argmax(1) != base_probs.argmax(1)).mean()),
+        "max_abs_prob_diff": float(np.abs(probs - base_probs).max()),
+    }
+
+
 # -- memory -------------------------------------------------------------------------------------
 
 def process_tree_rss_bytes() -> int:

@@ -27,9 +27,17 @@ METRICS: tuple[Metric, ...] = (
     Metric("gpu_memory_used_mib", "MiB", False, "config", "device memory in use once ready (all processes)"),
     Metric("gpu_memory_peak_mib", "MiB", False, "config", "peak device memory in use while the config ran"),
     Metric("model_weights_mib", "MiB", False, "config", "size of the checkpoint's weight files"),
+    Metric("weights_memory_mib", "MiB", False, "config", "weights as held in memory (hf engine; None on vLLM)"),
+    Metric("quantization_time_s", "s", False, "config", "seconds llm-compressor took to make the checkpoint"),
+    Metric("compression_ratio", "x", True, "config", "source weights on disk / quantized checkpoint on disk"),
     Metric("accuracy", "ratio", True, "config", "share of test rows predicted correctly"),
     Metric("macro_f1", "ratio", True, "config", "unweighted mean of per-class F1 over the test split"),
+    Metric("accuracy_delta", "ratio", True, "config", "accuracy minus the baseline config's (same run)"),
+    Metric("macro_f1_delta", "ratio", True, "config", "macro-F1 minus the baseline config's (same run)"),
+    Metric("flip_rate", "ratio", False, "config", "share of test rows whose prediction differs from the baseline's"),
+    Metric("max_abs_prob_diff", "probability", False, "config", "largest |p - p_baseline| over rows and classes"),
 )
+BASELINE_METRICS = ("accuracy_delta", "macro_f1_delta", "flip_rate", "max_abs_prob_diff")
 BY_NAME = {m.name: m for m in METRICS}
 CASE_METRICS = tuple(m.name for m in METRICS if m.scope == "case")
 CONFIG_METRICS = tuple(m.name for m in METRICS if m.scope == "config")

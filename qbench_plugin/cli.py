@@ -1,0 +1,61 @@
+"""`qbench` command line: steps worth running outside a pytest session.
+
+    qbench quantize configs/cpu_gptq_w4a16.json        # make (or find cached) the config's checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .embedded import EMBEDDED, default_cache_dir, ensure_model
+from .engine import EngineUnavailable
+from .load import DataError, load_texts
+from .quantize import QuantContext, QuantRecipe, checkpoint_metrics, head_is_unquantized, make_checkpoint
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if config.method not in ("gptq", "awq", "int8"):
+        print(f"qbench quantize: {args.config}: method {config.method!r} needs no checkpoint "
+              "(bitsandbytes and fp8 quantize at load; none is unquantized)", file=sys.stderr)
+        return 2
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    model = str(ensure_model(cache_dir)) if args.model == EMBEDDED else args.model
+    ctx = QuantContext.detect(cache_dir=cache_dir, quant_python=Path(args.quant_python),
+                              calibration=lambda: load_texts(args.dataset, args.split, args.text_column))
+    recipe = QuantRecipe.from_config(config, args.max_model_len)
+    path, meta = make_checkpoint(model, recipe, ctx)
+    report = {"checkpoint": str(path), **checkpoint_metrics(model, path, meta),
+              "head_unquantized": head_is_unquantized(path), "recipe": meta["recipe"]}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    parser = argparse.ArgumentParser(prog="qbench", description="qbench: quantized classifier benchmarks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quantize", help="make a config's GPTQ/AWQ/int8 checkpoint with llm-compressor (cached)")
+    q.add_argument("config", help="config JSON file, e.g. configs/cpu_gptq_w4a16.json")
+    q.add_argument("--model", default=EMBEDDED, help="hub id, local folder, or 'embedded' (default)")
+    q.add_argument("--dataset", default=EMBEDDED, help="calibration data (default: embedded)")
+    q.add_argument("--split", default="train", help="calibration split (default: train)")
+    q.add_argument("--text-column", default="text")
+    q.add_argument("--max-model-len", type=int, default=256)
+    q.add_argument("--cache-dir", default=None, help="default: $QBENCH_CACHE_DIR or ~/.cache/qbench")
+    q.add_argument("--quant-python", default=".venv-quant/bin/python", help="python of the llm-compressor env")
+    q.set_defaults(run=_quantize)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, DataError, EngineUnavailable, RuntimeError) as exc:
+        print(f"qbench {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
