@@ -5,6 +5,7 @@ import itertools
 from typing import Any
 
 import numpy as np
+import pytest
 
 from .engine import Engine
 from .load import EvalSet
@@ -18,12 +19,24 @@ def measure_latency(benchmark, engine: Engine, texts: list[str], batch_size: int
 
     Tokenization is inside the timed region: a batch goes in as strings, as a user's request would.
     `record=False` keeps the case out of the run's matrix (for measurements about the suite itself)."""
+    smaller = store.out_of_memory.get(config)
+    if smaller is not None and batch_size > smaller[0]:
+        pytest.skip(f"config {config}: batch size {batch_size} not run: batch size {smaller[0]} ran out of "
+                    f"memory ({smaller[1]})")
     batches = make_batches(texts, batch_size, samples + warmup)
     feed = itertools.cycle(batches)
     recorder = LatencyRecorder(engine.classify)
     benchmark.group = config
-    benchmark.pedantic(recorder, setup=lambda: ((next(feed),), {}), rounds=samples, warmup_rounds=warmup,
-                       iterations=1)
+    try:
+        benchmark.pedantic(recorder, setup=lambda: ((next(feed),), {}), rounds=samples, warmup_rounds=warmup,
+                           iterations=1)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        store.out_of_memory[config] = (batch_size, f"{type(exc).__name__}: {exc}"[:300])
+        store.save()
+        pytest.fail(f"config {config}: batch size {batch_size} ran out of memory: {type(exc).__name__}: {exc}",
+                    pytrace=False)
     timed = recorder.samples_ns[warmup:]
     stats = latency_stats(timed, batch_size)
     benchmark.extra_info.update(
@@ -33,6 +46,13 @@ def measure_latency(benchmark, engine: Engine, texts: list[str], batch_size: int
     if record:
         store.add_case(CaseRecord(config=config, batch_size=batch_size, metrics=stats))
     return stats
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA, host and vLLM out-of-memory errors, recognised by type or message."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return "out of memory" in str(exc).lower()
 
 
 def predict(engine: Engine, texts: list[str], batch_size: int) -> np.ndarray:

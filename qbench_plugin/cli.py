@@ -1,6 +1,7 @@
 """`qbench` command line: steps worth running outside a pytest session.
 
     qbench quantize configs/cpu_gptq_w4a16.json        # make (or find cached) the config's checkpoint
+    qbench compare results/<run A> results/<run B>     # per-case deltas, B against A; writes compare.csv
 """
 from __future__ import annotations
 
@@ -35,6 +36,21 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import CompareError, compare_paths, print_rich
+    from .run import write_text_atomic
+
+    try:
+        label_a, label_b, long = compare_paths(args.a, args.b)
+    except CompareError as exc:
+        print(f"qbench compare: {exc}", file=sys.stderr)
+        return 1
+    print_rich(long, label_a, label_b)
+    write_text_atomic(Path(args.csv), long.to_csv(index=False))
+    print(f"wrote {args.csv}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     parser = argparse.ArgumentParser(prog="qbench", description="qbench: quantized classifier benchmarks")
@@ -49,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--cache-dir", default=None, help="default: $QBENCH_CACHE_DIR or ~/.cache/qbench")
     q.add_argument("--quant-python", default=".venv-quant/bin/python", help="python of the llm-compressor env")
     q.set_defaults(run=_quantize)
+    c = sub.add_parser("compare", help="per-case deltas of p50/p95/p99/throughput/memory/accuracy between two runs")
+    c.add_argument("a", help="reference run: results/<run id>/, or its qbench.json or benchmark.json")
+    c.add_argument("b", help="run compared with A (same forms); deltas are B - A, marked better or worse for B")
+    c.add_argument("--csv", default="compare.csv", help="where to write every delta (default: ./compare.csv)")
+    c.set_defaults(run=_compare)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -91,13 +91,20 @@ class VllmEngine:
         kwargs.update(extra or {})
         self.engine_kwargs = kwargs
         self.labels = labels
+        # vLLM rejects a prompt longer than max_model_len; truncate as the HF engine does
+        self._tokenization = {"truncation": True, "max_length": spec.max_model_len}
         self.llm = LLM(**kwargs)
 
     def weights_memory_bytes(self) -> int | None:
         return None  # the weights live in vLLM's engine process; see the memory metrics instead
 
     def classify(self, texts: Sequence[str]) -> np.ndarray:
-        outputs = self.llm.classify(list(texts), use_tqdm=False)
+        try:
+            outputs = self.llm.classify(list(texts), use_tqdm=False, tokenization_kwargs=self._tokenization)
+        except KeyboardInterrupt:
+            # Ctrl-C also kills vLLM's engine process; pytest would then format this traceback,
+            # calling repr() on the LLM in vLLM's frames, which asks the dead engine and waits forever.
+            raise KeyboardInterrupt("interrupted during vLLM classify") from None
         return np.asarray([out.outputs.probs for out in outputs], dtype=np.float32)
 
     def close(self) -> None:

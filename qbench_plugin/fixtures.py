@@ -9,14 +9,15 @@ import dataclasses
 
 import pytest
 
-from . import quantize
+from . import gates, quantize
 from .config import BenchConfig
 from .embedded import EMBEDDED, default_cache_dir, ensure_model
 from .engine import Engine, EngineSpec, EngineUnavailable, cuda_available, start_engine
-from .load import EvalSet, load_eval_set, load_texts, model_labels
+from .load import DataError, EvalSet, load_eval_set, load_texts, model_labels, over_length_rows
 from .measure import MemoryTracker, Stopwatch, mib
 from .options import Settings
 from .run import ConfigRecord, RunStore
+from .workload import measure_workload
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +44,21 @@ def qbench_labels(qbench_model: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def qbench_eval(qbench_settings: Settings, qbench_labels: list[str]) -> EvalSet:
+def qbench_eval(qbench_settings: Settings, qbench_labels: list[str], qbench_model: str,
+                qbench_store: RunStore) -> EvalSet:
     s = qbench_settings
-    return load_eval_set(s.dataset, s.split, s.text_column, s.label_column, qbench_labels)
+    eval_set = load_eval_set(s.dataset, s.split, s.text_column, s.label_column, qbench_labels)
+    over = over_length_rows(qbench_model, eval_set.texts, s.max_model_len)
+    if over and s.truncation == "reject":
+        raise DataError(f"dataset {s.dataset} split {s.split}: {len(over)} texts are longer than max_model_len "
+                        f"{s.max_model_len} tokens (rows {', '.join(map(str, over[:10]))}"
+                        f"{' ...' if len(over) > 10 else ''}); raise --qbench-max-model-len or use "
+                        "--qbench-truncation truncate")
+    qbench_store.dataset.update(eval_set.facts, source=s.dataset, split=s.split, truncation=s.truncation,
+                                max_model_len=s.max_model_len, truncated_rows=len(over))
+    # once per run, before any engine starts: tokens per text and parameters, for FLOP/s and MFU
+    qbench_store.workload.update(measure_workload(qbench_model, eval_set.texts, s.max_model_len))
+    return eval_set
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +69,19 @@ def qbench_quant_context(qbench_settings: Settings) -> quantize.QuantContext:
     return quantize.QuantContext.detect(
         cache_dir=s.cache_dir or default_cache_dir(), quant_python=s.quant_python,
         calibration=lambda: load_texts(s.dataset, s.calibration_split, s.text_column))
+
+
+@pytest.fixture(scope="session")
+def qbench_gatekeeper(qbench_settings: Settings, qbench_store: RunStore) -> gates.GateKeeper:
+    s = qbench_settings
+    try:
+        saved = gates.load_saved_cases(s.perf_baseline) if s.perf_baseline else None
+        thresholds = gates.parse_thresholds(s.perf_thresholds)
+    except ValueError as exc:
+        raise pytest.UsageError(f"qbench: {exc}") from None
+    overrides = {"min_accuracy": s.min_accuracy, "max_accuracy_drop": s.max_accuracy_drop,
+                 "max_flip_rate": s.max_flip_rate}
+    return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +99,9 @@ def _compression_ratio(source: str, prepared: quantize.Prepared) -> float | None
 
 @pytest.fixture(scope="session")
 def qbench_engine(qbench_config: BenchConfig, qbench_settings: Settings, qbench_model: str,
-                  qbench_labels: list[str], qbench_store: RunStore, qbench_quant_context: quantize.QuantContext):
+                  qbench_labels: list[str], qbench_store: RunStore, qbench_quant_context: quantize.QuantContext,
+                  qbench_eval: EvalSet):
+    """One engine per config. Depends on qbench_eval so that bad data fails before any engine starts."""
     cfg = qbench_config
     engine_name = cfg.engine or qbench_settings.engine
     device = "cuda" if cuda_available() else "cpu"

@@ -5,7 +5,7 @@ transformers and datasets unchanged; the same code takes local paths, which is h
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ class EvalSet:
     labels: list[str]  # the model's id2label, in id order
     source: str
     split: str
+    facts: dict = field(default_factory=dict)  # rows, duplicates, non-ASCII rows, ... (shown in the report)
 
 
 def model_labels(model: str) -> list[str]:
@@ -94,6 +95,10 @@ def load_eval_set(dataset: str, split: str, text_column: str, label_column: str,
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise DataError(f"dataset {dataset} split {split}: column {text_column!r} has non-text values at rows {bad[:5]}")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:  # vLLM rejects an empty prompt; better to say so before any engine starts
+        raise DataError(f"dataset {dataset} split {split}: {len(empty)} rows have empty text (rows "
+                        f"{', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}); remove them")
     raw = ds[label_column]
     feature = ds.features[label_column]
     names = getattr(feature, "names", None)
@@ -118,5 +123,16 @@ def load_eval_set(dataset: str, split: str, text_column: str, label_column: str,
         ids = [int(v) for v in raw]
     else:
         raise DataError(f"dataset {dataset} split {split}: column {label_column!r} mixes label types")
+    facts = {"rows": len(texts), "duplicate_rows": len(texts) - len(set(texts)),
+             "non_ascii_rows": sum(not t.isascii() for t in texts)}
     return EvalSet(texts=list(texts), label_ids=np.asarray(ids, dtype=np.int64), labels=labels,
-                   source=dataset, split=split)
+                   source=dataset, split=split, facts=facts)
+
+
+def over_length_rows(model: str, texts: list[str], max_model_len: int) -> list[int]:
+    """Rows whose text is longer than max_model_len tokens with the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    return [i for i, n in enumerate(lengths) if n > max_model_len]

@@ -9,7 +9,7 @@ class Metric:
     name: str
     unit: str
     higher_is_better: bool
-    scope: str  # "case": per (config, batch size); "config": per config
+    scope: str  # "case": per (config, batch size); "config": per config; "run": per run; "derived": see below; "load": per load test
     description: str
 
 
@@ -36,11 +36,35 @@ METRICS: tuple[Metric, ...] = (
     Metric("macro_f1_delta", "ratio", True, "config", "macro-F1 minus the baseline config's (same run)"),
     Metric("flip_rate", "ratio", False, "config", "share of test rows whose prediction differs from the baseline's"),
     Metric("max_abs_prob_diff", "probability", False, "config", "largest |p - p_baseline| over rows and classes"),
+    # "run": measured once per run (workload.py); "derived": per (config, batch size), computed after the run
+    # from a case's throughput and the run facts (summary.py), None where an input is unknown.
+    Metric("mean_tokens_per_text", "tokens", False, "run", "mean tokens per text of the evaluated split (model's tokenizer, truncated at max_model_len)"),
+    Metric("non_embedding_params", "parameters", False, "run", "parameters outside the input embedding table (FLOPs per token = 2 x this)"),
+    Metric("peak_tflops", "TFLOP/s", True, "run", "device's dense bf16/fp16 peak used for MFU (--qbench-peak-tflops or the known-GPU table)"),
+    Metric("tokens_per_s", "tokens/s", True, "derived", "throughput x mean tokens per text"),
+    Metric("achieved_tflops", "TFLOP/s", True, "derived", "2 x non-embedding parameters x tokens/s"),
+    Metric("mfu", "ratio", True, "derived", "model FLOPs utilization: achieved_tflops / peak_tflops"),
+    # Load tests (benchmarks/test_load.py): one Locust run against an HTTP endpoint.
+    Metric("load_requests", "requests", True, "load", "requests sent during the Locust run"),
+    Metric("load_failures", "requests", False, "load", "requests that failed: connection error, HTTP error, or an invalid answer"),
+    Metric("load_server_errors", "requests", False, "load", "requests answered with HTTP 5xx"),
+    Metric("load_connection_errors", "requests", False, "load", "requests that got no HTTP answer (refused, reset, timed out)"),
+    Metric("load_rps", "requests/s", True, "load", "requests per second, first request sent to last answer"),
+    Metric("load_texts_per_s", "texts/s", True, "load", "texts classified successfully per second over the same window"),
+    Metric("load_latency_mean_ms", "ms", False, "load", "mean request latency of successful requests (client side)"),
+    Metric("load_latency_p50_ms", "ms", False, "load", "median request latency of successful requests"),
+    Metric("load_latency_p95_ms", "ms", False, "load", "95th percentile request latency of successful requests"),
+    Metric("load_latency_p99_ms", "ms", False, "load", "99th percentile request latency of successful requests"),
+    Metric("load_duration_s", "s", False, "load", "seconds from the first request sent to the last answer"),
+    Metric("load_server_start_s", "s", False, "load", "seconds until the server qbench started answered /health (None: remote)"),
 )
 BASELINE_METRICS = ("accuracy_delta", "macro_f1_delta", "flip_rate", "max_abs_prob_diff")
 BY_NAME = {m.name: m for m in METRICS}
 CASE_METRICS = tuple(m.name for m in METRICS if m.scope == "case")
 CONFIG_METRICS = tuple(m.name for m in METRICS if m.scope == "config")
+RUN_METRICS = tuple(m.name for m in METRICS if m.scope == "run")
+DERIVED_METRICS = tuple(m.name for m in METRICS if m.scope == "derived")
+LOAD_METRICS = tuple(m.name for m in METRICS if m.scope == "load")
 # Present on every machine; the GPU ones are None where there is no GPU.
 REQUIRED = CASE_METRICS + ("cold_start_s", "memory_rss_mib", "memory_rss_peak_mib", "model_weights_mib",
                            "accuracy", "macro_f1")

@@ -27,6 +27,46 @@ def _int_csv(value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _optional_ratio(value: str) -> float | None:
+    if value in ("", None):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise pytest.UsageError(f"expected a number between 0 and 1, got {value!r}") from None
+    if not 0 <= number <= 1:
+        raise pytest.UsageError(f"expected a number between 0 and 1, got {value!r}")
+    return number
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise pytest.UsageError(f"expected a whole number of at least 1, got {value!r}") from None
+    if number < 1:
+        raise pytest.UsageError(f"expected a whole number of at least 1, got {value!r}")
+    return number
+
+
+def _rate(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise pytest.UsageError(f"expected a positive number, got {value!r}") from None
+    if not number > 0:
+        raise pytest.UsageError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _endpoint_kind(value: str) -> str:
+    from .endpoint import KINDS
+
+    if value not in KINDS:
+        raise pytest.UsageError(f"--qbench-endpoint-kind must be one of {', '.join(KINDS)}, got {value!r}")
+    return value
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -35,6 +75,27 @@ def _positive_int(value: str) -> int:
     if number < 0:
         raise pytest.UsageError(f"expected a non-negative integer, got {value!r}")
     return number
+
+
+def _optional_positive_float(value: str) -> float | None:
+    if value in ("", None):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise pytest.UsageError(f"expected a positive number, got {value!r}") from None
+    if not number > 0:
+        raise pytest.UsageError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _gpu_type(value: str) -> str:
+    from .gpus import by_name, known_names
+
+    if value and by_name(value) is None:
+        raise pytest.UsageError(f"--qbench-gpu-type {value!r} is not in the price table; known: "
+                                f"{', '.join(known_names())} (or give --qbench-price-per-hour)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -58,10 +119,33 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("warmup", "5", "untimed batches before the timed ones", _positive_int),
     _Option("engine", "vllm", "engine for configs that do not pin one: vllm or hf"),
     _Option("results_dir", "results", "where each run writes results/<run id>/ (relative to the rootdir)"),
-    _Option("max_model_len", "256", "longest input in tokens; longer texts are truncated", _positive_int),
+    _Option("max_model_len", "256", "longest input in tokens", _positive_int),
+    _Option("truncation", "truncate", "texts longer than max_model_len: truncate (counted in the report) or reject"),
     _Option("cache_dir", "", "cache for trained and quantized models (default: $QBENCH_CACHE_DIR or ~/.cache/qbench)"),
     _Option("calibration_split", "train", "dataset split that calibrates GPTQ/AWQ/int8 (never the evaluated one)"),
     _Option("quant_python", ".venv-quant/bin/python", "python of the llm-compressor environment (relative to the rootdir)"),
+    _Option("min_accuracy", "", "gate: minimum accuracy, for every config (overrides the configs' gates)", _optional_ratio),
+    _Option("max_accuracy_drop", "", "gate: largest accuracy drop vs the baseline config, for every config", _optional_ratio),
+    _Option("max_flip_rate", "", "gate: largest share of predictions that differ from the baseline's", _optional_ratio),
+    _Option("perf_baseline", "", "saved run (results/<run id>/ or its benchmark.json) to check performance against"),
+    _Option("perf_thresholds", "", "allowed regressions, e.g. latency_p95_ms=15%,throughput_samples_per_s=10% (defaults in gates.py)"),
+    _Option("gpu_type", "", "GPU to price the run as (A100 40GB, A100 80GB, H100, H200, L4, A10G, T4; default: the detected GPU)", _gpu_type),
+    _Option("price_per_hour", "", "on-demand USD per GPU-hour for cost per request (default: the GPU table's list price)", _optional_positive_float),
+    _Option("spot_price_per_hour", "", "spot USD per GPU-hour for cost per request (default: the GPU table's)", _optional_positive_float),
+    _Option("peak_tflops", "", "device's dense bf16/fp16 peak TFLOP/s for MFU (default: the detected GPU's; unknown on CPU)", _optional_positive_float),
+    _Option("p95_target_ms", "100", "p95 batch latency target that traffic tiers are sized under", _optional_positive_float),
+    _Option("compare_run", "", "saved run (results/<run id>/, its qbench.json or benchmark.json) to compare this run with"),
+    _Option("load_users", "10", "load tests: concurrent Locust users", _count),
+    _Option("load_spawn_rate", "2", "load tests: users started per second", _rate),
+    _Option("load_duration", "20", "load tests: seconds of load (Locust's run time)", _count),
+    _Option("load_batch_size", "8", "load tests: texts per request", _count),
+    _Option("load_configs", "baseline", "load tests: configs that get a server: baseline, all, or comma-separated names", _csv),
+    _Option("load_workers", "0", "load tests: Locust workers to start on this machine (0: one plain Locust process)", _positive_int),
+    _Option("load_expect_workers", "0", "load tests: workers the Locust master waits for, on any machine (0: --qbench-load-workers)", _positive_int),
+    _Option("load_master_bind", "127.0.0.1:0", "load tests: HOST:PORT the Locust master listens on (port 0: a free one)"),
+    _Option("endpoint", "", "load an already running server at this URL instead of starting one per config"),
+    _Option("endpoint_kind", "vllm", "kind of --qbench-endpoint: vllm (POST /classify) or runpod (POST /runsync)", _endpoint_kind),
+    _Option("endpoint_key_env", "RUNPOD_API_KEY", "NAME of the environment variable holding the endpoint's API key (runpod)"),
     _Option("report", "auto", "write results/<run id>/report.html and benchmark.json: auto (when benchmarks/ runs), always, never"),
 )
 
@@ -90,9 +174,32 @@ class Settings:
     engine: str
     results_dir: Path
     max_model_len: int
+    truncation: str
     cache_dir: Path | None
     calibration_split: str
     quant_python: Path
+    min_accuracy: float | None
+    max_accuracy_drop: float | None
+    max_flip_rate: float | None
+    perf_baseline: str
+    perf_thresholds: str
+    gpu_type: str
+    price_per_hour: float | None
+    spot_price_per_hour: float | None
+    peak_tflops: float | None
+    p95_target_ms: float | None
+    compare_run: str
+    load_users: int
+    load_spawn_rate: float
+    load_duration: int
+    load_batch_size: int
+    load_configs: tuple[str, ...]
+    load_workers: int
+    load_expect_workers: int
+    load_master_bind: str
+    endpoint: str
+    endpoint_kind: str
+    endpoint_key_env: str
     report: str
 
     @classmethod
@@ -110,6 +217,8 @@ class Settings:
         values["cache_dir"] = Path(values["cache_dir"]).expanduser() if values["cache_dir"] else None
         if values["engine"] not in ("vllm", "hf"):
             raise pytest.UsageError(f"--qbench-engine must be vllm or hf, got {values['engine']!r}")
+        if values["truncation"] not in ("truncate", "reject"):
+            raise pytest.UsageError(f"--qbench-truncation must be truncate or reject, got {values['truncation']!r}")
         if values["report"] not in ("auto", "always", "never"):
             raise pytest.UsageError(f"--qbench-report must be auto, always or never, got {values['report']!r}")
         if values["samples"] < 1:

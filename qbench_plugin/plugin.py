@@ -4,6 +4,10 @@ Registered through the `pytest11` entry point `qbench`.
 """
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,14 +15,20 @@ import pytest
 
 from .config import ConfigError, load_configs
 from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
-    qbench_config, qbench_engine, qbench_eval, qbench_labels, qbench_model, qbench_quant_context, qbench_settings,
-    qbench_store,
+    qbench_config, qbench_engine, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_model, qbench_quant_context,
+    qbench_settings, qbench_store,
 )
+from .load_fixtures import parametrize_load, qbench_endpoint, qbench_load_config  # noqa: F401
 from .machine import machine_info as describe_machine
-from .metrics import CONFIG_METRICS
+from .htmlblocks import headline_html, results_html
+from .metrics import CONFIG_METRICS, DERIVED_METRICS
 from .options import Settings, add_options
+from .outputs import ReportState
 from .report import matrix_frame, summary_html
 from .run import RunStore, git_commit, new_run_id
+from .secrets import scrub, scrub_text
+
+PENDING_JSON = "benchmark.json.writing"  # pytest-benchmark's output until the run has finished
 
 MARKERS = {
     "gpu": "needs a CUDA GPU; `pytest benchmarks -m gpu` runs the GPU configs",
@@ -34,6 +44,7 @@ class QbenchState:
     settings: Settings
     store: RunStore
     configs: list | None = None
+    report: ReportState | None = None  # summary, plots, experiment log: computed once at the end
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,14 +70,16 @@ def pytest_configure(config: pytest.Config) -> None:
     out_dir = settings.results_dir / run_id if write else None
     store = RunStore(run_id=run_id, out_dir=out_dir, settings=settings.public(),
                      commit=git_commit(Path(config.rootpath)))
-    config._qbench = QbenchState(settings=settings, store=store)
+    config._qbench = QbenchState(settings=settings, store=store, report=ReportState.from_settings(settings))
     if out_dir is not None and not hasattr(config, "workerinput"):
         out_dir.mkdir(parents=True, exist_ok=True)
         if hasattr(config.option, "htmlpath") and not config.option.htmlpath:
             config.option.htmlpath = str(out_dir / "report.html")
             config.option.self_contained_html = True
         if hasattr(config.option, "benchmark_json") and not config.option.benchmark_json:
-            config.option.benchmark_json = out_dir / "benchmark.json"
+            # pytest-benchmark writes in place; write beside and rename when done (see sessionfinish)
+            config.option.benchmark_json = out_dir / PENDING_JSON
+    config.pluginmanager.register(Interruption(store), "qbench-interruption")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(HtmlReport(store), "qbench-html")
 
@@ -90,6 +103,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             for cfg in _configs(metafunc.config)
         ]
         metafunc.parametrize("qbench_config", params, indirect=True, scope="session")
+    if "qbench_load_config" in metafunc.fixturenames:
+        parametrize_load(metafunc, _configs(metafunc.config), metafunc.config._qbench.settings)
     if "batch_size" in metafunc.fixturenames:
         sizes = metafunc.config._qbench.settings.batch_sizes
         metafunc.parametrize("batch_size", sizes, ids=[f"bs{b}" for b in sizes])
@@ -99,9 +114,27 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["qbench"] = describe_machine()
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_metadata(metadata: dict, config: pytest.Config) -> None:
+    """pytest-html's environment table: mask secrets that an environment variable may carry."""
+    cleaned = scrub(metadata)
+    metadata.clear()
+    metadata.update(cleaned)
+
+
+def _results(config: pytest.Config):
+    """The run's summary.RunResults, computed on first use (all tests have finished by then)."""
+    state: QbenchState = config._qbench
+    if state.report is None:
+        return None
+    return state.report.compute(state.store, state.settings, state.configs, getattr(config.option, "markexpr", None))
+
+
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
     """Attach per-config results (accuracy, cold start, memory) to every case of that config."""
     store: RunStore = config._qbench.store
+    _results(config)  # puts tokens/s, TFLOP/s and MFU into the cases' metrics
+    derived = {(c.config, c.batch_size): c.metrics for c in store.cases}
     for bench in output_json.get("benchmarks", []):
         extra = bench.setdefault("extra_info", {})
         record = store.configs.get(extra.get("config"))
@@ -110,18 +143,80 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         for name in CONFIG_METRICS:
             extra.setdefault(name, record.metrics.get(name))
         extra.setdefault("method", record.method)
+        if extra.get("kind") == "latency":
+            case = derived.get((extra.get("config"), extra.get("batch_size")), {})
+            for name in DERIVED_METRICS:
+                extra.setdefault(name, case.get(name))
     output_json["qbench"] = store.to_json()
+    # pytest-benchmark writes this dict after the hook returns: mask secrets in place
+    cleaned = scrub(json.loads(json.dumps(output_json, default=str)))
+    output_json.clear()
+    output_json.update(cleaned)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+class Interruption:
+    """Ctrl-C keeps what finished and marks the run partial.
+
+    A terminal's Ctrl-C also reaches vLLM's engine processes, which may die first: the test in
+    flight then fails with EngineDeadError rather than KeyboardInterrupt, and pytest would go on
+    to the next case. So the SIGINT handler also asks the session to stop after the current test,
+    and marks the run partial before pytest-html and the JSON are written at session finish."""
+
+    REASON = "interrupted before the matrix finished (Ctrl-C); results hold the finished cases"
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.session: pytest.Session | None = None
+        self._previous = None
+
+    def _mark(self) -> None:
+        self.store.status, self.store.status_reason = "partial", self.REASON
+
+    def _on_sigint(self, signum, frame) -> None:
+        self._mark()
+        if self.session is not None:
+            self.session.shouldstop = "interrupted by Ctrl-C (SIGINT)"
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without qbench
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.session = session
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        self._mark()
+        # the case cut short has an empty sample list, on which pytest-benchmark's JSON writer fails
+        bench_session = getattr(self.session.config if self.session else None, "_benchmarksession", None)
+        if bench_session is not None:
+            bench_session.benchmarks[:] = [b for b in bench_session.benchmarks if b.stats.data]
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Runs after pytest-benchmark has written its JSON (its hook is a wrapper around this one)."""
     state: QbenchState | None = getattr(session.config, "_qbench", None)
-    if state is not None and state.store.cases:
-        state.store.save()
+    if state is None:
+        return
+    store = state.store
+    if store.status == "running":
+        store.status = "complete"
+    _results(session.config)
+    if store.out_dir is not None:
+        pending = store.out_dir / PENDING_JSON
+        if pending.exists():
+            os.replace(pending, store.out_dir / "benchmark.json")
+        if store.cases or store.configs or store.loads:
+            store.save()
+        if state.report is not None and not hasattr(session.config, "workerinput"):
+            state.report.write(store.out_dir)  # summary CSVs, plots, EXPERIMENT_LOG.md, compare.csv
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     state: QbenchState | None = getattr(config, "_qbench", None)
-    if state is None or not state.store.configs:
+    if state is None or not (state.store.configs or state.store.loads):
         return
     tr = terminalreporter
     tr.section("qbench")
@@ -135,9 +230,39 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
             line += f", accuracy {acc:.4f}, macro-F1 {rec.metrics.get('macro_f1'):.4f}"
         if rec.reason:
             line += f" ({rec.reason})"
-        tr.write_line(line)
+        tr.write_line(scrub_text(line))
+    for load in state.store.loads:
+        m = load.metrics
+        line = f"load {load.name} ({load.kind} {load.target}): {load.status}"
+        if m.get("load_requests") is not None:
+            line += (f", {m['load_requests']} requests, {m['load_failures']} failed, {m['load_rps']} req/s, "
+                     f"p95 {m['load_latency_p95_ms']} ms")
+        if load.reason:
+            line += f" ({load.reason.splitlines()[0]})"
+        tr.write_line(scrub_text(line))
+    for gate in state.store.gates:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[gate.passed]
+        tr.write_line(scrub_text(f"gate {verdict} {gate.message}"))
+    _report_summary(tr, state)
     if state.store.out_dir is not None:
         tr.write_line(f"results: {state.store.out_dir}")
+
+
+def _report_summary(tr, state: QbenchState) -> None:
+    report = state.report
+    if report is None:
+        return
+    if report.error:
+        tr.write_line(f"qbench report failed: {scrub_text(report.error)}")
+    results = report.results
+    if results is None:
+        return
+    if results.comparison is not None:
+        from .compare import to_text
+
+        tr.write_line(scrub_text(f"compared with saved run {results.comparison_source} (values are this run's):"))
+        tr.write_line(scrub_text(to_text(results.comparison)))
+    tr.write_line(scrub_text(results.headline()))
 
 
 class HtmlReport:
@@ -150,4 +275,10 @@ class HtmlReport:
         report.title = f"qbench {self.store.run_id}"
 
     def pytest_html_results_summary(self, prefix, summary, postfix, session) -> None:
-        prefix.extend(summary_html(self.store))
+        results = _results(session.config)
+        if results is not None:
+            prefix.extend(scrub(headline_html(results)))
+        prefix.extend(scrub(summary_html(self.store)))
+        if results is not None:
+            report = session.config._qbench.report
+            prefix.extend(scrub(results_html(results, report.plots, report.file_names())))

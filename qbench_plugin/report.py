@@ -71,12 +71,63 @@ table.qbench td:first-child { text-align: left; }
 </style>"""
 
 
+LOAD_COLUMNS = {
+    "name": "config",
+    "kind": "endpoint",
+    "target": "URL",
+    "status": "status",
+    "users": "users",
+    "batch_size": "batch size",
+    "duration_s": "run time (s)",
+    "workers": "workers",
+    "load_requests": "requests",
+    "load_failures": "failures",
+    "load_server_errors": "HTTP 5xx",
+    "load_rps": "req/s",
+    "load_texts_per_s": "texts/s",
+    "load_latency_p50_ms": "p50 (ms)",
+    "load_latency_p95_ms": "p95 (ms)",
+    "load_latency_p99_ms": "p99 (ms)",
+    "load_server_start_s": "server start (s)",
+    "reason": "reason",
+}
+
+
+def load_frame(store: RunStore) -> pd.DataFrame:
+    """One row per load test: the endpoint, the load profile, and what the clients saw."""
+    rows = []
+    for load in store.loads:
+        row = {"name": load.name, "kind": load.kind, "target": load.target, "status": load.status,
+               "reason": (load.reason or "").splitlines()[0] if load.reason else ""}
+        row.update(load.settings)
+        row.update(load.metrics)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(LOAD_COLUMNS))
+    # counts stay whole numbers even when a skipped row leaves them empty (NaN makes them floats)
+    for column in ("users", "batch_size", "duration_s", "workers", "load_requests", "load_failures",
+                   "load_server_errors"):
+        frame[column] = frame[column].map(lambda v: "-" if pd.isna(v) else int(v)).astype(object)
+    return frame.rename(columns=LOAD_COLUMNS)
+
+
+def load_html(store: RunStore) -> list[str]:
+    """The load-test table (latencies are per request, client side, successful requests only)."""
+    if not store.loads:
+        return []
+    return ["<h2>Load tests: Locust against the HTTP server</h2>",
+            "<p>Per-request latency seen by the clients (successful requests); req/s over the whole run.</p>",
+            _table(load_frame(store), "qbench qbench-load")]
+
+
 def summary_html(store: RunStore) -> list[str]:
     """HTML blocks for the report's summary: run id, the matrix, and per-config results."""
     head = f"<p>qbench run <code>{html.escape(store.run_id)}</code>"
     if store.commit:
         head += f" at commit <code>{html.escape(store.commit)}</code>"
     head += "</p>"
+    if store.status == "partial":
+        head += (f'<p class="qbench-partial" style="color:#b00;font-weight:bold">PARTIAL RUN: '
+                 f"{html.escape(store.status_reason or '')}</p>")
     return [
         STYLE,
         head,
@@ -84,4 +135,4 @@ def summary_html(store: RunStore) -> list[str]:
         _table(matrix_frame(store), "qbench qbench-matrix"),
         "<h2>Per config: accuracy, cold start, memory</h2>",
         _table(config_frame(store), "qbench qbench-configs"),
-    ]
+    ] + load_html(store)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .secrets import scrub, scrub_text
+
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
@@ -35,13 +37,33 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
+            # round-trip through JSON first so numpy values are plain before secrets are masked
+            json.dump(scrub(json.loads(json.dumps(data, default=_json_default))), fh, indent=2)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file (CSV, Markdown, PNG) whole or not at all, like write_json_atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)  # text files are scrubbed by write_text_atomic
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, scrub_text(text).encode("utf-8"))
 
 
 def _json_default(value: Any) -> Any:
@@ -86,13 +108,38 @@ class CaseRecord:
 
 
 @dataclass
+class LoadRecord:
+    """One load test (benchmarks/test_load.py): the endpoint, the load profile, what came back."""
+
+    name: str  # the config whose server was loaded, or "endpoint" (--qbench-endpoint)
+    target: str  # URL
+    kind: str  # vllm | runpod
+    status: str = "pending"  # passed | failed (some requests failed) | skipped | error
+    reason: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # users, spawn rate, duration, batch size, workers
+    metrics: dict[str, Any] = field(default_factory=dict)  # metrics.LOAD_METRICS
+    info: dict[str, Any] = field(default_factory=dict)  # commands, files, outcomes, errors by message
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
 class RunStore:
     run_id: str
     out_dir: Path
     settings: dict[str, Any]
     commit: str | None = None
+    status: str = "running"  # running | complete | partial
+    status_reason: str | None = None
     configs: dict[str, ConfigRecord] = field(default_factory=dict)
     cases: list[CaseRecord] = field(default_factory=list)
+    loads: list[LoadRecord] = field(default_factory=list)
+    gates: list[Any] = field(default_factory=list)  # gates.GateResult, in the order they were decided
+    dataset: dict[str, Any] = field(default_factory=dict)  # rows, duplicates, truncated rows, ... of the split
+    out_of_memory: dict[str, tuple[int, str]] = field(default_factory=dict)  # config -> (batch size, error)
+    # per-run facts about the workload (mean tokens per text, non-embedding parameters): see workload.py
+    workload: dict[str, Any] = field(default_factory=dict)
 
     def config(self, name: str) -> ConfigRecord:
         return self.configs[name]
@@ -104,8 +151,16 @@ class RunStore:
                 return rec
         return None
 
+    def add_gate(self, result: Any) -> None:
+        self.gates.append(result)
+        self.save()
+
     def add_case(self, case: CaseRecord) -> None:
         self.cases.append(case)
+        self.save()
+
+    def add_load(self, load: LoadRecord) -> None:
+        self.loads.append(load)
         self.save()
 
     def save(self) -> None:
@@ -118,9 +173,16 @@ class RunStore:
         return {
             "run_id": self.run_id,
             "commit": self.commit,
+            "status": self.status,
+            "status_reason": self.status_reason,
             "settings": self.settings,
             "configs": {name: rec.summary() for name, rec in self.configs.items()},
             "cases": [case.__dict__ for case in self.cases],
+            "loads": [load.summary() for load in self.loads],
+            "gates": [gate.as_dict() for gate in self.gates],
+            "dataset": self.dataset,
+            "out_of_memory": {k: {"batch_size": v[0], "error": v[1]} for k, v in self.out_of_memory.items()},
+            "workload": self.workload,
         }
 
     def table(self):

@@ -24,11 +24,21 @@ def _pytest(*args, cwd=ROOT, timeout=900):
                           text=True, timeout=timeout)
 
 
+# A saved run to compare with (--qbench-compare-run): far slower, bigger and wronger than any real one.
+SAVED_RUN = {"run_id": "saved-run", "configs": {"cpu_default": {"metrics": {"accuracy": 0.0, "memory_rss_mib": 1e9}}},
+             "cases": [{"config": "cpu_default", "batch_size": bs, "metrics": {
+                 "latency_p50_ms": 1e6, "latency_p95_ms": 1e6, "latency_p99_ms": 1e6, "throughput_samples_per_s": 1e-3}}
+                 for bs in BATCH_SIZES]}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, embedded_model):
     results = tmp_path_factory.mktemp("results")
+    saved = tmp_path_factory.mktemp("saved") / "qbench.json"
+    saved.write_text(json.dumps(SAVED_RUN))
     proc = _pytest("benchmarks", "-m", "not gpu and not slow", "-rs", f"--qbench-results-dir={results}",
-                   "--qbench-samples=8", "--qbench-warmup=2", f"--qbench-batch-sizes={','.join(map(str, BATCH_SIZES))}")
+                   "--qbench-samples=8", "--qbench-warmup=2", f"--qbench-batch-sizes={','.join(map(str, BATCH_SIZES))}",
+                   "--qbench-gpu-type=L4", f"--qbench-compare-run={saved}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (run_dir,) = list(results.iterdir())
     return proc, run_dir
@@ -118,3 +128,75 @@ def test_broken_config_stops_the_run_naming_file_and_field(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "bad.json" in out and "quantization.method" in out and "valid methods" in out
+
+
+REPORT_FILES = ("summary.csv", "pivot_p95_ms.csv", "pivot_throughput.csv", "method_stats.csv", "EXPERIMENT_LOG.md",
+                "compare.csv", "latency_vs_batch_size.png", "throughput_vs_batch_size.png", "p95_heatmap.png",
+                "pareto_front.png")
+
+
+def test_report_files_tables_and_recommendation(run):
+    import pandas as pd
+
+    proc, run_dir = run
+    for name in REPORT_FILES:
+        assert (run_dir / name).stat().st_size > 0, name
+    assert (run_dir / "pareto_front.png").read_bytes().startswith(b"\x89PNG")
+    ran = sorted(n for n, c in _configs(run_dir).items() if c["status"] == "ready")
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert sorted(zip(summary["config"], summary["batch_size"])) == sorted((n, b) for n in ran for b in BATCH_SIZES)
+    for column in ("latency_p95_ms", "throughput_samples_per_s", "accuracy", "tokens_per_s", "achieved_tflops", "mfu",
+                   "eligible", "balance_score", "cost_per_1m_usd", "spot_cost_per_1m_usd"):
+        assert column in summary, column
+    assert summary["mfu"].isna().all()  # CPU: peak unknown unless --qbench-peak-tflops is given
+    assert (summary["cost_per_1m_usd"] > 0).all() and (summary["tokens_per_s"] > summary["throughput_samples_per_s"]).all()
+    pivot = pd.read_csv(run_dir / "pivot_p95_ms.csv")
+    assert {"method", "config", "bs1", "bs4"} <= set(pivot.columns) and sorted(pivot["config"]) == ran
+    assert set(pd.read_csv(run_dir / "method_stats.csv")["method"]) == set(summary["method"])
+    stored = json.loads((run_dir / "qbench.json").read_text())
+    assert stored["workload"]["mean_tokens_per_text"] > 1 and stored["workload"]["non_embedding_params"] > 0
+    assert all(c["metrics"]["tokens_per_s"] > 0 for c in stored["cases"])
+    bench = json.loads((run_dir / "benchmark.json").read_text())
+    assert all("mfu" in b["extra_info"] for b in bench["benchmarks"] if b["extra_info"].get("kind") == "latency")
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("qbench recommendation:"))
+    assert "batch size" in line and "per 1M requests (L4)" in line
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "qbench-recommendations" in html
+    assert "qbench-pivot-p95" in html and "qbench-cost" in html and "qbench-tiers" in html
+
+
+def test_experiment_log_is_filled_from_the_run(run):
+    from qbench_plugin.explog import SECTIONS, find_placeholders
+
+    _, run_dir = run
+    text = (run_dir / "EXPERIMENT_LOG.md").read_text()
+    for title in SECTIONS:
+        assert f"\n## {title}\n" in text, title
+    assert find_placeholders(text) == []
+    for name, conf in _configs(run_dir).items():
+        assert name in text
+        if conf["status"] == "skipped":
+            assert conf["reason"] in text
+    assert "### Method `none`" in text and "\n- CPU: " in text and "| vllm |" in text
+    assert "No load-test data" in text and "priced as L4" in text and "## Comparison with a saved run" in text
+
+
+def test_run_is_compared_with_the_saved_run(run, tmp_path):
+    import pandas as pd
+
+    proc, run_dir = run
+    assert "compared with saved run saved-run" in proc.stdout
+    long = pd.read_csv(run_dir / "compare.csv")
+    mine = long[long["config"] == "cpu_default"].set_index(["batch_size", "metric"])["verdict"]
+    for bs in BATCH_SIZES:
+        for metric in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s",
+                       "memory_rss_mib", "accuracy"):
+            assert mine[(bs, metric)] == "better", (bs, metric)
+    assert (long.loc[long["config"] != "cpu_default", "verdict"] == "only in B").all()
+    # the CLI on the run against itself: every shared number is the same
+    csv = tmp_path / "compare.csv"
+    cli = Path(sys.executable).parent / "qbench"
+    out = subprocess.run([str(cli), "compare", str(run_dir), str(run_dir / "benchmark.json"), "--csv", str(csv)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert set(pd.read_csv(csv)["verdict"]) == {"same"} and "0 better, 0 worse" in out.stdout

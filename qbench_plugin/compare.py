@@ -1,0 +1,219 @@
+"""Two runs side by side: per-case deltas of latency, throughput, memory and accuracy.
+
+Used by `qbench compare A B` and by `--qbench-compare-run PATH` (saved run = A, this run = B). A run is
+read from its directory, its qbench.json or its benchmark.json (pytest-benchmark's file; qbench's
+own record rides in it under "qbench", and the per-case extra_info is the fallback), so any of the
+files a run leaves can be compared. Each delta is marked better or worse by the metric's direction
+(metrics.py `higher_is_better`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from .metrics import BY_NAME
+
+COMPARE_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s",
+                   "memory_rss_mib", "memory_rss_peak_mib", "gpu_memory_peak_mib", "accuracy")
+SHORT = {"latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms", "latency_p99_ms": "p99 ms",
+         "throughput_samples_per_s": "texts/s", "memory_rss_mib": "RSS MiB", "memory_rss_peak_mib": "RSS peak MiB",
+         "gpu_memory_peak_mib": "GPU peak MiB", "accuracy": "accuracy"}
+LONG_COLUMNS = ["case", "config", "batch_size", "metric", "a", "b", "delta", "delta_pct", "verdict"]
+
+
+class CompareError(ValueError):
+    """A path that does not hold a qbench run; the message names it."""
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompareError(f"{path}: not found") from None
+    except json.JSONDecodeError as exc:
+        raise CompareError(f"{path}: not valid JSON (line {exc.lineno}): a half-written or damaged file") from None
+
+
+def load_run(path: str | Path) -> tuple[str, pd.DataFrame]:
+    """(label, one row per (config, batch size) with COMPARE_METRICS) from a run dir or either JSON file."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "qbench.json", path / "benchmark.json"]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise CompareError(f"{path}: no qbench.json or benchmark.json in this directory")
+        path = found[0]
+    data = _read(path)
+    if isinstance(data, dict) and "cases" in data and "configs" in data:
+        return str(data.get("run_id") or path), frame_from_qbench(data)
+    if isinstance(data, dict) and isinstance(data.get("qbench"), dict) and data["qbench"].get("cases"):
+        return str(data["qbench"].get("run_id") or path), frame_from_qbench(data["qbench"])
+    if isinstance(data, dict) and "benchmarks" in data:
+        return str(path), frame_from_benchmarks(data)
+    raise CompareError(f"{path}: neither a qbench.json nor a pytest-benchmark JSON")
+
+
+def _rows_frame(rows: list[dict[str, Any]], source: str) -> pd.DataFrame:
+    if not rows:
+        raise CompareError(f"{source}: no qbench latency cases")
+    frame = pd.DataFrame(rows)
+    for name in COMPARE_METRICS:
+        if name not in frame:
+            frame[name] = float("nan")
+    frame = frame[["config", "batch_size", *COMPARE_METRICS]]
+    frame[list(COMPARE_METRICS)] = frame[list(COMPARE_METRICS)].apply(pd.to_numeric, errors="coerce")
+    return frame.drop_duplicates(["config", "batch_size"], keep="last").reset_index(drop=True)
+
+
+def frame_from_qbench(run: Mapping[str, Any]) -> pd.DataFrame:
+    configs = run.get("configs") or {}
+    rows = []
+    for case in run.get("cases") or []:
+        row = {"config": case["config"], "batch_size": int(case["batch_size"])}
+        row.update(case.get("metrics") or {})
+        row.update((configs.get(case["config"]) or {}).get("metrics") or {})
+        rows.append(row)
+    return _rows_frame(rows, str(run.get("run_id")))
+
+
+def frame_from_benchmarks(data: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for bench in data.get("benchmarks") or []:
+        extra = bench.get("extra_info") or {}
+        if extra.get("kind") == "latency":
+            rows.append({**extra, "config": extra["config"], "batch_size": int(extra["batch_size"])})
+    return _rows_frame(rows, "benchmark JSON")
+
+
+def _verdict(metric: str, a: float, b: float) -> str:
+    if a == b:
+        return "same"
+    return "better" if (b > a) == BY_NAME[metric].higher_is_better else "worse"
+
+
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Long form, one row per (case, metric): a, b, b - a, (b - a) / a and the verdict for b."""
+    merged = a.merge(b, on=["config", "batch_size"], how="outer", suffixes=("_a", "_b"), indicator=True)
+    merged = merged.sort_values(["config", "batch_size"], kind="stable")
+    rows = []
+    for _, row in merged.iterrows():
+        case = f"{row['config']}-bs{int(row['batch_size'])}"
+        for metric in COMPARE_METRICS:
+            va, vb = row[metric + "_a"], row[metric + "_b"]
+            has_a, has_b = pd.notna(va), pd.notna(vb)
+            if not has_a and not has_b:
+                continue
+            if row["_merge"] == "left_only":
+                verdict = "only in A"
+            elif row["_merge"] == "right_only":
+                verdict = "only in B"
+            elif not (has_a and has_b):
+                verdict = "measured in A only" if has_a else "measured in B only"
+            else:
+                verdict = _verdict(metric, float(va), float(vb))
+            delta = float(vb) - float(va) if has_a and has_b else math.nan
+            pct = delta / float(va) if has_a and has_b and float(va) != 0 else math.nan
+            rows.append({"case": case, "config": row["config"], "batch_size": int(row["batch_size"]),
+                         "metric": metric, "a": float(va) if has_a else math.nan,
+                         "b": float(vb) if has_b else math.nan, "delta": delta, "delta_pct": pct,
+                         "verdict": verdict})
+    return pd.DataFrame(rows, columns=LONG_COLUMNS)
+
+
+def compare_paths(a: str | Path, b: str | Path) -> tuple[str, str, pd.DataFrame]:
+    label_a, frame_a = load_run(a)
+    label_b, frame_b = load_run(b)
+    return label_a, label_b, compare_frames(frame_a, frame_b)
+
+
+def cell(row: Mapping[str, Any]) -> str:
+    """'12.30 (-5.1% better)': B's value, its change from A, the verdict; ratios change in points."""
+    metric, verdict = row["metric"], row["verdict"]
+    value = row["b"] if pd.notna(row["b"]) else row["a"]
+    fmt = "{:.4f}" if BY_NAME[metric].unit == "ratio" else "{:,.2f}"
+    if verdict not in ("better", "worse", "same"):
+        return f"{fmt.format(value)} ({verdict})"
+    if verdict == "same":
+        return f"{fmt.format(value)} (same)"
+    if BY_NAME[metric].unit == "ratio":
+        change = f"{row['delta']:+.4f}"
+    elif pd.notna(row["delta_pct"]):
+        # a change too small for one decimal would read "+0.0% worse"
+        change = f"{row['delta_pct']:+.1%}" if abs(row["delta_pct"]) >= 0.0005 else f"{row['delta_pct']:+.3%}"
+    else:
+        change = f"{row['delta']:+,.2f}"
+    return f"{fmt.format(value)} ({change} {verdict})"
+
+
+ONLY = ("only in A", "only in B")
+
+
+def wide(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per case in both runs, one column per metric, cells from `cell`: the printed table."""
+    long = long[~long["verdict"].isin(ONLY)]
+    if long.empty:
+        return pd.DataFrame(columns=["case"])
+    long = long.assign(text=[cell(r) for _, r in long.iterrows()])
+    table = long.pivot_table(index="case", columns="metric", values="text", aggfunc="first", sort=False)
+    ordered = [m for m in COMPARE_METRICS if m in table.columns]
+    table = table[ordered].rename(columns=SHORT).fillna("")
+    table.columns.name = None  # else to_html prints 'metric' as an extra header row
+    return table.reset_index()
+
+
+def summary_counts(long: pd.DataFrame) -> dict[str, int]:
+    return {v: int((long["verdict"] == v).sum()) for v in ("better", "worse", "same")}
+
+
+def unmatched(long: pd.DataFrame) -> str | None:
+    """'only in A: x-bs8, ...; only in B: ...' for cases one run lacks (the CSV keeps their values)."""
+    parts = []
+    for verdict in ONLY:
+        cases = list(dict.fromkeys(long.loc[long["verdict"] == verdict, "case"]))
+        if cases:
+            parts.append(f"{verdict}: {', '.join(cases)}")
+    return "; ".join(parts) or None
+
+
+def to_text(long: pd.DataFrame) -> str:
+    table = wide(long)
+    text = table.to_string(index=False) if not table.empty else "(no case is in both runs)"
+    extra = unmatched(long)
+    return text + (f"\n{extra}" if extra else "")
+
+
+def print_rich(long: pd.DataFrame, label_a: str, label_b: str) -> None:
+    """The CLI's table: B's values with their change from A, green where better and red where worse."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"qbench compare: A = {escape(label_a)}, B = {escape(label_b)} (values are B's)")
+    table.add_column("case", style="bold", no_wrap=True)
+    present = [m for m in COMPARE_METRICS if m in set(long["metric"])]
+    for metric in present:
+        table.add_column(SHORT[metric], justify="right")
+    for case, group in long[~long["verdict"].isin(ONLY)].groupby("case", sort=False):
+        cells = {r["metric"]: r for _, r in group.iterrows()}
+        out = []
+        for metric in present:
+            row = cells.get(metric)
+            if row is None:
+                out.append("")
+                continue
+            style = {"better": "green", "worse": "red"}.get(row["verdict"], "")
+            text = escape(cell(row))
+            out.append(f"[{style}]{text}[/{style}]" if style else text)
+        table.add_row(escape(str(case)), *out)
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: keep each case on one line instead of 80 columns
+        console = Console(width=220)
+    console.print(table)
+    counts = summary_counts(long)
+    console.print(f"{counts['better']} better, {counts['worse']} worse, {counts['same']} same")
+    if extra := unmatched(long):
+        console.print(escape(extra))

@@ -1,0 +1,495 @@
+"""EXPERIMENT_LOG.md, written from a run: what ran where, what it measured, and what to do about it.
+
+The log is the write-up a person would otherwise type by hand after a benchmark. It is generated from
+the one RunResults object the report also renders, so its numbers are the report's numbers. Every
+section is always present; one without data says why, so no placeholder is ever left in it.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import pandas as pd
+
+from . import gpus
+from .compare import summary_counts, unmatched, wide as compare_wide
+from .report import LOAD_COLUMNS
+from .summary import KINDS, TIERS_PER_MIN, RunResults, cost_per_requests
+
+SECTIONS = (
+    "Hardware",
+    "Software versions",
+    "Experiment matrix",
+    "Results per method",
+    "Observations: memory, cold start, accuracy",
+    "Comparison to the baseline",
+    "Load test",
+    "Key findings",
+    "Cost analysis",
+    "Recommendations",
+    "Scaling",
+)
+MISSING = "not measured"
+STATUS_WORDS = {"ready": "ran", "skipped": "skipped", "failed": "failed", "pending": "not run"}
+
+
+def fmt(value: Any, digits: int = 2, pct: bool = False, money: bool = False, signed: bool = False) -> str:
+    """Numbers for people; None and NaN become 'not measured', never 'nan' or 'None'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, (bool,)):
+        return "yes" if value else "no"
+    if isinstance(value, (int,)) and not pct and not money:
+        return f"{value:,}"
+    number = float(value)
+    if signed:
+        return f"{number:+.{digits}f}"
+    if pct:
+        return f"{number:.{digits}%}"
+    if money:
+        return f"${number:,.{digits}f}"
+    return f"{number:,.{digits}f}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _value(row: pd.Series | dict, name: str) -> Any:
+    value = row.get(name) if hasattr(row, "get") else None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+# -- sections ---------------------------------------------------------------------------------------
+
+def hardware(r: RunResults) -> str:
+    m = r.machine
+    gpus_seen = m.get("gpu_names") or []
+    cores = f", {m['cpu_count']} logical cores" if m.get("cpu_count") else ""
+    lines = [f"- CPU: {m.get('cpu_name') or 'model not reported by the OS'}{cores}"]
+    if m.get("memory_total_gib") is not None:
+        lines.append(f"- Memory: {fmt(m['memory_total_gib'], 1)} GiB")
+    if gpus_seen:
+        lines.append(f"- GPU: {', '.join(gpus_seen)} (driver {m.get('gpu_driver') or 'unreported'}, "
+                     f"CUDA {m.get('cuda') or 'unreported'})")
+    else:
+        lines.append("- GPU: none visible (nvidia-smi and torch.cuda found no device), so configs that need "
+                     "CUDA were skipped and the measured configs ran on the CPU")
+    if m.get("platform"):
+        lines.append(f"- OS: {m['platform']}")
+    return "\n".join(lines)
+
+
+def software(r: RunResults) -> str:
+    m = r.machine
+    versions = dict(m.get("versions") or {})
+    rows = [("python", m.get("python") or "unreported")]
+    rows += [(name, version or "not installed") for name, version in versions.items()]
+    rows.append(("qbench commit", r.commit or "not a git checkout"))
+    return md_table(("package", "version"), rows)
+
+
+def matrix(r: RunResults) -> str:
+    s = r.settings
+    parts = []
+    if s.get("model"):
+        parts.append(f"model `{s['model']}`")
+    if s.get("dataset"):
+        parts.append(f"dataset `{s['dataset']}` split `{s.get('split')}`")
+    if s.get("batch_sizes"):
+        parts.append("batch sizes " + ", ".join(str(b) for b in s["batch_sizes"]))
+    if s.get("samples"):
+        parts.append(f"{s['samples']} timed batches after {s.get('warmup', 0)} warmup batches per case")
+    if s.get("max_model_len"):
+        parts.append(f"max_model_len {s['max_model_len']}")
+    head = ("Settings: " + "; ".join(parts) + ".") if parts else "The run recorded no settings."
+    if m := r.machine.get("pytest_markexpr"):
+        head += f" Tests selected with `-m \"{m}\"`."
+    measured = r.table.groupby("config")["batch_size"].apply(lambda b: ", ".join(str(int(x)) for x in sorted(b)))
+    rows = []
+    for name, rec in r.configs.items():
+        status = STATUS_WORDS.get(rec.get("status"), str(rec.get("status")))
+        note = rec.get("reason") or ("baseline" if rec.get("baseline") else "")
+        rows.append((name, rec.get("method"), rec.get("engine"), status, measured.get(name, "none"), note or "-"))
+    if not rows:
+        return head + "\n\nNo config was collected in this run (all were deselected or the run stopped before any started)."
+    return head + "\n\n" + md_table(("config", "method", "engine", "status", "batch sizes measured", "reason / note"), rows)
+
+
+def per_method(r: RunResults) -> str:
+    if r.table.empty:
+        return "No latency case finished in this run, so there is nothing to tabulate; see the experiment matrix for why."
+    out = []
+    for method, rows in r.table.groupby("method", sort=True):
+        out.append(f"### Method `{method}`\n")
+        out.append(md_table(
+            ("config", "engine", "batch size", "avg (ms)", "p95 (ms)", "p99 (ms)", "throughput (texts/s)"),
+            [(row["config"], row["engine"], int(row["batch_size"]), fmt(row["latency_mean_ms"]),
+              fmt(row["latency_p95_ms"]), fmt(row["latency_p99_ms"]), fmt(row["throughput_samples_per_s"], 1))
+             for _, row in rows.sort_values(["config", "batch_size"]).iterrows()]))
+        out.append("")
+    out.append("Latencies are per batch (one `classify` call, tokenization included); throughput is texts per "
+               "second over all timed batches.")
+    return "\n".join(out)
+
+
+def _config_rows(r: RunResults) -> list[dict[str, Any]]:
+    return [{"config": name, **(rec.get("metrics") or {}), "engine": rec.get("engine")}
+            for name, rec in r.configs.items() if rec.get("status") == "ready"]
+
+
+def observations(r: RunResults) -> str:
+    rows = _config_rows(r)
+    if not rows:
+        return "No config started an engine in this run, so there are no memory, cold-start or accuracy readings."
+    has_gpu = any(_value(x, "gpu_memory_peak_mib") is not None for x in rows)
+    header = ["config", "engine", "accuracy", "macro-F1", "cold start (s)", "RSS ready (MiB)", "RSS peak (MiB)"]
+    if has_gpu:
+        header.append("GPU peak (MiB)")
+    header += ["weights on disk (MiB)", "compression", "quantization time (s)"]
+    table = []
+    for x in rows:
+        line = [x["config"], x["engine"], fmt(_value(x, "accuracy"), 4), fmt(_value(x, "macro_f1"), 4),
+                fmt(_value(x, "cold_start_s")), fmt(_value(x, "memory_rss_mib"), 1), fmt(_value(x, "memory_rss_peak_mib"), 1)]
+        if has_gpu:
+            line.append(fmt(_value(x, "gpu_memory_peak_mib"), 1))
+        ratio = _value(x, "compression_ratio")
+        line += [fmt(_value(x, "model_weights_mib"), 1), f"{ratio:.2f}x" if ratio else "none (quantized at load)",
+                 fmt(_value(x, "quantization_time_s")) if _value(x, "quantization_time_s") is not None else "no checkpoint made"]
+        table.append(line)
+    notes = []
+    mem_key = "gpu_memory_peak_mib" if has_gpu else "memory_rss_peak_mib"
+    with_mem = [x for x in rows if _value(x, mem_key) is not None]
+    if with_mem:
+        low = min(with_mem, key=lambda x: x[mem_key])
+        high = max(with_mem, key=lambda x: x[mem_key])
+        what = "peak GPU memory" if has_gpu else "peak RSS (process tree)"
+        notes.append(f"- Memory: lowest {what} is {low['config']} "
+                     f"({fmt(low[mem_key], 1)} MiB), highest {high['config']} ({fmt(high[mem_key], 1)} MiB).")
+    if not has_gpu:
+        notes.append("- RSS counts the pytest process and every engine process: vLLM runs its engine in a child "
+                     "process (its RSS includes the engine's KV cache, VLLM_CPU_KVCACHE_SPACE), while the hf engine "
+                     "runs inside pytest, so the two engines' RSS are not like for like.")
+    with_cold = [x for x in rows if _value(x, "cold_start_s") is not None]
+    if with_cold:
+        fast = min(with_cold, key=lambda x: x["cold_start_s"])
+        slow = max(with_cold, key=lambda x: x["cold_start_s"])
+        notes.append(f"- Cold start: fastest {fast['config']} ({fmt(fast['cold_start_s'])} s), slowest "
+                     f"{slow['config']} ({fmt(slow['cold_start_s'])} s), from engine construction to ready.")
+    with_acc = [x for x in rows if _value(x, "accuracy") is not None]
+    if with_acc:
+        best = max(with_acc, key=lambda x: x["accuracy"])
+        worst = min(with_acc, key=lambda x: x["accuracy"])
+        notes.append(f"- Accuracy on the whole `{r.settings.get('split')}` split: highest {best['config']} "
+                     f"({fmt(best['accuracy'], 4)}), lowest {worst['config']} ({fmt(worst['accuracy'], 4)}); "
+                     f"spread {fmt(best['accuracy'] - worst['accuracy'], 4)}.")
+    else:
+        notes.append("- Accuracy was not measured (the accuracy tests did not run).")
+    return md_table(header, table) + "\n\n" + "\n".join(notes)
+
+
+def _baseline_name(r: RunResults) -> str | None:
+    for name, rec in r.configs.items():
+        if rec.get("baseline") and rec.get("status") == "ready":
+            return name
+    return None
+
+
+def baseline_comparison(r: RunResults) -> str:
+    base = _baseline_name(r)
+    if base is None:
+        declared = [n for n, rec in r.configs.items() if rec.get("baseline")]
+        if declared:
+            why = f"the baseline config ({', '.join(declared)}) did not run: " + "; ".join(
+                f"{n}: {r.configs[n].get('status')} {r.configs[n].get('reason') or ''}".strip() for n in declared)
+        else:
+            why = 'no config in this run is marked `"baseline": true`'
+        return f"No comparison to a baseline: {why}."
+    others = [n for n, rec in r.configs.items() if n != base and rec.get("status") == "ready"]
+    if not others:
+        return f"Only the baseline ({base}) ran, so there is nothing to compare with it."
+    rows = []
+    base_rows = r.table[r.table["config"] == base].set_index("batch_size")
+    for name in others:
+        m = r.configs[name].get("metrics") or {}
+        mine = r.table[r.table["config"] == name].set_index("batch_size")
+        common = sorted(set(mine.index) & set(base_rows.index))
+        speed = ", ".join(
+            f"bs{b}: p95 x{mine.loc[b, 'latency_p95_ms'] / base_rows.loc[b, 'latency_p95_ms']:.2f}, "
+            f"throughput x{mine.loc[b, 'throughput_samples_per_s'] / base_rows.loc[b, 'throughput_samples_per_s']:.2f}"
+            for b in common) or "no common batch size"
+        rows.append((name, fmt(m.get("accuracy_delta"), 4, signed=True), fmt(m.get("macro_f1_delta"), 4, signed=True),
+                     fmt(m.get("flip_rate"), 2, pct=True),
+                     fmt(m.get("max_abs_prob_diff"), 4), speed))
+    text = md_table(("config", "accuracy delta", "macro-F1 delta", "flip rate", "max abs prob diff",
+                     "speed vs baseline (ratio of this config's value to the baseline's)"), rows)
+    return (f"Against the baseline **{base}** on the same rows (deltas are config minus baseline; flip rate is the "
+            f"share of rows whose predicted label differs):\n\n" + text)
+
+
+def load_test(r: RunResults) -> str:
+    if not r.loads:
+        selected = r.machine.get("pytest_markexpr")
+        why = (f"this run selected tests with `-m \"{selected}\"` and no load test recorded a result"
+               if selected else "no load test recorded a result in this run")
+        return (f"No load-test data: {why}. Load tests (marker `load`, benchmarks/test_load.py) drive an HTTP "
+                "server with concurrent Locust users; run them with `-m load` to fill this section.")
+    rows = []
+    for item in r.loads:
+        row = {"name": item.get("name"), "kind": item.get("kind"), "target": item.get("target"),
+               "status": item.get("status"), "reason": (item.get("reason") or "").splitlines()[0] if item.get("reason") else ""}
+        row.update(item.get("settings") or {})
+        row.update(item.get("metrics") or {})
+        rows.append(row)
+    keys = [k for k in LOAD_COLUMNS if any(k in row for row in rows)]
+    body = [[_load_value(row.get(k)) for k in keys] for row in rows]
+    return ("Latency is per request as the load clients saw it (successful requests); req/s is over the whole "
+            "run.\n\n" + md_table([LOAD_COLUMNS[k] for k in keys], body))
+
+
+def _load_value(value: Any) -> str:
+    if isinstance(value, float):
+        return fmt(value, 2)
+    if value is None or value == "":
+        return "-"
+    return str(value)
+
+
+def key_findings(r: RunResults) -> str:
+    out = []
+    recs = r.recommendations
+    if "latency" in recs:
+        rec = recs["latency"]
+        out.append(f"- Lowest p95 among configs that pass their accuracy gates: {rec.config} at batch size "
+                   f"{rec.batch_size}, {fmt(rec.latency_p95_ms)} ms.")
+    if "throughput" in recs:
+        rec = recs["throughput"]
+        out.append(f"- Highest throughput among them: {rec.config} at batch size {rec.batch_size}, "
+                   f"{fmt(rec.throughput_samples_per_s, 1)} texts/s.")
+    base = _baseline_name(r)
+    if base is not None and not r.table.empty:
+        largest = int(r.table["batch_size"].max())
+        at = r.table[r.table["batch_size"] == largest].set_index("config")
+        if base in at.index:
+            for name in at.index:
+                if name == base:
+                    continue
+                ratio = at.loc[name, "throughput_samples_per_s"] / at.loc[base, "throughput_samples_per_s"]
+                delta = (r.configs.get(name, {}).get("metrics") or {}).get("accuracy_delta")
+                acc = f", accuracy {fmt(delta, 4, signed=True)} vs baseline" if delta is not None else ""
+                out.append(f"- {name} ({at.loc[name, 'method']}) at batch size {largest}: {ratio:.2f}x the "
+                           f"baseline's throughput{acc}.")
+    for name, rows in r.table.groupby("config"):
+        rows = rows.sort_values("batch_size")
+        if len(rows) > 1:
+            first, last = rows.iloc[0], rows.iloc[-1]
+            gain = last["throughput_samples_per_s"] / first["throughput_samples_per_s"]
+            out.append(f"- {name}: batch size {int(first['batch_size'])} to {int(last['batch_size'])} multiplies "
+                       f"throughput by {gain:.2f} and p95 by {last['latency_p95_ms'] / first['latency_p95_ms']:.2f}.")
+    noisy = r.table[r.table["latency_p99_ms"] > 3 * r.table["latency_p50_ms"]]
+    if not noisy.empty:
+        cases = ", ".join(f"{row['config']} bs{int(row['batch_size'])}" for _, row in noisy.iterrows())
+        out.append(f"- Unsteady timings (p99 over 3x p50): {cases}; a busy machine or engine stalls widen the tail, "
+                   "so rerun these before trusting their p95/p99.")
+    eligible = r.eligible
+    if r.pricing.available and not eligible.empty and eligible["cost_per_1m_usd"].notna().any():
+        cheap = eligible.loc[eligible["cost_per_1m_usd"].idxmin()]
+        out.append(f"- Cheapest per request: {cheap['config']} at batch size {int(cheap['batch_size'])}, "
+                   f"{fmt(cheap['cost_per_1m_usd'], 4, money=True)} per 1M requests priced as {r.pricing.gpu}.")
+    if not r.table.empty and r.table["mfu"].notna().any():
+        top = r.table.loc[r.table["mfu"].idxmax()]
+        out.append(f"- Highest MFU: {top['config']} at batch size {int(top['batch_size'])}, "
+                   f"{fmt(top['mfu'], 2, pct=True)} of {fmt(r.peak.tflops, 1)} TFLOP/s.")
+    skipped = [n for n, rec in r.configs.items() if rec.get("status") in ("skipped", "failed")]
+    if skipped:
+        out.append(f"- {len(skipped)} config(s) did not run here ({', '.join(skipped)}); the experiment matrix "
+                   "gives each reason.")
+    blocked = r.eligibility[(~r.eligibility["eligible"]) & (r.eligibility["status"] == "ready")]
+    for _, row in blocked.iterrows():
+        out.append(f"- {row['config']} ran but is not recommended: {row['why_not']}.")
+    if not out:
+        out.append("- No latency or accuracy result finished in this run, so there is no finding to report; "
+                   "the experiment matrix says what happened to each config.")
+    return "\n".join(out)
+
+
+def _best_rows(r: RunResults) -> pd.DataFrame:
+    """Each eligible config at its highest-throughput batch size."""
+    eligible = r.eligible
+    if eligible.empty:
+        return eligible
+    idx = eligible.groupby("config")["throughput_samples_per_s"].idxmax()
+    return eligible.loc[idx].sort_values("throughput_samples_per_s", ascending=False)
+
+
+def cost_analysis(r: RunResults) -> str:
+    p = r.pricing
+    best = _best_rows(r)
+    out = []
+    if best.empty:
+        return ("No cost: no config that passes its accuracy gates has a measured throughput. "
+                "Cost per request is price per hour over requests per hour, so it needs a throughput.")
+    if p.available:
+        out.append(f"Priced as **{p.gpu}**: on-demand {fmt(p.on_demand_per_hour, money=True)}/h, spot "
+                   f"{fmt(p.spot_per_hour, money=True) if p.spot_per_hour is not None else 'no spot price given'}/h "
+                   f"({p.source}). One request is one text; one replica runs fully busy at the measured throughput.")
+        if p.note:
+            out.append(f"\nNote: {p.note}.")
+    else:
+        out.append(f"No price for this run: {p.source}. The requests per replica-hour below are measured; "
+                   "multiply your hourly price by 1,000 / (requests per hour) for the cost per 1K requests.")
+    rows = []
+    for _, row in best.iterrows():
+        per_hour = row["throughput_samples_per_s"] * 3600
+        line = [row["config"], int(row["batch_size"]), fmt(row["throughput_samples_per_s"], 1), fmt(per_hour, 0)]
+        if p.available:
+            line += [fmt(_value(row, "cost_per_1k_usd"), 6, money=True), fmt(_value(row, "cost_per_1m_usd"), 4, money=True),
+                     fmt(_value(row, "spot_cost_per_1k_usd"), 6, money=True) if p.spot_per_hour is not None else "no spot price",
+                     fmt(_value(row, "spot_cost_per_1m_usd"), 4, money=True) if p.spot_per_hour is not None else "no spot price"]
+        rows.append(line)
+    header = ["config", "batch size", "texts/s", "requests per replica-hour"]
+    if p.available:
+        header += ["on-demand $/1K", "on-demand $/1M", "spot $/1K", "spot $/1M"]
+    out.append("\nEach config that passes its gates, at its highest-throughput batch size:\n")
+    out.append(md_table(header, rows))
+    out.append(f"\nGPU list prices assumed when no price is given (USD per GPU-hour, as of {gpus.PRICES_AS_OF}; "
+               "assumptions, check your provider):\n")
+    out.append(md_table(("GPU", "on-demand", "spot", "source"),
+                        [(g.name, fmt(g.on_demand_per_hour, money=True), fmt(g.spot_per_hour, money=True), g.price_source)
+                         for g in gpus.GPUS]))
+    return "\n".join(out)
+
+
+def recommendations(r: RunResults) -> str:
+    out = []
+    if not r.recommendations:
+        out.append(f"No recommendation: {r.no_recommendation}.")
+    else:
+        rows = [(r.recommendations[k].title, r.recommendations[k].config, r.recommendations[k].method,
+                 r.recommendations[k].engine, r.recommendations[k].batch_size,
+                 fmt(r.recommendations[k].latency_p95_ms), fmt(r.recommendations[k].throughput_samples_per_s, 1),
+                 fmt(r.recommendations[k].accuracy, 4), fmt(r.recommendations[k].balance_score, 3))
+                for k in KINDS if k in r.recommendations]
+        out.append(md_table(("pick", "config", "method", "engine", "batch size", "p95 (ms)", "texts/s", "accuracy",
+                             "balance score"), rows))
+        out.append("\nBalance score = mean of min-max-normalized throughput and (1 - min-max-normalized p95) over "
+                   "the eligible (config, batch size) rows; 1 is best on both.")
+    out.append("\nEligibility (a config is recommended only if it ran, its accuracy was measured and no accuracy "
+               "gate failed):\n")
+    out.append(md_table(("config", "status", "gates", "eligible", "why not"),
+                        [(row["config"], STATUS_WORDS.get(row["status"], row["status"]), row["gates"],
+                          "yes" if row["eligible"] else "no", row["why_not"] or "-")
+                         for _, row in r.eligibility.iterrows()]))
+    if r.deployment:
+        d = r.deployment
+        win = r.recommendations["balanced"]
+        out.append(f"\nDeployment settings from the balanced pick ({win.config}, batch size {win.batch_size}):\n")
+        out.append("```bash\n" + "\n".join(f"{k}={v}" for k, v in d.items() if k != "notes") + "\n```")
+        out.extend(f"- {note}" for note in d["notes"])
+    return "\n".join(out)
+
+
+def scaling(r: RunResults) -> str:
+    t = r.traffic
+    out = [f"Traffic tiers under a p95 target of {t.p95_target_ms:g} ms (option `--qbench-p95-target-ms`); "
+           "a request is one text, replicas run at the measured throughput with no headroom added, and queueing "
+           "is not modelled (p95 is the batch latency).\n"]
+    if t.reason:
+        out.append(f"No tier plan: {t.reason}.")
+    else:
+        out.append(f"Serving row: {t.config} at batch size {t.batch_size} (p95 {fmt(t.latency_p95_ms)} ms, "
+                   f"{fmt(t.capacity_per_replica_per_s, 1)} texts/s per replica): the eligible row with the "
+                   "highest throughput that meets the target.\n")
+        priced = r.pricing.available
+        header = ["requests/min", "requests/s", "replicas", "utilization"]
+        if priced:
+            header += ["on-demand $/h", "spot $/h"]
+        rows = []
+        for tier in t.tiers:
+            line = [fmt(tier.requests_per_min), fmt(tier.requests_per_min / 60, 2), tier.replicas,
+                    fmt(tier.utilization, 1, pct=True)]
+            if priced:
+                line += [fmt(tier.on_demand_per_hour, 2, money=True),
+                         fmt(tier.spot_per_hour, 2, money=True) if tier.spot_per_hour is not None else "no spot price"]
+            rows.append(line)
+        out.append(md_table(header, rows))
+    out.append("\n### Headroom (MFU)\n")
+    w = r.workload
+    tokens, params = w.get("mean_tokens_per_text"), w.get("non_embedding_params")
+    facts = []
+    facts.append(f"- Mean tokens per text: {fmt(tokens, 1)} (model's tokenizer on the evaluated split, truncated at "
+                 f"{w.get('max_model_len', r.settings.get('max_model_len'))})" if tokens else
+                 f"- Tokens per text: {MISSING} ({w.get('tokens_error') or 'the evaluation split was not loaded'})")
+    facts.append(f"- Non-embedding parameters: {fmt(params)} (FLOPs per token = 2 x this)" if params else
+                 f"- Non-embedding parameters: {MISSING} ({w.get('params_error') or 'the model was not loaded'})")
+    facts.append(f"- Peak: {fmt(r.peak.tflops, 1)} TFLOP/s ({r.peak.source})" if r.peak.tflops else
+                 f"- Peak TFLOP/s: {r.peak.source}")
+    out.extend(facts)
+    if not r.table.empty and r.table["achieved_tflops"].notna().any():
+        header = ["config", "batch size", "tokens/s", "achieved TFLOP/s", "MFU"]
+        rows = [(row["config"], int(row["batch_size"]), fmt(row["tokens_per_s"], 0), fmt(row["achieved_tflops"], 5),
+                 fmt(row["mfu"], 3, pct=True) if pd.notna(row["mfu"]) else "peak unknown")
+                for _, row in r.table.iterrows()]
+        out.append("")
+        out.append(md_table(header, rows))
+    return "\n".join(out)
+
+
+def saved_run_comparison(r: RunResults) -> str:
+    long = r.comparison
+    counts = summary_counts(long)
+    out = [f"This run (B) against saved run {r.comparison_source} (A): {counts['better']} better, "
+           f"{counts['worse']} worse, {counts['same']} same; values are this run's, the change is from A "
+           f"(every number is in {'compare.csv'}).\n"]
+    table = compare_wide(long)
+    if table.empty:
+        out.append("No case ran in both runs.")
+    else:
+        out.append(md_table(list(table.columns), table.itertuples(index=False)))
+    if extra := unmatched(long):
+        out.append(f"\nCases in one run only: {extra}.")
+    return "\n".join(out)
+
+
+BUILDERS: tuple[tuple[str, Callable[[RunResults], str]], ...] = (
+    ("Hardware", hardware), ("Software versions", software), ("Experiment matrix", matrix),
+    ("Results per method", per_method), ("Observations: memory, cold start, accuracy", observations),
+    ("Comparison to the baseline", baseline_comparison), ("Load test", load_test), ("Key findings", key_findings),
+    ("Cost analysis", cost_analysis), ("Recommendations", recommendations), ("Scaling", scaling),
+)
+
+
+def experiment_log(r: RunResults, files: Sequence[str] = ()) -> str:
+    parts = [f"# Experiment log: qbench run {r.run_id}\n",
+             f"Written by qbench from the run's own measurements on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+             f"{f' at commit {r.commit}' if r.commit else ''}. Prices are assumptions (marked as such); every "
+             "other number was measured in this run.\n"]
+    for title, build in BUILDERS:
+        parts.append(f"## {title}\n")
+        parts.append(build(r).rstrip() + "\n")
+    if r.comparison is not None:
+        parts.append("## Comparison with a saved run\n")
+        parts.append(saved_run_comparison(r) + "\n")
+    if files:
+        parts.append("## Files\n")
+        parts.append("\n".join(f"- `{name}`" for name in files) + "\n")
+    return "\n".join(parts)
+
+
+# What a hand-filled template leaves behind, and what a formatting slip prints for a missing number.
+PLACEHOLDER_PATTERN = re.compile(r"\bTBD\b|\bTODO\b|\bFIXME\b|\bXX+\b|\[fill|<fill|\?\?\?|\bnan\b|\bNone\b|\bNaN\b")
+
+
+def find_placeholders(text: str) -> list[str]:
+    """Every placeholder-looking token in the text, with its line, for a test to assert on."""
+    return [f"line {i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1) if PLACEHOLDER_PATTERN.search(line)]

@@ -1,0 +1,184 @@
+"""The report's decision blocks for pytest-html: recommendation, plots, pivots, cost, tiers, MFU, gates,
+and the comparison with a saved run (the load-test table is report.py's).
+
+Rendered from the run's one RunResults. Every table goes through DataFrame.to_html(escape=True) and
+every other string through html.escape, since config names, reasons and paths come from files a user
+wrote; plots are PNG data URIs, so the self-contained report still needs no network.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from . import gpus
+from .compare import summary_counts, unmatched, wide as compare_wide
+from .explog import MISSING, STATUS_WORDS, fmt
+from .plots import Plot
+from .summary import KINDS, RunResults
+
+STYLE = """<style>
+.qbench-headline { font-size: 15px; padding: 8px 12px; background: #eef6ee; border-left: 4px solid #3a7d3a; }
+.qbench-none { font-size: 15px; padding: 8px 12px; background: #fdf3e7; border-left: 4px solid #c77700; }
+figure.qbench-plot { margin: 8px 0 20px; }
+figure.qbench-plot img { max-width: 100%; border: 1px solid #ddd; }
+pre.qbench-env { background: #f6f6f6; padding: 8px; display: inline-block; }
+</style>"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(frame: pd.DataFrame, css: str = "qbench") -> str:
+    if frame.empty:
+        return "<p>(no rows)</p>"
+    return frame.to_html(index=False, escape=True, na_rep=MISSING, classes=css, border=0)
+
+
+def _frame(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
+    return pd.DataFrame([list(r) for r in rows], columns=list(header))
+
+
+def headline_html(r: RunResults) -> list[str]:
+    """First in the summary: what to serve, in one sentence."""
+    if not r.recommendations:
+        return [STYLE, f'<p class="qbench-none">No recommendation: {_e(r.no_recommendation)}.</p>']
+    return [STYLE, f'<p class="qbench-headline">{_e(r.headline())}</p>']
+
+
+def recommendation_html(r: RunResults) -> list[str]:
+    out = ["<h2>Recommendations (configs that pass their accuracy gates)</h2>"]
+    if r.recommendations:
+        rows = [(rec.title, rec.config, rec.method, rec.engine, rec.batch_size, fmt(rec.latency_p95_ms),
+                 fmt(rec.throughput_samples_per_s, 1), fmt(rec.accuracy, 4), fmt(rec.balance_score, 3))
+                for rec in (r.recommendations[k] for k in KINDS if k in r.recommendations)]
+        out.append(_table(_frame(("pick", "config", "method", "engine", "batch size", "p95 (ms)", "texts/s", "accuracy",
+                                  "balance score"), rows), "qbench qbench-recommendations"))
+        out.append("<p>Balance score: mean of min-max-normalized throughput and 1 - min-max-normalized p95 over the "
+                   "eligible (config, batch size) rows.</p>")
+    else:
+        out.append(f"<p>No recommendation: {_e(r.no_recommendation)}.</p>")
+    if r.deployment:
+        env = "\n".join(f"{k}={v}" for k, v in r.deployment.items() if k != "notes")
+        out.append(f"<h3>Deployment settings (balanced pick)</h3><pre class=\"qbench-env\">{_e(env)}</pre>")
+        out.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in r.deployment["notes"]) + "</ul>")
+    elig = r.eligibility.assign(
+        status=[STATUS_WORDS.get(s, s) for s in r.eligibility["status"]],
+        eligible=["yes" if e else "no" for e in r.eligibility["eligible"]],
+        why_not=[w or "-" for w in r.eligibility["why_not"]])
+    out.append("<h3>Accuracy gates</h3>")
+    out.append(_table(elig.rename(columns={"why_not": "why not"}), "qbench qbench-gates"))
+    return out
+
+
+def plots_html(plots: Sequence[Plot], r: RunResults) -> list[str]:
+    out = ["<h2>Plots</h2>"]
+    if not plots:
+        out.append(f"<p>No plots: {_e(r.no_recommendation or 'no latency case finished')}.</p>")
+    for plot in plots:
+        out.append(f'<figure class="qbench-plot" id="qbench-plot-{_e(plot.name)}"><figcaption><b>{_e(plot.title)}</b>'
+                   f'</figcaption><img alt="{_e(plot.title)}" src="{plot.data_uri()}"></figure>')
+    return out
+
+
+def _formatted(frame: pd.DataFrame, digits: int) -> pd.DataFrame:
+    frame = frame.copy()
+    for column in frame.columns:
+        if pd.api.types.is_float_dtype(frame[column]):
+            frame[column] = [fmt(v, digits) for v in frame[column]]
+    return frame
+
+
+def tables_html(r: RunResults) -> list[str]:
+    out = ["<h2>p95 batch latency (ms) by method x batch size</h2>",
+           _table(_formatted(r.pivots["p95_ms"], 2), "qbench qbench-pivot-p95"),
+           "<h2>Throughput (texts/s) by method x batch size</h2>",
+           _table(_formatted(r.pivots["throughput"], 1), "qbench qbench-pivot-throughput"),
+           "<h2>Per-method statistics</h2>",
+           _table(_formatted(r.method_stats, 2), "qbench qbench-method-stats")]
+    return out
+
+
+def cost_html(r: RunResults) -> list[str]:
+    p = r.pricing
+    out = ["<h2>Cost per request</h2>"]
+    eligible = r.eligible
+    if eligible.empty:
+        out.append("<p>No cost: no config that passes its accuracy gates has a measured throughput.</p>")
+    else:
+        best = eligible.loc[eligible.groupby("config")["throughput_samples_per_s"].idxmax()]
+        best = best.sort_values("throughput_samples_per_s", ascending=False)
+        if p.available:
+            out.append(f"<p>Priced as <b>{_e(p.gpu)}</b>: on-demand {_e(fmt(p.on_demand_per_hour, money=True))}/h, spot "
+                       f"{_e(fmt(p.spot_per_hour, money=True))}/h ({_e(p.source)}). A request is one text.</p>")
+            if p.note:
+                out.append(f"<p><i>{_e(p.note)}.</i></p>")
+        else:
+            out.append(f"<p>No price: {_e(p.source)}. Requests per replica-hour are measured.</p>")
+        rows = []
+        for _, row in best.iterrows():
+            line = [row["config"], int(row["batch_size"]), fmt(row["throughput_samples_per_s"], 1),
+                    fmt(row["throughput_samples_per_s"] * 3600, 0)]
+            if p.available:
+                line += [fmt(row["cost_per_1k_usd"], 6, money=True), fmt(row["cost_per_1m_usd"], 4, money=True),
+                         fmt(row["spot_cost_per_1k_usd"], 6, money=True), fmt(row["spot_cost_per_1m_usd"], 4, money=True)]
+            rows.append(line)
+        header = ["config", "batch size", "texts/s", "requests per replica-hour"]
+        if p.available:
+            header += ["on-demand $/1K", "on-demand $/1M", "spot $/1K", "spot $/1M"]
+        out.append(_table(_frame(header, rows), "qbench qbench-cost"))
+    out.append(f"<details><summary>GPU list prices assumed when no price is given (USD per GPU-hour, as of "
+               f"{_e(gpus.PRICES_AS_OF)})</summary>")
+    out.append(_table(_frame(("GPU", "on-demand", "spot", "dense bf16/fp16 peak TFLOP/s", "source"),
+                             [(g.name, fmt(g.on_demand_per_hour, money=True), fmt(g.spot_per_hour, money=True),
+                               fmt(g.peak_tflops, 0), g.price_source) for g in gpus.GPUS]), "qbench qbench-gpus"))
+    out.append("</details>")
+    return out
+
+
+def scaling_html(r: RunResults) -> list[str]:
+    t = r.traffic
+    out = [f"<h2>Traffic tiers (p95 target {_e(f'{t.p95_target_ms:g}')} ms)</h2>"]
+    if t.reason:
+        out.append(f"<p>No tier plan: {_e(t.reason)}.</p>")
+    else:
+        out.append(f"<p>Serving row: {_e(t.config)} at batch size {t.batch_size} (p95 {_e(fmt(t.latency_p95_ms))} ms, "
+                   f"{_e(fmt(t.capacity_per_replica_per_s, 1))} texts/s per replica), no headroom added.</p>")
+        rows = [(fmt(x.requests_per_min), x.replicas, fmt(x.utilization, 1, pct=True),
+                 fmt(x.on_demand_per_hour, 2, money=True) if x.on_demand_per_hour is not None else "no price",
+                 fmt(x.spot_per_hour, 2, money=True) if x.spot_per_hour is not None else "no price") for x in t.tiers]
+        out.append(_table(_frame(("requests/min", "replicas", "utilization", "on-demand $/h", "spot $/h"), rows),
+                          "qbench qbench-tiers"))
+    w = r.workload
+    out.append("<h2>Headroom (MFU)</h2>")
+    out.append(f"<p>Mean tokens per text {_e(fmt(w.get('mean_tokens_per_text'), 1))}; non-embedding parameters "
+               f"{_e(fmt(w.get('non_embedding_params')))}; peak: "
+               f"{_e(fmt(r.peak.tflops, 1) + ' TFLOP/s (' + r.peak.source + ')' if r.peak.tflops else r.peak.source)}.</p>")
+    if not r.table.empty:
+        rows = [(row["config"], int(row["batch_size"]), fmt(row["tokens_per_s"], 0), fmt(row["achieved_tflops"], 5),
+                 fmt(row["mfu"], 3, pct=True) if pd.notna(row["mfu"]) else "peak unknown")
+                for _, row in r.table.iterrows()]
+        out.append(_table(_frame(("config", "batch size", "tokens/s", "achieved TFLOP/s", "MFU"), rows), "qbench qbench-mfu"))
+    return out
+
+
+def comparison_html(r: RunResults) -> list[str]:
+    if r.comparison is None:
+        return []
+    counts = summary_counts(r.comparison)
+    return [f"<h2>Compared with saved run {_e(r.comparison_source)}</h2>",
+            f"<p>{counts['better']} better, {counts['worse']} worse, {counts['same']} same; values are this run's, "
+            "change is from the saved run.</p>",
+            _table(compare_wide(r.comparison), "qbench qbench-compare")] + (
+        [f"<p>Cases in one run only: {_e(extra)}.</p>"] if (extra := unmatched(r.comparison)) else [])
+
+
+def results_html(r: RunResults, plots: Sequence[Plot], files: Sequence[str] = ()) -> list[str]:
+    """Everything after the matrix; the headline goes first through headline_html."""
+    blocks = recommendation_html(r) + plots_html(plots, r) + tables_html(r) + cost_html(r) + scaling_html(r)
+    blocks += comparison_html(r)  # load tests: report.py's load_html, from the store
+    if files:
+        blocks.append("<p>Also written next to this report: " + ", ".join(f"<code>{_e(f)}</code>" for f in files) + "</p>")
+    return blocks

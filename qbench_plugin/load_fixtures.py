@@ -1,0 +1,115 @@
+"""Fixtures of the load tests: which configs get a server, the server itself, or a remote endpoint.
+
+`qbench_load_config` is parametrized over its own (small) list of configs, by default the baseline
+only, because a load test costs a server start plus the run time; the in-process engine fixtures
+keep their list. `qbench_endpoint` starts vLLM's OpenAI server for that config (session scope: one
+server per config, stopped before the next starts), or, with `--qbench-endpoint`, stands for a
+server someone else runs, in which case the configs do not apply and one `endpoint` case runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from . import quantize
+from .config import BenchConfig
+from .endpoint import KINDS
+from .engine import EngineSpec, EngineUnavailable, cuda_available, resolve_dtype
+from .loadtest import Endpoint, secret, served_model
+from .options import Settings
+from .run import LoadRecord, RunStore
+from .serve import ServerError, ServerSpec, Unservable, engine_cli_args, start_server
+
+REMOTE_ID = "endpoint"
+
+
+def select_load_configs(configs: list[BenchConfig], choice: tuple[str, ...]) -> list[BenchConfig]:
+    """`baseline` (the default: baseline configs, else the first), `all`, or config names."""
+    if not choice or choice == ("baseline",):
+        return [c for c in configs if c.baseline] or configs[:1]
+    if choice == ("all",):
+        return list(configs)
+    by_name = {c.name: c for c in configs}
+    missing = [name for name in choice if name not in by_name]
+    if missing:
+        raise pytest.UsageError(f"--qbench-load-configs: no config named {', '.join(missing)} in this run; "
+                                f"available: {', '.join(by_name) or 'none'} (or 'baseline', 'all')")
+    return [by_name[name] for name in choice]
+
+
+def parametrize_load(metafunc: pytest.Metafunc, configs: list[BenchConfig], settings: Settings) -> None:
+    """pytest_generate_tests' part for `qbench_load_config` (called from plugin.py)."""
+    if "qbench_load_config" not in metafunc.fixturenames:
+        return
+    if settings.endpoint:
+        params = [pytest.param(None, id=REMOTE_ID)]
+    else:
+        params = [pytest.param(cfg, id=cfg.name, marks=[getattr(pytest.mark, m) for m in cfg.markers])
+                  for cfg in select_load_configs(configs, settings.load_configs)]
+    metafunc.parametrize("qbench_load_config", params, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def qbench_load_config(request: pytest.FixtureRequest) -> BenchConfig | None:
+    return request.param
+
+
+def remote_endpoint(settings: Settings) -> Endpoint:
+    s = settings
+    if s.endpoint_kind not in KINDS:
+        raise pytest.UsageError(f"--qbench-endpoint-kind must be one of {', '.join(KINDS)}, got {s.endpoint_kind!r}")
+    url = s.endpoint.rstrip("/")
+    if s.endpoint_kind == "runpod":
+        if not secret(s.endpoint_key_env):
+            pytest.fail(f"RunPod endpoint {url}: no API key in the environment variable {s.endpoint_key_env} "
+                        "(--qbench-endpoint-key-env names it)", pytrace=False)
+        return Endpoint(name=REMOTE_ID, url=url, kind="runpod", key_env=s.endpoint_key_env)
+    return Endpoint(name=REMOTE_ID, url=url, kind="vllm", model=served_model(url))
+
+
+def server_spec(cfg: BenchConfig, settings: Settings, model: str, ctx: quantize.QuantContext) -> ServerSpec:
+    """The server for one config; raises EngineUnavailable / Unservable with the reason it cannot run."""
+    engine = cfg.engine or settings.engine
+    if engine != "vllm":
+        raise Unservable(f"config {cfg.name} runs on the {engine} engine (transformers); vLLM's OpenAI server "
+                         "serves vllm-engine configs only")
+    device = "cuda" if cuda_available() else "cpu"
+    if cfg.device == "cuda" and device != "cuda":
+        raise EngineUnavailable(f"config {cfg.name} needs a CUDA GPU; torch.cuda.is_available() is False here")
+    spec = EngineSpec(config=cfg, model=model, engine=engine, max_model_len=settings.max_model_len, device=device)
+    prepared = quantize.prepare(spec, ctx)
+    return ServerSpec(
+        model=prepared.model, dtype=resolve_dtype(spec), max_model_len=settings.max_model_len, device=device,
+        enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else device == "cpu",
+        max_num_seqs=cfg.max_num_seqs, gpu_memory_utilization=cfg.gpu_memory_utilization if device == "cuda" else None,
+        engine_args=engine_cli_args(prepared.engine_kwargs),
+    )
+
+
+@pytest.fixture(scope="session")
+def qbench_endpoint(request: pytest.FixtureRequest, qbench_load_config: BenchConfig | None,
+                    qbench_settings: Settings, qbench_store: RunStore,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    """The endpoint under load: a vLLM OpenAI server started for the config, or --qbench-endpoint."""
+    if qbench_load_config is None:
+        yield remote_endpoint(qbench_settings)
+        return
+    cfg = qbench_load_config
+    try:
+        spec = server_spec(cfg, qbench_settings, request.getfixturevalue("qbench_model"),
+                           request.getfixturevalue("qbench_quant_context"))
+    except (EngineUnavailable, Unservable) as exc:
+        qbench_store.add_load(LoadRecord(name=cfg.name, target="-", kind="vllm", status="skipped", reason=str(exc)))
+        pytest.skip(str(exc))
+    log_dir = qbench_store.out_dir or Path(tmp_path_factory.mktemp("qbench-server"))
+    try:
+        server = start_server(spec, log_dir / f"server-{cfg.name}.log")
+    except ServerError as exc:
+        qbench_store.add_load(LoadRecord(name=cfg.name, target="-", kind="vllm", status="error", reason=str(exc)))
+        raise
+    try:
+        yield Endpoint(name=cfg.name, url=server.url, kind="vllm", model=server.model, server=server)
+    finally:
+        server.stop()

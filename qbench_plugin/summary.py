@@ -1,0 +1,491 @@
+"""What a person decides from a run: tables, which config to serve, what it costs, how far from peak.
+
+Everything here is pure: it takes a run's JSON (qbench.json's shape, live or saved), the configs and
+the report options, and returns one `RunResults`; the CSVs, plots, HTML blocks, EXPERIMENT_LOG.md
+and the terminal line all render from that object, so they cannot disagree.
+
+Recommendations consider only (config, batch size) rows whose config passed its accuracy gates
+(`passes_accuracy_gates`, which defers to gates.py so the report and CI agree on what passes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from . import gates as gate_rules
+from . import gpus
+from .config import BenchConfig, Gates
+from .metrics import CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
+
+TIERS_PER_MIN = (100, 1_000, 10_000)
+DEFAULT_P95_TARGET_MS = 100.0
+KINDS = ("latency", "throughput", "balanced")
+KIND_TITLES = {"latency": "best for latency (lowest p95)", "throughput": "best for throughput",
+               "balanced": "best balanced (balance score)"}
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The report's knobs (--qbench-gpu-type, --qbench-price-per-hour, ...); None or '' means not given."""
+
+    gpu_type: str = ""
+    price_per_hour: float | None = None
+    spot_price_per_hour: float | None = None
+    peak_tflops: float | None = None
+    p95_target_ms: float = DEFAULT_P95_TARGET_MS
+    gate_overrides: Mapping[str, float | None] = field(default_factory=dict)
+
+
+# -- the table --------------------------------------------------------------------------------------
+
+def table_from_json(run: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per (config, batch size): case metrics, then the config's metrics (RunStore.table's shape)."""
+    configs = run.get("configs") or {}
+    rows = []
+    for case in run.get("cases") or []:
+        rec = configs.get(case["config"]) or {}
+        row = {"config": case["config"], "method": rec.get("method"), "engine": rec.get("engine"),
+               "batch_size": int(case["batch_size"])}
+        row.update({k: v for k, v in (case.get("metrics") or {}).items() if k not in DERIVED_METRICS})
+        row.update(rec.get("metrics") or {})
+        rows.append(row)
+    columns = ["config", "method", "engine", "batch_size", *CASE_METRICS, *CONFIG_METRICS]
+    frame = pd.DataFrame(rows)
+    for name in columns:
+        if name not in frame:
+            frame[name] = None
+    rest = [c for c in frame.columns if c not in columns]
+    frame = frame[columns + rest]
+    numeric = [c for c in frame.columns if c not in ("config", "method", "engine")]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    return frame.sort_values(["config", "batch_size"], kind="stable").reset_index(drop=True)
+
+
+def add_derived(table: pd.DataFrame, workload: Mapping[str, Any], peak_tflops: float | None) -> pd.DataFrame:
+    """tokens/s, achieved TFLOP/s and MFU per row; NaN where the tokens, parameters or peak are unknown."""
+    table = table.copy()
+    tokens = workload.get("mean_tokens_per_text")
+    params = workload.get("non_embedding_params")
+    nan = float("nan")
+    table["tokens_per_s"] = table["throughput_samples_per_s"] * tokens if tokens else nan
+    # forward pass of a dense decoder: 2 FLOPs per parameter per token (attention's share is left out)
+    table["achieved_tflops"] = 2.0 * params * table["tokens_per_s"] / 1e12 if params else nan
+    table["mfu"] = table["achieved_tflops"] / peak_tflops if peak_tflops else nan
+    return table
+
+
+# -- gates --------------------------------------------------------------------------------------------
+
+def accuracy_gate_failures(record: Mapping[str, Any], config: BenchConfig | None,
+                           overrides: Mapping[str, float | None] | None = None) -> list[str]:
+    """Why a config may not be recommended; empty when it may. `record` is a config's qbench.json entry."""
+    name = record.get("name") or (config.name if config else "?")
+    metrics = record.get("metrics") or {}
+    if record.get("status") not in (None, "ready"):
+        return [f"config {name} did not run ({record.get('status')})"]
+    if metrics.get("accuracy") is None:
+        return [f"config {name}: accuracy not measured"]
+    rules = gate_rules.effective_gates(config.gates if config else Gates(), dict(overrides or {}))
+    verdicts = gate_rules.accuracy_gates(name, rules, metrics, (record.get("info") or {}).get("baseline"))
+    # undecidable (None), e.g. a drop gate on the baseline itself, does not exclude: gates.py's CI rule
+    return [v.message for v in verdicts if v.passed is False]
+
+
+def passes_accuracy_gates(record: Mapping[str, Any], config: BenchConfig | None,
+                          overrides: Mapping[str, float | None] | None = None) -> bool:
+    """The one predicate recommendations use; swap its body to change what 'passes' means."""
+    return not accuracy_gate_failures(record, config, overrides)
+
+
+def gate_frame(configs: Mapping[str, Mapping[str, Any]], bench_configs: Mapping[str, BenchConfig],
+               overrides: Mapping[str, float | None] | None = None) -> pd.DataFrame:
+    rows = []
+    for name, rec in configs.items():
+        cfg = bench_configs.get(name)
+        failures = accuracy_gate_failures({"name": name, **rec}, cfg, overrides)
+        rules = cfg.gates.model_dump(exclude_none=True) if cfg else {}
+        rows.append({"config": name, "status": rec.get("status"), "eligible": not failures,
+                     "gates": ", ".join(f"{k}={v}" for k, v in rules.items()) or "none",
+                     "why_not": "; ".join(failures)})
+    return pd.DataFrame(rows, columns=["config", "status", "eligible", "gates", "why_not"])
+
+
+# -- recommendations ---------------------------------------------------------------------------------
+
+def _minmax(values: pd.Series, flat: float) -> pd.Series:
+    low, high = values.min(), values.max()
+    if not math.isfinite(high - low) or high == low:
+        return pd.Series(flat, index=values.index)
+    return (values - low) / (high - low)
+
+
+def balance_scores(rows: pd.DataFrame) -> pd.Series:
+    """mean(minmax(throughput), 1 - minmax(p95)) over the given rows (the eligible ones), in [0, 1].
+
+    Where every row has the same value of a metric, no row is worse on it: its term is 1 for all."""
+    if rows.empty:
+        return pd.Series(dtype=float)
+    thr = _minmax(rows["throughput_samples_per_s"], flat=1.0)
+    p95 = _minmax(rows["latency_p95_ms"], flat=0.0)
+    return (thr + (1 - p95)) / 2
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    kind: str
+    config: str
+    method: str
+    engine: str
+    batch_size: int
+    latency_p95_ms: float
+    throughput_samples_per_s: float
+    accuracy: float | None
+    balance_score: float
+
+    @property
+    def title(self) -> str:
+        return KIND_TITLES[self.kind]
+
+
+def recommend(eligible: pd.DataFrame) -> dict[str, Recommendation]:
+    """The three winners among eligible rows; ties go to the other metric, then the name, so runs agree."""
+    if eligible.empty:
+        return {}
+    rows = eligible.copy()
+    rows["balance_score"] = balance_scores(rows)
+    orders = {
+        "latency": (["latency_p95_ms", "throughput_samples_per_s", "config", "batch_size"], [True, False, True, True]),
+        "throughput": (["throughput_samples_per_s", "latency_p95_ms", "config", "batch_size"], [False, True, True, True]),
+        "balanced": (["balance_score", "throughput_samples_per_s", "config", "batch_size"], [False, False, True, True]),
+    }
+    out = {}
+    for kind, (by, ascending) in orders.items():
+        best = rows.sort_values(by, ascending=ascending, kind="stable").iloc[0]
+        out[kind] = Recommendation(
+            kind=kind, config=str(best["config"]), method=str(best["method"]), engine=str(best["engine"]),
+            batch_size=int(best["batch_size"]), latency_p95_ms=float(best["latency_p95_ms"]),
+            throughput_samples_per_s=float(best["throughput_samples_per_s"]),
+            accuracy=_num(best.get("accuracy")), balance_score=float(best["balance_score"]))
+    return out
+
+
+def _num(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def deployment_settings(rec: Recommendation, record: Mapping[str, Any], config: BenchConfig | None,
+                        settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Serving settings that reproduce the winner's measured setup (env-var style names)."""
+    info = record.get("info") or {}
+    kwargs = info.get("engine_kwargs") or {}
+    if kwargs.get("quantization"):
+        quantization = kwargs["quantization"]
+    elif rec.method in ("gptq", "awq", "int8"):
+        quantization = "compressed-tensors"  # vLLM reads it from the checkpoint's config; named for clarity
+    elif rec.method == "none":
+        quantization = "none"
+    else:
+        quantization = rec.method
+    utilization = kwargs.get("gpu_memory_utilization", config.gpu_memory_utilization if config else 0.5)
+    out: dict[str, Any] = {
+        "MODEL": info.get("model") or settings.get("model"),
+        "QUANTIZATION": quantization,
+        "MAX_NUM_SEQS": rec.batch_size,
+        "GPU_MEMORY_UTILIZATION": utilization,
+        "MAX_MODEL_LEN": kwargs.get("max_model_len", settings.get("max_model_len")),
+        "DTYPE": kwargs.get("dtype", config.dtype if config else None),
+    }
+    notes = [f"MAX_NUM_SEQS is the winning batch size ({rec.batch_size}): the concurrency that was measured"]
+    if info.get("device") == "cpu":
+        notes.append("measured on CPU, where vLLM sizes its KV cache with VLLM_CPU_KVCACHE_SPACE (GiB) and "
+                     "ignores GPU_MEMORY_UTILIZATION; the value shown is the config's, for a GPU deployment")
+    if rec.engine != "vllm":
+        notes.append(f"the winner ran on the {rec.engine} engine (transformers), not vLLM; these settings "
+                     f"describe its quantization, and vLLM >= 0.28 cannot serve {rec.method} itself")
+    out["notes"] = notes
+    return out
+
+
+# -- cost, peak, tiers ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pricing:
+    gpu: str | None
+    on_demand_per_hour: float | None
+    spot_per_hour: float | None
+    source: str
+    note: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.on_demand_per_hour is not None or self.spot_per_hour is not None
+
+
+def _device_label(device_names: list[str]) -> str:
+    return ", ".join(device_names) if device_names else "this machine's CPU (no GPU)"
+
+
+def resolve_pricing(options: ReportOptions, device_names: list[str]) -> Pricing:
+    spec = gpus.by_name(options.gpu_type) if options.gpu_type else gpus.detect(device_names)
+    on_demand = options.price_per_hour if options.price_per_hour is not None else (spec.on_demand_per_hour if spec else None)
+    spot = options.spot_price_per_hour if options.spot_price_per_hour is not None else (spec.spot_per_hour if spec else None)
+    if on_demand is None and spot is None:
+        return Pricing(None, None, None, f"no price: no known GPU on {_device_label(device_names)} and no "
+                       f"--qbench-gpu-type ({', '.join(gpus.known_names())}) or --qbench-price-per-hour given")
+    given = [o for o, v in (("--qbench-price-per-hour", options.price_per_hour),
+                            ("--qbench-spot-price-per-hour", options.spot_price_per_hour)) if v is not None]
+    parts = [f"{' and '.join(given)} as given"] if given else []
+    if spec and (options.price_per_hour is None or options.spot_price_per_hour is None):
+        parts.append(f"list-price assumption for {spec.name} ({spec.price_source}, as of {gpus.PRICES_AS_OF})")
+    note = None
+    measured_on = gpus.detect(device_names)
+    if measured_on is None or (spec is not None and measured_on != spec):
+        priced_as = spec.name if spec else "the given price"
+        note = (f"throughput was measured on {_device_label(device_names)} but is priced as {priced_as}: "
+                f"the cost of that hardware if it delivered this throughput, not a measurement of it")
+    return Pricing(spec.name if spec else "custom", on_demand, spot, "; ".join(parts), note)
+
+
+@dataclass(frozen=True)
+class Peak:
+    tflops: float | None
+    source: str
+
+
+def resolve_peak(options: ReportOptions, device_names: list[str]) -> Peak:
+    """The peak MFU divides by: given, or the detected GPU's; never the priced-as GPU's (not what ran)."""
+    if options.peak_tflops:
+        return Peak(options.peak_tflops, "--qbench-peak-tflops")
+    spec = gpus.detect(device_names)
+    if spec:
+        return Peak(spec.peak_tflops, f"{spec.name} dense bf16/fp16 peak (table in gpus.py)")
+    if device_names:
+        return Peak(None, f"unknown: {', '.join(device_names)} is not in the table; pass --qbench-peak-tflops")
+    return Peak(None, "unknown on CPU: pass --qbench-peak-tflops (this CPU's dense bf16 TFLOP/s) to get MFU")
+
+
+def cost_per_requests(throughput_per_s: float | None, price_per_hour: float | None, requests: int) -> float | None:
+    """USD for `requests` requests (one text each) on one fully busy replica at the measured throughput."""
+    if not throughput_per_s or price_per_hour is None or not math.isfinite(throughput_per_s):
+        return None
+    return price_per_hour / (throughput_per_s * 3600.0) * requests
+
+
+def add_costs(table: pd.DataFrame, pricing: Pricing) -> pd.DataFrame:
+    table = table.copy()
+    thr = table["throughput_samples_per_s"]
+    for column, price, n in (("cost_per_1k_usd", pricing.on_demand_per_hour, 1_000),
+                             ("cost_per_1m_usd", pricing.on_demand_per_hour, 1_000_000),
+                             ("spot_cost_per_1k_usd", pricing.spot_per_hour, 1_000),
+                             ("spot_cost_per_1m_usd", pricing.spot_per_hour, 1_000_000)):
+        table[column] = [cost_per_requests(t, price, n) for t in thr]
+        table[column] = pd.to_numeric(table[column])
+    return table
+
+
+@dataclass(frozen=True)
+class Tier:
+    requests_per_min: int
+    replicas: int
+    utilization: float  # share of the replicas' measured capacity the tier uses
+    on_demand_per_hour: float | None
+    spot_per_hour: float | None
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    p95_target_ms: float
+    config: str | None
+    batch_size: int | None
+    capacity_per_replica_per_s: float | None
+    latency_p95_ms: float | None
+    tiers: tuple[Tier, ...]
+    reason: str | None  # why there is no plan
+
+
+def replicas_needed(requests_per_min: float, capacity_per_s: float) -> int:
+    """Replicas at the measured throughput, no headroom: a request is one text."""
+    if capacity_per_s <= 0:
+        raise ValueError("capacity must be positive")
+    return max(1, math.ceil(requests_per_min / 60.0 / capacity_per_s - 1e-9))
+
+
+def traffic_plan(eligible: pd.DataFrame, p95_target_ms: float, pricing: Pricing,
+                 tiers: Iterable[int] = TIERS_PER_MIN) -> TrafficPlan:
+    """Serve each tier with the eligible row of highest throughput whose p95 meets the target."""
+    if eligible.empty:
+        return TrafficPlan(p95_target_ms, None, None, None, None, (), "no config passed its accuracy gates")
+    meeting = eligible[eligible["latency_p95_ms"] <= p95_target_ms]
+    if meeting.empty:
+        fastest = eligible["latency_p95_ms"].min()
+        return TrafficPlan(p95_target_ms, None, None, None, None, (),
+                           f"no eligible (config, batch size) has p95 <= {p95_target_ms:g} ms; the lowest "
+                           f"measured is {fastest:.2f} ms (raise --qbench-p95-target-ms or use faster hardware)")
+    best = meeting.sort_values(["throughput_samples_per_s", "latency_p95_ms", "config"],
+                               ascending=[False, True, True], kind="stable").iloc[0]
+    capacity = float(best["throughput_samples_per_s"])
+    out = []
+    for rpm in tiers:
+        n = replicas_needed(rpm, capacity)
+        out.append(Tier(rpm, n, rpm / 60.0 / (n * capacity),
+                        n * pricing.on_demand_per_hour if pricing.on_demand_per_hour is not None else None,
+                        n * pricing.spot_per_hour if pricing.spot_per_hour is not None else None))
+    return TrafficPlan(p95_target_ms, str(best["config"]), int(best["batch_size"]), capacity,
+                       float(best["latency_p95_ms"]), tuple(out), None)
+
+
+# -- aggregate tables --------------------------------------------------------------------------------
+
+def pivots(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """p95 and throughput by (method, config) x batch size; config keeps two configs of one method apart."""
+    out = {}
+    for name, value in (("p95_ms", "latency_p95_ms"), ("throughput", "throughput_samples_per_s")):
+        if table.empty:
+            out[name] = pd.DataFrame()
+            continue
+        pivot = table.pivot_table(index=["method", "config"], columns="batch_size", values=value, aggfunc="first")
+        pivot.columns = [f"bs{b}" for b in pivot.columns]
+        out[name] = pivot.reset_index()
+    return out
+
+
+def method_stats(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return pd.DataFrame()
+    grouped = table.groupby("method", sort=True)
+    stats = grouped.agg(
+        configs=("config", "nunique"), cases=("config", "size"),
+        p95_ms_min=("latency_p95_ms", "min"), p95_ms_mean=("latency_p95_ms", "mean"),
+        p95_ms_max=("latency_p95_ms", "max"), p99_ms_max=("latency_p99_ms", "max"),
+        throughput_min=("throughput_samples_per_s", "min"), throughput_mean=("throughput_samples_per_s", "mean"),
+        throughput_max=("throughput_samples_per_s", "max"), accuracy_mean=("accuracy", "mean"),
+        memory_rss_mib_mean=("memory_rss_mib", "mean"), cold_start_s_mean=("cold_start_s", "mean"),
+    )
+    return stats.reset_index()
+
+
+def memory_column(table: pd.DataFrame) -> str:
+    """Device memory where there is a GPU, else the process tree's peak RSS."""
+    for name in ("gpu_memory_peak_mib", "memory_rss_peak_mib", "memory_rss_mib"):
+        if name in table and table[name].notna().any():
+            return name
+    return "memory_rss_mib"
+
+
+def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows no other row beats on accuracy (higher), p95 and memory (lower) all at once."""
+    mem = memory_column(table)
+    points = table.dropna(subset=["accuracy", "latency_p95_ms", mem]).copy()
+    keep = []
+    values = points[["accuracy", "latency_p95_ms", mem]].to_numpy(dtype=float)
+    for i, (acc, p95, m) in enumerate(values):
+        dominated = any(
+            a >= acc and p <= p95 and mm <= m and (a > acc or p < p95 or mm < m)
+            for j, (a, p, mm) in enumerate(values) if j != i)
+        keep.append(not dominated)
+    points["pareto"] = keep
+    points["memory_metric"] = mem
+    return points
+
+
+# -- the results object ------------------------------------------------------------------------------
+
+@dataclass
+class RunResults:
+    run_id: str
+    commit: str | None
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    workload: dict[str, Any]
+    configs: dict[str, dict[str, Any]]  # qbench.json's per-config records
+    options: ReportOptions
+    table: pd.DataFrame  # one row per (config, batch size): every metric, derived, eligibility, costs
+    eligibility: pd.DataFrame
+    pivots: dict[str, pd.DataFrame]
+    method_stats: pd.DataFrame
+    recommendations: dict[str, Recommendation]
+    no_recommendation: str | None
+    deployment: dict[str, Any] | None
+    pricing: Pricing
+    peak: Peak
+    traffic: TrafficPlan
+    pareto: pd.DataFrame
+    loads: list[dict[str, Any]]
+    gates: list[dict[str, Any]]
+    comparison: pd.DataFrame | None = None
+    comparison_source: str | None = None
+
+    @property
+    def eligible(self) -> pd.DataFrame:
+        return self.table[self.table["eligible"]]
+
+    def headline(self) -> str:
+        """The terminal's one line."""
+        rec = self.recommendations.get("balanced")
+        if rec is None:
+            return f"qbench recommendation: none ({self.no_recommendation})"
+        line = (f"qbench recommendation: {rec.config} at batch size {rec.batch_size} "
+                f"({rec.method}, {rec.engine}): p95 {rec.latency_p95_ms:.2f} ms, "
+                f"{rec.throughput_samples_per_s:,.1f} texts/s")
+        if rec.accuracy is not None:
+            line += f", accuracy {rec.accuracy:.4f}"
+        cost = cost_per_requests(rec.throughput_samples_per_s, self.pricing.on_demand_per_hour, 1_000_000)
+        if cost is not None:
+            line += f", ${cost:,.4f} per 1M requests ({self.pricing.gpu})"
+        return line
+
+
+def _as_dict(item: Any) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return dict(item)
+    if hasattr(item, "as_dict"):
+        return item.as_dict()
+    return dict(getattr(item, "__dict__", {"value": item}))
+
+
+def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_configs: Mapping[str, BenchConfig],
+                  options: ReportOptions, loads: Iterable[Any] | None = None) -> RunResults:
+    """Compute everything once from a run's JSON (RunStore.to_json() or a saved qbench.json)."""
+    configs = {name: dict(rec) for name, rec in (run.get("configs") or {}).items()}
+    settings = dict(run.get("settings") or {})
+    workload = dict(run.get("workload") or {})
+    device_names = list(machine.get("gpu_names") or [])
+    peak = resolve_peak(options, device_names)
+    pricing = resolve_pricing(options, device_names)
+    eligibility = gate_frame(configs, bench_configs, options.gate_overrides)
+    eligible_names = set(eligibility.loc[eligibility["eligible"], "config"])
+
+    table = add_derived(table_from_json(run), workload, peak.tflops)
+    table["eligible"] = table["config"].isin(eligible_names)
+    table["balance_score"] = balance_scores(table[table["eligible"]]).reindex(table.index)
+    table = add_costs(table, pricing)
+
+    eligible = table[table["eligible"]]
+    recs = recommend(eligible)
+    if recs:
+        no_rec = None
+    elif table.empty:
+        no_rec = "no latency case finished"
+    else:
+        no_rec = "no config with latency cases passed its accuracy gates"
+    deployment = None
+    if "balanced" in recs:
+        win = recs["balanced"]
+        deployment = deployment_settings(win, configs.get(win.config, {}), bench_configs.get(win.config), settings)
+    if loads is None:
+        loads = run.get("loads") or []
+    return RunResults(
+        run_id=str(run.get("run_id")), commit=run.get("commit"), settings=settings, machine=dict(machine),
+        workload=workload, configs=configs, options=options, table=table, eligibility=eligibility,
+        pivots=pivots(table), method_stats=method_stats(table), recommendations=recs, no_recommendation=no_rec,
+        deployment=deployment, pricing=pricing, peak=peak,
+        traffic=traffic_plan(eligible, options.p95_target_ms, pricing), pareto=pareto_front(table),
+        loads=[_as_dict(item) for item in loads], gates=[_as_dict(g) for g in run.get("gates") or []],
+    )

@@ -1,0 +1,58 @@
+"""Facts about the workload that turn samples/s into FLOP/s: tokens per text and non-embedding parameters.
+
+Throughput is measured in texts; utilization needs tokens. Both facts are the same for every config
+of a run (quantization changes how the FLOPs are done, not how many the model's math needs), so they
+are measured once, from the run's model and evaluated split, and recorded in qbench.json.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+log = logging.getLogger("qbench")
+
+
+def mean_tokens_per_text(model: str, texts: Sequence[str], max_model_len: int) -> dict[str, Any]:
+    """Token counts with the model's own tokenizer, truncated as the engine truncates (max_model_len)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    ids = tokenizer(list(texts), truncation=True, max_length=max_model_len)["input_ids"]
+    lengths = [len(row) for row in ids]
+    if not lengths:
+        raise ValueError("no texts to count tokens of")
+    return {
+        "mean_tokens_per_text": sum(lengths) / len(lengths),
+        "max_tokens_per_text": max(lengths),
+        "texts_counted": len(lengths),
+    }
+
+
+def non_embedding_params(model: str) -> dict[str, Any]:
+    """Parameters of the classifier outside its input embedding table, counted on the meta device.
+
+    Built from the model's config alone, so it needs no weights in memory and works for any architecture
+    transformers knows (a quantized checkpoint has the same architecture as its source)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model)
+    with torch.device("meta"):
+        net = AutoModelForSequenceClassification.from_config(config)
+    total = sum(p.numel() for p in net.parameters())
+    embedding = net.get_input_embeddings()
+    embedded = embedding.weight.numel() if embedding is not None else 0
+    return {"non_embedding_params": int(total - embedded), "total_params": int(total)}
+
+
+def measure_workload(model: str, texts: Sequence[str], max_model_len: int) -> dict[str, Any]:
+    """Both facts; a part that cannot be measured is left out and its reason recorded, never guessed."""
+    facts: dict[str, Any] = {"tokenizer": model, "max_model_len": max_model_len}
+    for name, measure in (("tokens", lambda: mean_tokens_per_text(model, texts, max_model_len)),
+                          ("params", lambda: non_embedding_params(model))):
+        try:
+            facts.update(measure())
+        except Exception as exc:  # noqa: BLE001  (the report says why MFU is missing; the run goes on)
+            log.warning("qbench: could not measure %s of %s: %s", name, model, exc)
+            facts[name + "_error"] = f"{type(exc).__name__}: {exc}"
+    return facts

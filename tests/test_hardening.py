@@ -1,0 +1,202 @@
+"""Hard to break: bad data, a failing engine, out of memory, Ctrl-C, and secrets.
+
+The run-level tests drive `pytest benchmarks` in a subprocess with the real vLLM engine; the
+out-of-memory test is pure logic (a stand-in engine that raises MemoryError) since a real OOM
+cannot be provoked safely on a shared 2-core machine.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qbench_plugin.bench import measure_latency
+from qbench_plugin.load import model_labels
+from qbench_plugin.run import RunStore
+from qbench_plugin.secrets import MASK, scrub, scrub_text
+
+ROOT = Path(__file__).resolve().parents[1]
+HF_SECRET = "hf_qbenchTESTsecret0123456789abcdefXYZ"
+KEY_SECRET = "rp-qbench-test-key-9f8e7d6c5b4a"
+
+
+def _run(*args, env=None, timeout=900):
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:randomly", *args], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return proc, proc.stdout + proc.stderr
+
+
+def _only_dir(path: Path) -> Path:
+    (run_dir,) = [p for p in path.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    return run_dir
+
+
+# -- bad data -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def odd_dataset(tmp_path_factory, embedded_model):
+    labels = model_labels(str(embedded_model))
+    rows = [
+        {"text": "<script>alert('qbench')</script> where is my order #A12345?", "label": "order_status"},
+        {"text": "¿Dónde está mi pedido? 注文はどこですか — I want a refund", "label": "refund_request"},
+        {"text": "cancel my order please", "label": "cancel_order"},
+        {"text": "cancel my order please", "label": "cancel_order"},
+        {"text": "I need to return this item. " + "It arrived and it is not what I expected at all. " * 30,
+         "label": "return_item"},
+    ]
+    assert all(r["label"] in labels for r in rows)
+    path = tmp_path_factory.mktemp("data") / "odd.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_odd_texts_run_and_are_counted(odd_dataset, tmp_path):
+    proc, out = _run(f"--qbench-dataset={odd_dataset}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
+                     "--qbench-max-model-len=64", f"--qbench-results-dir={tmp_path}")
+    assert proc.returncode == 0, out[-3000:]
+    run_dir = _only_dir(tmp_path)
+    facts = json.loads((run_dir / "qbench.json").read_text())["dataset"]
+    assert facts["rows"] == 5 and facts["duplicate_rows"] == 1 and facts["non_ascii_rows"] == 1
+    assert facts["truncated_rows"] == 1 and facts["truncation"] == "truncate"
+    assert "<script>alert('qbench')" not in (run_dir / "report.html").read_text()
+
+
+def test_over_length_texts_can_be_rejected_before_any_engine_starts(odd_dataset, tmp_path):
+    proc, out = _run(f"--qbench-dataset={odd_dataset}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
+                     "--qbench-max-model-len=64", "--qbench-truncation=reject", f"--qbench-results-dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "1 texts are longer than max_model_len 64 tokens (rows 4)" in out
+    assert "Initializing a V1 LLM engine" not in out
+
+
+def test_empty_text_is_a_clear_error(tmp_path, embedded_model):
+    path = tmp_path / "empty_text.jsonl"
+    path.write_text(json.dumps({"text": "where is it", "label": "order_status"}) + "\n"
+                    + json.dumps({"text": "   ", "label": "order_status"}) + "\n")
+    proc, out = _run(f"--qbench-dataset={path}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
+                     f"--qbench-results-dir={tmp_path / 'r'}")
+    assert proc.returncode == 1 and "1 rows have empty text (rows 1); remove them" in out
+
+
+# -- a config that cannot start fails alone; secrets stay out -----------------------------------
+
+@pytest.fixture(scope="module")
+def broken_and_good(tmp_path_factory, embedded_model):
+    tmp = tmp_path_factory.mktemp("fault")
+    configs = tmp / "configs"
+    configs.mkdir()
+    (configs / "good.json").write_text(json.dumps({"name": "good", "dtype": "bfloat16", "baseline": True}))
+    (configs / "broken.json").write_text(json.dumps(
+        {"name": "broken", "quantization": {"method": "gptq", "checkpoint": str(tmp / "no-such-checkpoint")}}))
+    proc, out = _run(f"--qbench-configs-dir={configs}", "--qbench-batch-sizes=1", "--qbench-samples=5",
+                     "-k", "latency or accuracy", f"--qbench-results-dir={tmp / 'results'}",
+                     env={"HF_TOKEN": HF_SECRET, "RUNPOD_API_KEY": KEY_SECRET})
+    return proc, out, _only_dir(tmp / "results")
+
+
+def test_engine_that_fails_to_start_fails_only_its_config(broken_and_good):
+    proc, out, run_dir = broken_and_good
+    assert proc.returncode == 1
+    assert "ERROR benchmarks/test_latency.py::test_latency[broken-bs1]" in out
+    assert "PASSED" not in out or True  # -q output does not list passes; check the record instead
+    configs = json.loads((run_dir / "qbench.json").read_text())["configs"]
+    assert configs["broken"]["status"] == "failed" and "no-such-checkpoint" in configs["broken"]["reason"]
+    assert configs["good"]["status"] == "ready" and configs["good"]["metrics"]["accuracy"] > 0.85
+    cases = json.loads((run_dir / "benchmark.json").read_text())["benchmarks"]
+    assert {b["extra_info"]["config"] for b in cases} == {"good"}
+
+
+def test_secrets_reach_no_file_and_no_log(broken_and_good):
+    proc, out, run_dir = broken_and_good
+    assert HF_SECRET not in out and KEY_SECRET not in out
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert HF_SECRET.encode() not in data and KEY_SECRET.encode() not in data, path
+
+
+def test_scrub_masks_env_secrets_and_token_shapes(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_API_KEY", KEY_SECRET)
+    text = f"POST failed with key {KEY_SECRET}; url https://x/?t=hf_abcdefghijklmnopqrstuvwxyz123; Bearer abc.def-123"
+    assert scrub_text(text) == f"POST failed with key {MASK}; url https://x/?t={MASK}; Bearer {MASK}"
+    assert scrub({"a": [KEY_SECRET, 3], KEY_SECRET: None}) == {"a": [MASK, 3], MASK: None}
+
+
+# -- out of memory at one batch size ------------------------------------------------------------
+
+class _Benchmark:
+    def __init__(self):
+        self.extra_info, self.group = {}, None
+
+    def pedantic(self, target, setup, rounds, warmup_rounds, iterations):
+        for _ in range(rounds + warmup_rounds):
+            args, kwargs = setup()
+            target(*args, **kwargs)
+
+
+class _EngineOutOfMemoryFrom:
+    name = "stand-in"
+
+    def __init__(self, limit):
+        self.limit = limit
+
+    def classify(self, texts):
+        if len(texts) >= self.limit:
+            raise MemoryError(f"cannot allocate a batch of {len(texts)}")
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+
+def test_out_of_memory_fails_its_case_and_skips_larger_batches(tmp_path):
+    store = RunStore(run_id="t", out_dir=tmp_path, settings={})
+    engine = _EngineOutOfMemoryFrom(8)
+    kw = dict(samples=3, warmup=1, store=store, config="c")
+    assert measure_latency(_Benchmark(), engine, ["a", "b"], 4, **kw)["throughput_samples_per_s"] > 0
+    with pytest.raises(pytest.fail.Exception, match="batch size 8 ran out of memory: MemoryError"):
+        measure_latency(_Benchmark(), engine, ["a", "b"], 8, **kw)
+    with pytest.raises(pytest.skip.Exception, match="batch size 16 not run: batch size 8 ran out of memory"):
+        measure_latency(_Benchmark(), engine, ["a", "b"], 16, **kw)
+    saved = json.loads((tmp_path / "qbench.json").read_text())
+    assert saved["out_of_memory"]["c"]["batch_size"] == 8 and len(saved["cases"]) == 1
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------------
+
+def test_ctrl_c_keeps_finished_cases_and_marks_the_run_partial(tmp_path, embedded_model):
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:randomly", "--qbench-configs=cpu_default",
+           "-k", "latency", "--qbench-batch-sizes=1,2,4,8,16,32", "--qbench-samples=60",
+           f"--qbench-results-dir={tmp_path}"]
+    # a new session, as a terminal's foreground group: Ctrl-C reaches pytest and vLLM's processes alike.
+    # Output goes to a file: an unread pipe fills up and blocks the child.
+    log = open(tmp_path / "run.log", "w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + 600
+    cases = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        record = next(tmp_path.glob("2*/qbench.json"), None)
+        if record is not None:
+            cases = len(json.loads(record.read_text())["cases"])  # atomic writes: always whole JSON
+            if cases >= 2:
+                break
+        time.sleep(0.5)
+    assert cases >= 2, "the run finished no case in time"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=180)
+    log.seek(0)
+    out = log.read()
+    assert proc.returncode != 0, out[-3000:]
+    assert "KeyboardInterrupt" in out
+    run_dir = _only_dir(tmp_path)
+    record = json.loads((run_dir / "qbench.json").read_text())
+    assert record["status"] == "partial" and len(record["cases"]) >= 2
+    assert len(record["cases"]) < 6, "the session should stop after Ctrl-C, not run the remaining cases"
+    bench = json.loads((run_dir / "benchmark.json").read_text())
+    assert len([b for b in bench["benchmarks"] if b["extra_info"].get("kind") == "latency"]) >= 2
+    assert "PARTIAL RUN" in (run_dir / "report.html").read_text()
+    assert not list(run_dir.glob("*.writing")) and not list(run_dir.glob("*.tmp"))

@@ -1,0 +1,178 @@
+"""The report's decisions on fixed inputs: balance score, cost, tiers, MFU, gates and which config wins.
+
+Pure logic on hand-made runs (no engine): the numbers here are worked out by hand, so a change to a
+formula shows up as a changed number, not as a vaguely different report.
+"""
+import math
+
+import pandas as pd
+import pytest
+
+from qbench_plugin import gpus
+from qbench_plugin.config import BenchConfig
+from qbench_plugin.explog import SECTIONS, experiment_log, find_placeholders
+from qbench_plugin.htmlblocks import headline_html, results_html
+from qbench_plugin.plots import make_plots
+from qbench_plugin.summary import (
+    ReportOptions, balance_scores, build_results, cost_per_requests, passes_accuracy_gates, replicas_needed,
+    resolve_peak, resolve_pricing, traffic_plan,
+)
+
+
+def _case(config, bs, p95, thr):
+    return {"config": config, "batch_size": bs, "metrics": {
+        "latency_mean_ms": p95 * 0.8, "latency_p50_ms": p95 * 0.7, "latency_p95_ms": p95, "latency_p99_ms": p95 * 1.1,
+        "latency_min_ms": p95 * 0.5, "latency_max_ms": p95 * 1.2, "throughput_samples_per_s": thr}}
+
+
+def _config(name, method, accuracy, baseline=False, delta=None, flip=None, status="ready", engine="vllm", reason=None):
+    metrics = {"accuracy": accuracy, "macro_f1": accuracy, "cold_start_s": 10.0, "memory_rss_mib": 1000.0,
+               "memory_rss_peak_mib": 1100.0, "model_weights_mib": 3.0} if status == "ready" else {}
+    if delta is not None:
+        metrics.update(accuracy_delta=delta, macro_f1_delta=delta, flip_rate=flip, max_abs_prob_diff=0.1)
+    return {"name": name, "method": method, "engine": engine, "baseline": baseline, "status": status,
+            "reason": reason, "metrics": metrics,
+            "info": {"model": f"/models/{name}", "device": "cpu", "baseline": None if baseline else "base",
+                     "engine_kwargs": {"max_model_len": 256, "dtype": "bfloat16"}}}
+
+
+# base: the baseline; fast: quicker but drops 5 points of accuracy (its gate allows 2); int8: passes.
+RUN = {
+    "run_id": "20250101-000000-1", "commit": "abc1234",
+    "settings": {"model": "m", "dataset": "d", "split": "test", "batch_sizes": [1, 8], "samples": 10, "warmup": 2,
+                 "max_model_len": 256},
+    "configs": {
+        "base": _config("base", "none", 0.95, baseline=True),
+        "fast": _config("fast", "gptq", 0.90, delta=-0.05, flip=0.06),
+        "int8": _config("int8", "int8", 0.949, delta=-0.001, flip=0.01),
+        "fp8": _config("fp8", "fp8", None, status="skipped", reason="fp8 on CPU needs AMX <b>x</b>"),
+    },
+    "cases": [_case("base", 1, 10.0, 100.0), _case("base", 8, 40.0, 200.0),
+              _case("fast", 1, 2.0, 500.0), _case("fast", 8, 5.0, 1600.0),
+              _case("int8", 1, 6.0, 160.0), _case("int8", 8, 20.0, 400.0)],
+    "workload": {"mean_tokens_per_text": 20.0, "non_embedding_params": 1_000_000, "max_model_len": 256},
+}
+CONFIGS = {
+    "base": BenchConfig(name="base", baseline=True, gates={"min_accuracy": 0.9}),
+    "fast": BenchConfig(name="fast", quantization={"method": "gptq"}, gates={"max_accuracy_drop": 0.02}),
+    "int8": BenchConfig(name="int8", quantization={"method": "int8"},
+                        gates={"max_accuracy_drop": 0.02, "max_flip_rate": 0.03}, gpu_memory_utilization=0.8),
+    "fp8": BenchConfig(name="fp8", quantization={"method": "fp8"}),
+}
+
+
+def test_balance_score_is_pinned():
+    rows = pd.DataFrame({"throughput_samples_per_s": [100.0, 200.0, 300.0], "latency_p95_ms": [10.0, 20.0, 40.0]})
+    # throughput -> 0, 0.5, 1; p95 -> 0, 1/3, 1; score = mean(thr, 1 - p95)
+    assert balance_scores(rows).round(6).tolist() == [0.5, round((0.5 + 2 / 3) / 2, 6), 0.5]
+    single = pd.DataFrame({"throughput_samples_per_s": [5.0], "latency_p95_ms": [3.0]})
+    assert balance_scores(single).tolist() == [1.0]  # nothing to be worse than
+
+
+def test_cost_per_requests_is_pinned():
+    # $3.60/h at 100 texts/s = 360,000 texts/h: $0.00001 a text
+    assert cost_per_requests(100.0, 3.60, 1_000) == pytest.approx(0.01)
+    assert cost_per_requests(100.0, 3.60, 1_000_000) == pytest.approx(10.0)
+    assert cost_per_requests(0.0, 3.60, 1_000) is None and cost_per_requests(100.0, None, 1_000) is None
+
+
+def test_replicas_for_the_tiers():
+    assert [replicas_needed(rpm, 10.0) for rpm in (100, 1_000, 10_000)] == [1, 2, 17]
+    assert replicas_needed(600, 10.0) == 1  # exactly full: no extra replica
+
+
+def test_gates_decide_eligibility():
+    gates = CONFIGS["int8"]
+    assert passes_accuracy_gates(RUN["configs"]["int8"], gates)
+    assert not passes_accuracy_gates(RUN["configs"]["fast"], CONFIGS["fast"])  # drop 0.05 > 0.02
+    flips = dict(RUN["configs"]["int8"], metrics=dict(RUN["configs"]["int8"]["metrics"], flip_rate=0.04))
+    assert not passes_accuracy_gates(flips, gates)  # flip rate 0.04 > 0.03
+    assert not passes_accuracy_gates(RUN["configs"]["base"], CONFIGS["base"], {"min_accuracy": 0.99})
+    assert passes_accuracy_gates(RUN["configs"]["base"], CONFIGS["base"])
+    assert not passes_accuracy_gates(RUN["configs"]["fp8"], CONFIGS["fp8"])  # did not run
+
+
+def test_recommendations_only_among_configs_that_pass():
+    r = build_results(RUN, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert set(r.eligible["config"]) == {"base", "int8"}  # fast is faster everywhere but fails its gate
+    recs = r.recommendations
+    assert (recs["latency"].config, recs["latency"].batch_size) == ("int8", 1)
+    assert (recs["throughput"].config, recs["throughput"].batch_size) == ("int8", 8)
+    # eligible rows: thr 100,200,160,400 -> 0,1/3,0.2,1; p95 10,40,6,20 -> 4/34,1,0,14/34
+    assert (recs["balanced"].config, recs["balanced"].batch_size) == ("int8", 8)
+    assert recs["balanced"].balance_score == pytest.approx((1 + 1 - 14 / 34) / 2)
+    assert r.deployment["QUANTIZATION"] == "compressed-tensors" and r.deployment["MAX_NUM_SEQS"] == 8
+    assert r.deployment["GPU_MEMORY_UTILIZATION"] == 0.8 and r.deployment["MAX_MODEL_LEN"] == 256
+    assert "int8 at batch size 8" in r.headline()
+
+
+def test_no_eligible_config_means_no_recommendation_and_says_why():
+    r = build_results(RUN, machine={"gpu_names": []}, bench_configs=CONFIGS,
+                      options=ReportOptions(gate_overrides={"min_accuracy": 0.999}))
+    assert r.recommendations == {} and r.deployment is None
+    assert "passed its accuracy gates" in r.no_recommendation and "none" in r.headline()
+
+
+def test_pricing_and_peak():
+    cpu = resolve_pricing(ReportOptions(), [])
+    assert not cpu.available and "--qbench-price-per-hour" in cpu.source
+    a100 = resolve_pricing(ReportOptions(gpu_type="A100"), [])
+    assert a100.gpu == "A100 40GB" and a100.on_demand_per_hour == gpus.by_name("A100 40GB").on_demand_per_hour
+    assert "measured on" in a100.note  # priced as a GPU the run did not use
+    own = resolve_pricing(ReportOptions(price_per_hour=2.0, spot_price_per_hour=0.5), ["NVIDIA H100 80GB HBM3"])
+    assert (own.on_demand_per_hour, own.spot_per_hour) == (2.0, 0.5) and own.note is None
+    detected = resolve_pricing(ReportOptions(), ["NVIDIA L4"])
+    assert detected.gpu == "L4" and detected.note is None and gpus.PRICES_AS_OF in detected.source
+    assert resolve_peak(ReportOptions(), []).tflops is None
+    assert "unknown on CPU" in resolve_peak(ReportOptions(), []).source
+    assert resolve_peak(ReportOptions(), ["NVIDIA H100 80GB HBM3"]).tflops == 989.0
+    assert resolve_peak(ReportOptions(peak_tflops=2.5), ["NVIDIA H100 80GB HBM3"]).tflops == 2.5
+
+
+def test_mfu_cost_and_tiers_in_the_results():
+    r = build_results(RUN, machine={"gpu_names": []}, bench_configs=CONFIGS,
+                      options=ReportOptions(peak_tflops=1.0, price_per_hour=3.6, p95_target_ms=15.0))
+    row = r.table.set_index(["config", "batch_size"]).loc[("int8", 8)]
+    assert row["tokens_per_s"] == pytest.approx(400 * 20)
+    assert row["achieved_tflops"] == pytest.approx(2 * 1e6 * 8000 / 1e12)
+    assert row["mfu"] == pytest.approx(0.016)
+    assert row["cost_per_1m_usd"] == pytest.approx(3.6 / (400 * 3600) * 1e6)
+    assert math.isnan(row["spot_cost_per_1k_usd"])  # no spot price given, none in a table
+    # p95 <= 15 ms: base bs1 (10 ms, 100/s) and int8 bs1 (6 ms, 160/s) -> int8 bs1 serves the tiers
+    plan = r.traffic
+    assert (plan.config, plan.batch_size) == ("int8", 1)
+    assert [t.replicas for t in plan.tiers] == [1, 1, 2]  # 1.67, 16.7, 166.7 req/s over 160/s
+    assert plan.tiers[2].on_demand_per_hour == pytest.approx(7.2)
+    tight = traffic_plan(r.eligible, 1.0, r.pricing)
+    assert tight.tiers == () and "lowest measured is 6.00 ms" in tight.reason
+
+
+def test_experiment_log_has_every_section_and_no_placeholder():
+    r = build_results(RUN, machine={"gpu_names": [], "cpu_name": "Test CPU", "cpu_count": 2, "versions": {"vllm": "0.32.0"}},
+                      bench_configs=CONFIGS, options=ReportOptions(gpu_type="T4"))
+    text = experiment_log(r, ["summary.csv"])
+    for title in SECTIONS:
+        assert f"\n## {title}\n" in text
+    assert find_placeholders(text) == []
+    assert "fast ran but is not recommended" in text and "fp8 on CPU needs AMX" in text
+    assert "No load-test data" in text and "as of " + gpus.PRICES_AS_OF in text
+
+
+def test_an_empty_run_still_explains_every_section():
+    empty = {"run_id": "r", "settings": {}, "configs": {"base": _config("base", "none", None, status="failed",
+                                                                         reason="engine died")}, "cases": []}
+    r = build_results(empty, machine={}, bench_configs={}, options=ReportOptions())
+    text = experiment_log(r)
+    assert all(f"## {title}" in text for title in SECTIONS) and find_placeholders(text) == []
+    assert make_plots(r) == []
+    assert "No recommendation" in "".join(headline_html(r))
+
+
+def test_html_blocks_escape_what_users_wrote():
+    run = dict(RUN, configs=dict(RUN["configs"]))
+    run["configs"]["int8"] = dict(run["configs"]["int8"], info=dict(run["configs"]["int8"]["info"],
+                                                                    model="/m/<script>alert(1)</script>"))
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    html = "".join(headline_html(r) + results_html(r, make_plots(r), ["summary.csv"]))
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("data:image/png;base64,") == 4
