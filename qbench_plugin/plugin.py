@@ -78,10 +78,22 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.self_contained_html = True
         if hasattr(config.option, "benchmark_json") and not config.option.benchmark_json:
             # pytest-benchmark writes in place; write beside and rename when done (see sessionfinish)
-            config.option.benchmark_json = out_dir / PENDING_JSON
+            config.option.benchmark_json = _benchmark_json_target(out_dir / PENDING_JSON)
     config.pluginmanager.register(Interruption(store), "qbench-interruption")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(HtmlReport(store), "qbench-html")
+
+
+def _benchmark_json_target(path: Path):
+    """What --benchmark-json holds: a Path from pytest-benchmark 5.3, an open binary file before
+    (seen with 5.2.3 on the GPU image)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if Version(version("pytest-benchmark")) >= Version("5.3"):
+        return path
+    return open(path, "wb")  # noqa: SIM115  (pytest-benchmark closes it after writing)
 
 
 def _configs(config: pytest.Config) -> list:
@@ -206,8 +218,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _results(session.config)
     if store.out_dir is not None:
         pending = store.out_dir / PENDING_JSON
-        if pending.exists():
+        if pending.exists() and pending.stat().st_size:
             os.replace(pending, store.out_dir / "benchmark.json")
+        else:  # nothing was benchmarked (or an older pytest-benchmark left the file empty)
+            pending.unlink(missing_ok=True)
         if store.cases or store.configs or store.loads:
             store.save()
         if state.report is not None and not hasattr(session.config, "workerinput"):
