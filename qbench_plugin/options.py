@@ -27,36 +27,30 @@ def _int_csv(value: str) -> tuple[int, ...]:
     return sizes
 
 
-def _optional_ratio(value: str) -> float | None:
-    if value in ("", None):
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise pytest.UsageError(f"expected a number between 0 and 1, got {value!r}") from None
-    if not 0 <= number <= 1:
-        raise pytest.UsageError(f"expected a number between 0 and 1, got {value!r}")
-    return number
+def _number(cast: Callable[[str], float], what: str, minimum: float | None = None, maximum: float | None = None,
+            above: float | None = None, optional: bool = False) -> Callable[[str], Any]:
+    """A converter for a numeric option that names the option's expectation when the value misses it."""
+
+    def convert(value: str):
+        if optional and value in ("", None):
+            return None
+        try:
+            number = cast(value)
+        except ValueError:
+            raise pytest.UsageError(f"expected {what}, got {value!r}") from None
+        if ((minimum is not None and number < minimum) or (maximum is not None and number > maximum)
+                or (above is not None and not number > above)):
+            raise pytest.UsageError(f"expected {what}, got {value!r}")
+        return number
+
+    return convert
 
 
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise pytest.UsageError(f"expected a whole number of at least 1, got {value!r}") from None
-    if number < 1:
-        raise pytest.UsageError(f"expected a whole number of at least 1, got {value!r}")
-    return number
-
-
-def _rate(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise pytest.UsageError(f"expected a positive number, got {value!r}") from None
-    if not number > 0:
-        raise pytest.UsageError(f"expected a positive number, got {value!r}")
-    return number
+_optional_ratio = _number(float, "a number between 0 and 1", minimum=0, maximum=1, optional=True)
+_count = _number(int, "a whole number of at least 1", minimum=1)
+_rate = _number(float, "a positive number", above=0)
+_positive_int = _number(int, "a non-negative integer", minimum=0)
+_optional_positive_float = _number(float, "a positive number", above=0, optional=True)
 
 
 def _endpoint_kind(value: str) -> str:
@@ -65,28 +59,6 @@ def _endpoint_kind(value: str) -> str:
     if value not in KINDS:
         raise pytest.UsageError(f"--qbench-endpoint-kind must be one of {', '.join(KINDS)}, got {value!r}")
     return value
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise pytest.UsageError(f"expected an integer, got {value!r}") from None
-    if number < 0:
-        raise pytest.UsageError(f"expected a non-negative integer, got {value!r}")
-    return number
-
-
-def _optional_positive_float(value: str) -> float | None:
-    if value in ("", None):
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise pytest.UsageError(f"expected a positive number, got {value!r}") from None
-    if not number > 0:
-        raise pytest.UsageError(f"expected a positive number, got {value!r}")
-    return number
 
 
 def _gpu_type(value: str) -> str:
@@ -209,7 +181,11 @@ class Settings:
             raw = config.getoption("qbench_" + opt.name)
             if raw is None:
                 raw = config.getini("qbench_" + opt.name)
-            values[opt.name] = opt.convert(raw)
+            try:
+                values[opt.name] = opt.convert(raw)
+            except pytest.UsageError as exc:
+                flag = "--qbench-" + opt.name.replace("_", "-")
+                raise pytest.UsageError(f"{flag} (ini qbench_{opt.name}): {exc}") from None
         root = Path(config.rootpath)
         values["configs_dir"] = root / values["configs_dir"]
         values["results_dir"] = root / values["results_dir"]

@@ -33,18 +33,9 @@ def git_commit(cwd: Path) -> str | None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader never sees half a file, even if the run is killed mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            # round-trip through JSON first so numpy values are plain before secrets are masked
-            json.dump(scrub(json.loads(json.dumps(data, default=_json_default))), fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # round-trip through JSON first so numpy values are plain before secrets are masked
+    plain = json.loads(json.dumps(data, default=_json_default))
+    write_bytes_atomic(path, json.dumps(scrub(plain), indent=2).encode("utf-8"))
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
