@@ -26,7 +26,7 @@ from .options import Settings, add_options
 from .outputs import ReportState
 from .report import matrix_frame, summary_html
 from .run import RunStore, git_commit, new_run_id
-from .secrets import scrub, scrub_text
+from .redact import scrub, scrub_text
 
 PENDING_JSON = "benchmark.json.writing"  # pytest-benchmark's output until the run has finished
 

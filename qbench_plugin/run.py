@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .secrets import scrub, scrub_text
+from .redact import scrub, scrub_text
 
 
 def new_run_id() -> str:

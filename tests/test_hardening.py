@@ -18,7 +18,7 @@ import pytest
 from qbench_plugin.bench import measure_latency
 from qbench_plugin.load import model_labels
 from qbench_plugin.run import RunStore
-from qbench_plugin.secrets import MASK, scrub, scrub_text
+from qbench_plugin.redact import MASK, scrub, scrub_text
 
 ROOT = Path(__file__).resolve().parents[1]
 HF_SECRET = "hf_qbenchTESTsecret0123456789abcdefXYZ"

@@ -1,5 +1,8 @@
 """Keep secrets out of everything qbench writes: JSON, HTML, CSV, Markdown, logs.
 
+(Named redact, not secrets: the quantization worker runs as a script from this folder, where a
+secrets.py would shadow the standard library module that numpy imports.)
+
 Tokens reach transformers, datasets, vLLM and HTTP clients through the environment only; this
 module masks their values (and anything shaped like a Hugging Face token) wherever a string is
 about to be written, as a last line of defence against an exception message or a URL carrying one.
