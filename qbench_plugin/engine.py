@@ -69,6 +69,9 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, spec: EngineSpec, labels: list[str], extra: dict | None = None):
+        # fork after torch CPU work in this process (training the embedded model, building a model)
+        # hangs the engine's first CUDA call (OpenMP after fork, seen on an H200); spawn does not.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         if spec.device == "cpu":
             # On CPU, gpu_memory_utilization is a share of the NUMA node's RAM; the KV cache size in
             # GiB is the knob that does not depend on how much RAM the machine happens to have.
