@@ -104,7 +104,6 @@ def test_engine_that_fails_to_start_fails_only_its_config(broken_and_good):
     proc, out, run_dir = broken_and_good
     assert proc.returncode == 1
     assert "ERROR benchmarks/test_latency.py::test_latency[broken-bs1]" in out
-    assert "PASSED" not in out or True  # -q output does not list passes; check the record instead
     configs = json.loads((run_dir / "qbench.json").read_text())["configs"]
     assert configs["broken"]["status"] == "failed" and "no-such-checkpoint" in configs["broken"]["reason"]
     assert configs["good"]["status"] == "ready" and configs["good"]["metrics"]["accuracy"] > 0.85
