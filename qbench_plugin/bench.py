@@ -1,4 +1,4 @@
-"""The two measurements a benchmark test makes, wired into pytest-benchmark's pedantic mode."""
+"""The measurements a benchmark test makes, wired into pytest-benchmark's pedantic mode."""
 from __future__ import annotations
 
 import itertools
@@ -7,9 +7,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from . import ceiling
 from .engine import Engine
 from .load import EvalSet
 from .measure import LatencyRecorder, baseline_comparison, classification_metrics, latency_stats, make_batches
+from .options import Settings
 from .run import CaseRecord, RunStore
 
 
@@ -84,3 +86,67 @@ def measure_accuracy(benchmark, engine: Engine, eval_set: EvalSet, batch_size: i
                                 rows=len(eval_set.texts), split=eval_set.split, **scores)
     store.save()
     return scores
+
+
+def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Settings, store: RunStore,
+                    config: str) -> list[ceiling.Point]:
+    """The tokenizer alone, then batch sizes raised until throughput saturates, from strings and from
+    tokens (HF also length-sorted), then each engine-settings variant and replica count.
+
+    Closes `engine` once its own sweep is done: variants and replicas need its memory. pytest runs
+    this module last among a config's tests (file order), so no later test of the config needs it."""
+    benchmark.group = config
+    points: list[ceiling.Point] = []
+
+    def run() -> list[ceiling.Point]:
+        tokenizer = engine.tokenizer
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=settings.max_model_len)["input_ids"]]
+        sizes = ceiling.sweep_batch_sizes(max(settings.batch_sizes), settings.sweep_max_batch)
+        orders = ("dataset", "length_sorted") if engine.name == "hf" else ("dataset",)
+        common = dict(config=config, is_out_of_memory=is_out_of_memory)
+        points.extend(ceiling.sweep(engine, texts, lengths, sizes, settings.sweep_texts,
+                                    inputs=(ceiling.STRINGS, ceiling.TOKENS), orders=orders, **common))
+        top = ceiling.best(points) or ceiling.Point(config, engine.name, "engine", ceiling.TOKENS, sizes[0])
+        points.extend(ceiling.tokenizer_points(tokenizer, texts, top.batch_size, settings.sweep_texts,
+                                               settings.max_model_len, config, engine.name))
+        store.ceiling.extend(p.as_dict() for p in points)
+        store.save()
+        variants = settings.sweep_engine_settings if engine.name == "vllm" else ()
+        if not variants and not settings.sweep_replicas:
+            return points
+        engine.close()
+        for variant in variants:
+            other = engine.variant(**variant)
+            try:
+                found = ceiling.sweep(other, texts, lengths, sizes, settings.sweep_texts, inputs=(ceiling.TOKENS,),
+                                      orders=("dataset",), settings=variant, **common)
+            finally:
+                other.close()
+            points.extend(found)
+            store.ceiling.extend(p.as_dict() for p in found)
+            store.save()
+        top = ceiling.best(points)
+        for count in settings.sweep_replicas:
+            share = {**top.engine_settings}
+            if engine.name == "vllm" and "gpu_memory_utilization" in getattr(engine, "engine_kwargs", {}):
+                share["gpu_memory_utilization"] = engine.engine_kwargs["gpu_memory_utilization"] / count
+            replicas = []
+            try:
+                for _ in range(count):
+                    replicas.append(engine.variant(**share))
+                found = ceiling.replicated_point(replicas, texts, lengths, top.batch_size, settings.sweep_texts,
+                                                 config=config, settings=top.engine_settings)
+            finally:
+                for replica in replicas:
+                    replica.close()
+            points.append(found)
+            store.ceiling.append(found.as_dict())
+            store.save()
+        return points
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    top = ceiling.best(points)
+    benchmark.extra_info.update(kind="saturation", config=config, engine=engine.name,
+                                points=[p.as_dict() for p in points],
+                                best=top.as_dict() if top else None)
+    return points

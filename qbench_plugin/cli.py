@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .embedded import EMBEDDED, default_cache_dir, ensure_model
+from .embedded import EMBEDDED, default_cache_dir, resolve_model
 from .engine import EngineUnavailable
 from .load import DataError, load_texts
 from .quantize import QuantContext, QuantRecipe, checkpoint_metrics, head_is_unquantized, make_checkpoint
@@ -25,7 +25,7 @@ def _quantize(args: argparse.Namespace) -> int:
               "(bitsandbytes and fp8 quantize at load; none is unquantized)", file=sys.stderr)
         return 2
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    model = str(ensure_model(cache_dir)) if args.model == EMBEDDED else args.model
+    model = resolve_model(args.model, cache_dir)
     ctx = QuantContext.detect(cache_dir=cache_dir, quant_python=Path(args.quant_python),
                               calibration=lambda: load_texts(args.dataset, args.split, args.text_column))
     recipe = QuantRecipe.from_config(config, args.max_model_len)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quantize", help="make a config's GPTQ/AWQ/int8 checkpoint with llm-compressor (cached)")
     q.add_argument("config", help="config JSON file, e.g. configs/cpu_gptq_w4a16.json")
-    q.add_argument("--model", default=EMBEDDED, help="hub id, local folder, or 'embedded' (default)")
+    q.add_argument("--model", default=EMBEDDED, help="hub id, local folder, 'embedded' (default) or 'embedded:qwen2.5-0.5b'")
     q.add_argument("--dataset", default=EMBEDDED, help="calibration data (default: embedded)")
     q.add_argument("--split", default="train", help="calibration split (default: train)")
     q.add_argument("--text-column", default="text")

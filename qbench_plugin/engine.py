@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -43,6 +43,12 @@ class Engine(Protocol):
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, shape (len(texts), len(labels)), float32."""
 
+    def encode(self, texts: Sequence[str]) -> Any:
+        """The texts tokenized as classify_encoded takes them (outside any timed region)."""
+
+    def classify_encoded(self, encoded: Any) -> np.ndarray:
+        """classify() on the output of encode(): the engine's time without tokenization."""
+
     def close(self) -> None:
         """Stop the engine and release its memory before the next config starts."""
 
@@ -72,6 +78,9 @@ class VllmEngine:
         # fork after torch CPU work in this process (training the embedded model, building a model)
         # hangs the engine's first CUDA call (OpenMP after fork, seen on an H200); spawn does not.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        # weights_memory_bytes() sends a function to the engine process, which vLLM serializes with
+        # cloudpickle only when this is set; the channel is the engine's own local socket
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         if spec.device == "cpu":
             # On CPU, gpu_memory_utilization is a share of the NUMA node's RAM; the KV cache size in
             # GiB is the knob that does not depend on how much RAM the machine happens to have.
@@ -98,12 +107,42 @@ class VllmEngine:
         self._tokenization = {"truncation": True, "max_length": spec.max_model_len}
         self.llm = LLM(**kwargs)
 
+    def variant(self, **overrides: Any) -> "VllmEngine":
+        """Another engine of the same model with some LLM arguments changed (engine settings, a share
+        of GPU memory for a replica). Start it after closing this one unless memory allows both."""
+        from vllm import LLM
+
+        other = object.__new__(VllmEngine)
+        other.engine_kwargs = {**self.engine_kwargs, **overrides}
+        other.labels, other._tokenization = self.labels, self._tokenization
+        other.llm = LLM(**other.engine_kwargs)
+        return other
+
+    @property
+    def tokenizer(self):
+        return self.llm.get_tokenizer()
+
+    def encode(self, texts: Sequence[str]) -> list[dict]:
+        ids = self.tokenizer(list(texts), **self._tokenization)["input_ids"]
+        return [{"prompt_token_ids": row} for row in ids]  # vLLM's TokensPrompt
+
+    def classify_encoded(self, encoded: list[dict]) -> np.ndarray:
+        return self._classify(encoded)
+
     def weights_memory_bytes(self) -> int | None:
-        return None  # the weights live in vLLM's engine process; see the memory metrics instead
+        """Bytes of the loaded model's parameters and buffers, counted inside vLLM's engine process:
+        the device-wide GPU figure also holds the KV cache vLLM reserves up front."""
+        try:
+            return int(sum(self.llm.apply_model(_module_bytes)))
+        except Exception:  # noqa: BLE001  (an engine that cannot answer leaves the metric empty)
+            return None
 
     def classify(self, texts: Sequence[str]) -> np.ndarray:
+        return self._classify(list(texts), tokenization_kwargs=self._tokenization)
+
+    def _classify(self, prompts: list, **kwargs: Any) -> np.ndarray:
         try:
-            outputs = self.llm.classify(list(texts), use_tqdm=False, tokenization_kwargs=self._tokenization)
+            outputs = self.llm.classify(prompts, use_tqdm=False, **kwargs)
         except KeyboardInterrupt:
             # Ctrl-C also kills vLLM's engine process; pytest would then format this traceback,
             # calling repr() on the LLM in vLLM's frames, which asks the dead engine and waits forever.
@@ -130,6 +169,7 @@ class HfEngine:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self._torch = torch
+        self.spec, self.extra = spec, extra
         self.device = spec.device
         self.max_length = spec.max_model_len
         self.labels = labels
@@ -144,10 +184,21 @@ class HfEngine:
     def weights_memory_bytes(self) -> int | None:
         return int(self.model.get_memory_footprint())
 
+    def variant(self, **overrides: Any) -> "HfEngine":
+        """Another copy of the model (a replica); HF has no engine settings to vary."""
+        if overrides:
+            raise ValueError(f"the hf engine has no settings {', '.join(overrides)}")
+        return HfEngine(self.spec, self.labels, self.extra)
+
+    def encode(self, texts: Sequence[str]):
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt").to(self.model.device)
+
     def classify(self, texts: Sequence[str]) -> np.ndarray:
+        return self.classify_encoded(self.encode(texts))
+
+    def classify_encoded(self, enc) -> np.ndarray:
         torch = self._torch
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.model.device)
         with torch.inference_mode():
             logits = self.model(**enc).logits
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
@@ -158,6 +209,11 @@ class HfEngine:
     def close(self) -> None:
         self.model = None
         _release_memory()
+
+
+def _module_bytes(model) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _release_memory() -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 from . import gpus
 from .compare import summary_counts, unmatched, wide as compare_wide
 from .report import LOAD_COLUMNS
-from .summary import KINDS, TIERS_PER_MIN, RunResults, cost_per_requests
+from .summary import KINDS, TIERS_PER_MIN, RunResults, ceiling_best, ceiling_display, cost_per_requests
 
 SECTIONS = (
     "Hardware",
@@ -466,7 +466,26 @@ BUILDERS: tuple[tuple[str, Callable[[RunResults], str]], ...] = (
     ("Results per method", per_method), ("Observations: memory, cold start, accuracy", observations),
     ("Comparison to the baseline", baseline_comparison), ("Load test", load_test), ("Key findings", key_findings),
     ("Cost analysis", cost_analysis), ("Recommendations", recommendations), ("Scaling", scaling),
+    ("Throughput ceiling", throughput_ceiling),
 )
+
+
+def throughput_ceiling(r: RunResults) -> str:
+    if r.ceiling.empty:
+        return "No saturation sweep in this run (`--qbench-sweep on` adds one for `--qbench-sweep-configs`)."
+    out = ["Points from `benchmarks/test_saturation.py`. \"tokenization timed: no\" means the engine got "
+           "pre-tokenized input (vLLM TokensPrompt, HF padded tensors) and the tokenizer ran outside the timed "
+           "region; tokenizer rows time the tokenizer alone. Memory is the GPU's (device-wide) where there is one, "
+           "else the process tree's RSS.\n"]
+    for _, row in ceiling_best(r.ceiling).iterrows():
+        shown = ceiling_display(pd.DataFrame([row])).iloc[0]
+        out.append(f"- Saturation point of {row['config']}: {shown['texts/s']} texts/s at batch size "
+                   f"{int(row['batch_size'])} ({shown['settings']}; tokenization timed: {shown['tokenization timed']}),"
+                   f" p95 {shown['p95 ms']} ms, peak memory {shown['peak memory MiB']} MiB, MFU {shown['MFU']}.")
+    frame = ceiling_display(r.ceiling)
+    out.append("")
+    out.append(md_table(list(frame.columns), frame.itertuples(index=False)))
+    return "\n".join(out)
 
 
 def experiment_log(r: RunResults, files: Sequence[str] = ()) -> str:

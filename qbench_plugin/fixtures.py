@@ -11,7 +11,7 @@ import pytest
 
 from . import gates, quantize
 from .config import BenchConfig
-from .embedded import EMBEDDED, default_cache_dir, ensure_model
+from .embedded import default_cache_dir, resolve_model
 from .engine import Engine, EngineSpec, EngineUnavailable, cuda_available, start_engine
 from .load import DataError, EvalSet, load_eval_set, load_texts, model_labels, over_length_rows
 from .measure import MemoryTracker, Stopwatch, mib
@@ -33,9 +33,7 @@ def qbench_store(pytestconfig: pytest.Config) -> RunStore:
 @pytest.fixture(scope="session")
 def qbench_model(qbench_settings: Settings) -> str:
     """The classifier to benchmark: a hub id or local path; the embedded one is trained at first use."""
-    if qbench_settings.model == EMBEDDED:
-        return str(ensure_model(qbench_settings.cache_dir))
-    return qbench_settings.model
+    return resolve_model(qbench_settings.model, qbench_settings.cache_dir)
 
 
 @pytest.fixture(scope="session")

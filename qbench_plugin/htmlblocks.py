@@ -16,7 +16,7 @@ from . import gpus
 from .compare import summary_counts, unmatched, wide as compare_wide
 from .explog import MISSING, STATUS_WORDS, fmt
 from .plots import Plot
-from .summary import KINDS, RunResults
+from .summary import KINDS, RunResults, ceiling_best, ceiling_display
 
 STYLE = """<style>
 .qbench-headline { font-size: 15px; padding: 8px 12px; background: #eef6ee; border-left: 4px solid #3a7d3a; }
@@ -164,6 +164,19 @@ def scaling_html(r: RunResults) -> list[str]:
     return out
 
 
+def ceiling_html(r: RunResults) -> list[str]:
+    if r.ceiling.empty:
+        return []
+    out = ["<h2>Throughput ceiling</h2>",
+           "<p>\"tokenization timed: no\": pre-tokenized input, tokenizer outside the timed region; tokenizer rows "
+           "time the tokenizer alone. Saturation points (highest texts/s per config):</p>"]
+    out.append(_table(ceiling_display(ceiling_best(r.ceiling)), "qbench qbench-ceiling-best"))
+    out.append("<details><summary>All sweep points</summary>")
+    out.append(_table(ceiling_display(r.ceiling), "qbench qbench-ceiling"))
+    out.append("</details>")
+    return out
+
+
 def comparison_html(r: RunResults) -> list[str]:
     if r.comparison is None:
         return []
@@ -178,6 +191,7 @@ def comparison_html(r: RunResults) -> list[str]:
 def results_html(r: RunResults, plots: Sequence[Plot], files: Sequence[str] = ()) -> list[str]:
     """Everything after the matrix; the headline goes first through headline_html."""
     blocks = recommendation_html(r) + plots_html(plots, r) + tables_html(r) + cost_html(r) + scaling_html(r)
+    blocks += ceiling_html(r)
     blocks += comparison_html(r)  # load tests: report.py's load_html, from the store
     if files:
         blocks.append("<p>Also written next to this report: " + ", ".join(f"<code>{_e(f)}</code>" for f in files) + "</p>")

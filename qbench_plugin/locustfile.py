@@ -75,10 +75,10 @@ def load_texts(path: str) -> list[str]:
 
 
 def load_labels(source: str) -> list[str]:
-    if source == "embedded":
-        from qbench_plugin.embedded import ensure_model
+    if source.startswith("embedded"):
+        from qbench_plugin.embedded import resolve_model
 
-        source = str(ensure_model())
+        source = resolve_model(source)
     path = Path(source)
     if path.is_file():
         return [str(label) for label in json.loads(path.read_text(encoding="utf-8"))]

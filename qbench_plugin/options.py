@@ -53,6 +53,35 @@ _positive_int = _number(int, "a non-negative integer", minimum=0)
 _optional_positive_float = _number(float, "a positive number", above=0, optional=True)
 
 
+def _model(value: str) -> str:
+    from .embedded import parse_embedded
+
+    try:
+        parse_embedded(value)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return value
+
+
+def _on_off(value: str) -> bool:
+    if str(value).lower() not in ("on", "off"):
+        raise pytest.UsageError(f"expected on or off, got {value!r}")
+    return str(value).lower() == "on"
+
+
+def _engine_settings(value: str) -> tuple[dict[str, int], ...]:
+    from .ceiling import parse_engine_settings
+
+    try:
+        return tuple(parse_engine_settings(value))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _replica_counts(value: str) -> tuple[int, ...]:
+    return _int_csv(value) if _csv(value) else ()
+
+
 def _endpoint_kind(value: str) -> str:
     from .endpoint import KINDS
 
@@ -79,7 +108,8 @@ class _Option:
 
 
 OPTIONS: tuple[_Option, ...] = (
-    _Option("model", EMBEDDED, "classifier: hub id, local folder, or 'embedded' (trained at first use)"),
+    _Option("model", EMBEDDED, "classifier: hub id, local folder, 'embedded' (tiny, trained at first use) or "
+            "'embedded:qwen2.5-0.5b' (Qwen2.5-0.5B's shape; train it on a GPU)", _model),
     _Option("dataset", EMBEDDED, "evaluation data: hub id, local folder or file, or 'embedded'"),
     _Option("split", "test", "dataset split to evaluate and time"),
     _Option("text_column", "text", "dataset column holding the text"),
@@ -118,6 +148,14 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("endpoint", "", "load an already running server at this URL instead of starting one per config"),
     _Option("endpoint_kind", "vllm", "kind of --qbench-endpoint: vllm (POST /classify) or runpod (POST /runsync)", _endpoint_kind),
     _Option("endpoint_key_env", "RUNPOD_API_KEY", "NAME of the environment variable holding the endpoint's API key (runpod)"),
+    _Option("sweep", "off", "saturation sweep (benchmarks/test_saturation.py): on or off", _on_off),
+    _Option("sweep_configs", "baseline", "configs that get a sweep: baseline, all, or comma-separated names", _csv),
+    _Option("sweep_texts", "2048", "texts per sweep point (cycled from the split)", _count),
+    _Option("sweep_max_batch", "4096", "largest batch size the sweep tries", _count),
+    _Option("sweep_engine_settings", "max_num_seqs=1024,max_num_batched_tokens=131072",
+            "vLLM settings to sweep again with, after the defaults: k=v,k=v;k=v (empty: none)", _engine_settings),
+    _Option("sweep_replicas", "2", "engine replicas on one device to try at the best batch size, comma-separated (empty: none)",
+            _replica_counts),
     _Option("report", "auto", "write results/<run id>/report.html and benchmark.json: auto (when benchmarks/ runs), always, never"),
 )
 
@@ -172,6 +210,12 @@ class Settings:
     endpoint: str
     endpoint_kind: str
     endpoint_key_env: str
+    sweep: bool
+    sweep_configs: tuple[str, ...]
+    sweep_texts: int
+    sweep_max_batch: int
+    sweep_engine_settings: tuple[dict[str, int], ...]
+    sweep_replicas: tuple[int, ...]
     report: str
 
     @classmethod

@@ -36,6 +36,7 @@ MARKERS = {
     "accuracy": "measures accuracy on the evaluation split",
     "load": "load test against a running server",
     "slow": "takes minutes",
+    "saturation": "throughput ceiling sweep; runs with --qbench-sweep on, for --qbench-sweep-configs",
 }
 
 
@@ -120,6 +121,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "batch_size" in metafunc.fixturenames:
         sizes = metafunc.config._qbench.settings.batch_sizes
         metafunc.parametrize("batch_size", sizes, ids=[f"bs{b}" for b in sizes])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Sweeps take minutes a config: only the configs asked for get one, and only when asked."""
+    settings: Settings = config._qbench.settings
+    wanted = set(settings.sweep_configs)
+    keep, drop = [], []
+    for item in items:
+        cfg = getattr(getattr(item, "callspec", None), "params", {}).get("qbench_config")
+        if item.get_closest_marker("saturation") is None or cfg is None:
+            keep.append(item)
+        elif settings.sweep and ("all" in wanted or cfg.name in wanted or ("baseline" in wanted and cfg.baseline)):
+            keep.append(item)
+        else:
+            drop.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

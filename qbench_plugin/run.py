@@ -131,6 +131,7 @@ class RunStore:
     out_of_memory: dict[str, tuple[int, str]] = field(default_factory=dict)  # config -> (batch size, error)
     # per-run facts about the workload (mean tokens per text, non-embedding parameters): see workload.py
     workload: dict[str, Any] = field(default_factory=dict)
+    ceiling: list[dict[str, Any]] = field(default_factory=list)  # throughput-ceiling points: ceiling.Point
 
     def config(self, name: str) -> ConfigRecord:
         return self.configs[name]
@@ -174,6 +175,7 @@ class RunStore:
             "dataset": self.dataset,
             "out_of_memory": {k: {"batch_size": v[0], "error": v[1]} for k, v in self.out_of_memory.items()},
             "workload": self.workload,
+            "ceiling": self.ceiling,
         }
 
     def table(self):

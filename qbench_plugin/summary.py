@@ -77,6 +77,57 @@ def add_derived(table: pd.DataFrame, workload: Mapping[str, Any], peak_tflops: f
     return table
 
 
+def ceiling_table(points: Iterable[Mapping[str, Any]], workload: Mapping[str, Any],
+                  peak_tflops: float | None) -> pd.DataFrame:
+    """The sweep's points (qbench.json "ceiling") with tokens/s, TFLOP/s and MFU; the tokenizer's own
+    points do no model FLOPs and get none."""
+    frame = pd.DataFrame(list(points))
+    if frame.empty:
+        return frame
+    frame["throughput_samples_per_s"] = frame["texts_per_s"]
+    frame = add_derived(frame, workload, peak_tflops).drop(columns="throughput_samples_per_s")
+    frame.loc[frame["stage"] != "engine", ["tokens_per_s", "achieved_tflops", "mfu"]] = float("nan")
+    return frame
+
+
+def ceiling_best(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per config, its saturation point: the engine point with the highest texts/s."""
+    if frame.empty:
+        return frame
+    measured = frame[(frame["stage"] == "engine") & frame["error"].isna() & (frame["texts_per_s"] > 0)]
+    if measured.empty:
+        return measured
+    return measured.loc[measured.groupby("config", sort=False)["texts_per_s"].idxmax()].reset_index(drop=True)
+
+
+def ceiling_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns a reader needs to tell the points apart, formatted for the report and the log."""
+    def settings(row) -> str:
+        parts = [f"{k}={v}" for k, v in (row["engine_settings"] or {}).items()]
+        if row["replicas"] > 1:
+            parts.append(f"{row['replicas']} replicas")
+        if row["stage"] == "tokenizer" and pd.notna(row.get("tokenizers_parallelism")):
+            parts.append("TOKENIZERS_PARALLELISM=" + ("true" if row["tokenizers_parallelism"] else "false"))
+        return ", ".join(parts) or "defaults"
+
+    def num(value: Any, digits: int) -> str:
+        return "-" if value is None or pd.isna(value) else f"{value:,.{digits}f}"
+
+    rows = []
+    for _, row in frame.iterrows():
+        memory = row.get("gpu_memory_peak_mib")
+        memory = memory if memory is not None and pd.notna(memory) else row.get("memory_rss_peak_mib")
+        rows.append({
+            "config": row["config"], "engine": row["engine"], "stage": row["stage"],
+            "tokenization timed": "yes" if row["input"] == "strings" else "no",
+            "order": row["order"], "batch size": int(row["batch_size"]), "settings": settings(row),
+            "texts/s": row["error"] if isinstance(row["error"], str) else num(row["texts_per_s"], 1),
+            "p95 ms": num(row.get("latency_p95_ms"), 2), "peak memory MiB": num(memory, 0),
+            "MFU": "-" if pd.isna(row.get("mfu")) else f"{row['mfu']:.2%}",
+        })
+    return pd.DataFrame(rows)
+
+
 # -- gates --------------------------------------------------------------------------------------------
 
 def accuracy_gate_failures(record: Mapping[str, Any], config: BenchConfig | None,
@@ -421,6 +472,7 @@ class RunResults:
     gates: list[dict[str, Any]]
     comparison: pd.DataFrame | None = None
     comparison_source: str | None = None
+    ceiling: pd.DataFrame = field(default_factory=pd.DataFrame)  # saturation sweep points, MFU included
 
     @property
     def eligible(self) -> pd.DataFrame:
@@ -488,4 +540,5 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         deployment=deployment, pricing=pricing, peak=peak,
         traffic=traffic_plan(eligible, options.p95_target_ms, pricing), pareto=pareto_front(table),
         loads=[_as_dict(item) for item in loads], gates=[_as_dict(g) for g in run.get("gates") or []],
+        ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),
     )
