@@ -6,6 +6,7 @@ test; Hugging Face transformers is the reference.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
@@ -13,6 +14,8 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from .config import BenchConfig
+
+log = logging.getLogger("qbench")
 
 
 class EngineUnavailable(Exception):
@@ -136,7 +139,8 @@ class VllmEngine:
         repacks for its kernels."""
         try:
             usage = self.llm.collective_rpc(_loaded_weights_bytes)
-        except Exception:  # noqa: BLE001  (an engine that cannot answer leaves the metric empty)
+        except Exception as exc:  # noqa: BLE001  (an engine that cannot answer leaves the metric empty)
+            log.warning("qbench: vLLM did not report its weights memory: %s: %s", type(exc).__name__, exc)
             return None
         return int(sum(usage)) if usage and all(u for u in usage) else None
 
@@ -170,8 +174,13 @@ class VllmEngine:
         except Exception:  # noqa: BLE001  (an engine that cannot answer leaves the metric empty)
             return None
 
+    @property
+    def call_kwargs(self) -> dict[str, Any]:
+        """What classify() adds to llm.classify: truncation at max_model_len."""
+        return {"tokenization_kwargs": self._tokenization}
+
     def classify(self, texts: Sequence[str]) -> np.ndarray:
-        return self._classify(list(texts), tokenization_kwargs=self._tokenization)
+        return self._classify(list(texts), **self.call_kwargs)
 
     def _classify(self, prompts: list, **kwargs: Any) -> np.ndarray:
         try:

@@ -461,6 +461,18 @@ def saved_run_comparison(r: RunResults) -> str:
     return "\n".join(out)
 
 
+def suite_overhead(r: RunResults) -> str:
+    if not r.overhead:
+        return "Not measured in this run (benchmarks/test_overhead.py, marked slow, vLLM engine only)."
+    out = ["The suite's throughput over a bare `llm.classify` loop on the same batches (median call times; "
+           "the bare loop runs before and after the suite's pass).\n"]
+    rows = [(name, o["batch_size"], fmt(o["bare_latency_p50_ms"], 3), fmt(o["suite_latency_p50_ms"], 3),
+             fmt(o["ratio"], 3), "met" if o["ratio"] >= o["target"] else f"missed (target {o['target']})")
+            for name, o in r.overhead.items()]
+    out.append(md_table(["config", "batch size", "bare p50 ms", "suite p50 ms", "suite/bare", "target"], rows))
+    return "\n".join(out)
+
+
 def throughput_ceiling(r: RunResults) -> str:
     if r.ceiling.empty:
         return "No saturation sweep in this run (`--qbench-sweep on` adds one for `--qbench-sweep-configs`)."
@@ -484,7 +496,7 @@ BUILDERS: tuple[tuple[str, Callable[[RunResults], str]], ...] = (
     ("Results per method", per_method), ("Observations: memory, cold start, accuracy", observations),
     ("Comparison to the baseline", baseline_comparison), ("Load test", load_test), ("Key findings", key_findings),
     ("Cost analysis", cost_analysis), ("Recommendations", recommendations), ("Scaling", scaling),
-    ("Throughput ceiling", throughput_ceiling),
+    ("Suite overhead", suite_overhead), ("Throughput ceiling", throughput_ceiling),
 )
 
 

@@ -24,11 +24,16 @@ def new_run_id() -> str:
 
 
 def git_commit(cwd: Path) -> str | None:
+    """Short commit of the checkout, with "-dirty" when tracked files differ from it: numbers from a
+    modified tree must not pass for the commit's."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip() or None
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip() or None
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+    return f"{commit}-dirty" if commit and changed else commit
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -132,6 +137,7 @@ class RunStore:
     # per-run facts about the workload (mean tokens per text, non-embedding parameters): see workload.py
     workload: dict[str, Any] = field(default_factory=dict)
     ceiling: list[dict[str, Any]] = field(default_factory=list)  # throughput-ceiling points: ceiling.Point
+    overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare classify loop
 
     def config(self, name: str) -> ConfigRecord:
         return self.configs[name]
@@ -176,6 +182,7 @@ class RunStore:
             "out_of_memory": {k: {"batch_size": v[0], "error": v[1]} for k, v in self.out_of_memory.items()},
             "workload": self.workload,
             "ceiling": self.ceiling,
+            "overhead": self.overhead,
         }
 
     def table(self):

@@ -473,6 +473,7 @@ class RunResults:
     comparison: pd.DataFrame | None = None
     comparison_source: str | None = None
     ceiling: pd.DataFrame = field(default_factory=pd.DataFrame)  # saturation sweep points, MFU included
+    overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare loop
 
     @property
     def eligible(self) -> pd.DataFrame:
@@ -541,4 +542,5 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         traffic=traffic_plan(eligible, options.p95_target_ms, pricing), pareto=pareto_front(table),
         loads=[_as_dict(item) for item in loads], gates=[_as_dict(g) for g in run.get("gates") or []],
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),
+        overhead=dict(run.get("overhead") or {}),
     )
