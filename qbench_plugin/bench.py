@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -16,11 +16,13 @@ from .run import CaseRecord, RunStore
 
 
 def measure_latency(benchmark, engine: Engine, texts: list[str], batch_size: int, *, samples: int, warmup: int,
-                    store: RunStore, config: str, record: bool = True) -> dict[str, float]:
+                    store: RunStore, config: str, record: bool = True,
+                    before_each: Callable[[list[str]], None] | None = None) -> dict[str, float]:
     """Time `samples` batches of `batch_size` texts after `warmup` untimed ones.
 
     Tokenization is inside the timed region: a batch goes in as strings, as a user's request would.
-    `record=False` keeps the case out of the run's matrix (for measurements about the suite itself)."""
+    `record=False` keeps the case out of the run's matrix (for measurements about the suite itself);
+    `before_each(batch)` runs untimed before every call (warm-up ones included) on the batch it gets."""
     smaller = store.out_of_memory.get(config)
     if smaller is not None and batch_size > smaller[0]:
         pytest.skip(f"config {config}: batch size {batch_size} not run: batch size {smaller[0]} ran out of "
@@ -29,9 +31,15 @@ def measure_latency(benchmark, engine: Engine, texts: list[str], batch_size: int
     feed = itertools.cycle(batches)
     recorder = LatencyRecorder(engine.classify)
     benchmark.group = config
+
+    def setup() -> tuple[tuple, dict]:
+        batch = next(feed)
+        if before_each is not None:
+            before_each(batch)
+        return (batch,), {}
+
     try:
-        benchmark.pedantic(recorder, setup=lambda: ((next(feed),), {}), rounds=samples, warmup_rounds=warmup,
-                           iterations=1)
+        benchmark.pedantic(recorder, setup=setup, rounds=samples, warmup_rounds=warmup, iterations=1)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
@@ -135,7 +143,7 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
                 for _ in range(count):
                     replicas.append(engine.variant(**share))
                 found = ceiling.replicated_point(replicas, texts, lengths, top.batch_size, settings.sweep_texts,
-                                                 config=config, settings=top.engine_settings)
+                                                 config=config, order=top.order, settings=top.engine_settings)
             finally:
                 for replica in replicas:
                     replica.close()

@@ -169,12 +169,12 @@ def engine_point(engine, texts: Sequence[str], lengths: Sequence[int], batch_siz
 
 
 def replicated_point(engines: Sequence[Any], texts: Sequence[str], lengths: Sequence[int], batch_size: int,
-                     total: int, *, config: str, settings: dict[str, Any] | None = None) -> Point:
+                     total: int, *, config: str, order: str = "dataset", settings: dict[str, Any] | None = None) -> Point:
     """N engines on one device, each fed pre-tokenized batches by its own thread; texts/s over the wall
     time of all of them (one engine's host work can leave the device idle; several can overlap)."""
-    point = Point(config, engines[0].name, "engine", TOKENS, batch_size, replicas=len(engines),
+    point = Point(config, engines[0].name, "engine", TOKENS, batch_size, order=order, replicas=len(engines),
                   engine_settings=dict(settings or {}))
-    batches = [[texts[i] for i in rows] for rows in batch_indices(lengths, batch_size, total * len(engines), "dataset")]
+    batches = [[texts[i] for i in rows] for rows in batch_indices(lengths, batch_size, total * len(engines), order)]
     shares = [[engines[k].encode(b) for b in batches[k :: len(engines)]] for k in range(len(engines))]
     for engine, share in zip(engines, shares):
         engine.classify_encoded(share[0])  # warm-up, untimed

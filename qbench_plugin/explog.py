@@ -464,8 +464,8 @@ def saved_run_comparison(r: RunResults) -> str:
 def suite_overhead(r: RunResults) -> str:
     if not r.overhead:
         return "Not measured in this run (benchmarks/test_overhead.py, marked slow, vLLM engine only)."
-    out = ["The suite's throughput over a bare `llm.classify` loop on the same batches (median call times; "
-           "the bare loop runs before and after the suite's pass).\n"]
+    out = ["The suite's throughput over bare `llm.classify` calls on the same batches: each timed suite call "
+           "follows a bare call on its batch; median call times.\n"]
     rows = [(name, o["batch_size"], fmt(o["bare_latency_p50_ms"], 3), fmt(o["suite_latency_p50_ms"], 3),
              fmt(o["ratio"], 3), "met" if o["ratio"] >= o["target"] else f"missed (target {o['target']})")
             for name, o in r.overhead.items()]
@@ -482,9 +482,11 @@ def throughput_ceiling(r: RunResults) -> str:
            "else the process tree's RSS.\n"]
     for _, row in ceiling_best(r.ceiling).iterrows():
         shown = ceiling_display(pd.DataFrame([row])).iloc[0]
+        how = shown["settings"] + ("" if row["order"] == "dataset" else f", {row['order'].replace('_', '-')} batches")
+        p95 = f"p95 {shown['p95 ms']} ms" if shown["p95 ms"] != "-" else "no per-batch p95 (replicas run concurrently)"
         out.append(f"- Saturation point of {row['config']}: {shown['texts/s']} texts/s at batch size "
-                   f"{int(row['batch_size'])} ({shown['settings']}; tokenization timed: {shown['tokenization timed']}),"
-                   f" p95 {shown['p95 ms']} ms, peak memory {shown['peak memory MiB']} MiB, MFU {shown['MFU']}.")
+                   f"{int(row['batch_size'])} ({how}; tokenization timed: {shown['tokenization timed']}),"
+                   f" {p95}, peak memory {shown['peak memory MiB']} MiB, MFU {shown['MFU']}.")
     frame = ceiling_display(r.ceiling)
     out.append("")
     out.append(md_table(list(frame.columns), frame.itertuples(index=False)))
