@@ -123,30 +123,14 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
         if not variants and not settings.sweep_replicas:
             return points
         engine.close()
-        for variant in variants:
-            other = engine.variant(**variant)
-            try:
-                found = ceiling.sweep(other, texts, lengths, sizes, settings.sweep_texts, inputs=(ceiling.TOKENS,),
-                                      orders=("dataset",), settings=variant, **common)
-            finally:
-                other.close()
-            points.extend(found)
-            store.ceiling.extend(p.as_dict() for p in found)
+        for found in ceiling.variant_ladder(engine, variants, texts, lengths, sizes, settings.sweep_texts, points,
+                                            **common):
+            points.append(found)
+            store.ceiling.append(found.as_dict())
             store.save()
         top = ceiling.best(points)
-        for count in settings.sweep_replicas:
-            share = {**top.engine_settings}
-            if engine.name == "vllm" and "gpu_memory_utilization" in getattr(engine, "engine_kwargs", {}):
-                share["gpu_memory_utilization"] = engine.engine_kwargs["gpu_memory_utilization"] / count
-            replicas = []
-            try:
-                for _ in range(count):
-                    replicas.append(engine.variant(**share))
-                found = ceiling.replicated_point(replicas, texts, lengths, top.batch_size, settings.sweep_texts,
-                                                 config=config, order=top.order, settings=top.engine_settings)
-            finally:
-                for replica in replicas:
-                    replica.close()
+        for count in settings.sweep_replicas if top is not None else ():
+            found = ceiling.replica_point(engine, count, top, texts, lengths, settings.sweep_texts, config=config)
             points.append(found)
             store.ceiling.append(found.as_dict())
             store.save()

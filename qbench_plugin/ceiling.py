@@ -229,6 +229,56 @@ def sweep(engine, texts: Sequence[str], lengths: Sequence[int], sizes: Sequence[
     return points
 
 
+def variant_ladder(engine, variants: Sequence[dict[str, int]], texts: Sequence[str], lengths: Sequence[int],
+                   sizes: Sequence[int], total: int, so_far: Sequence[Point], *, config: str,
+                   is_out_of_memory: Callable[[BaseException], bool]) -> Iterator[Point]:
+    """Each engine-settings variant started in turn (the caller has closed `engine`) and swept from tokens;
+    the ladder stops at the first rung that does not beat the best so far by 5%, or that cannot start
+    (too big for the device: kept as a point with the error, not raised)."""
+    best_so_far = best(so_far)
+    for variant in variants:
+        before = best_so_far.texts_per_s if best_so_far else 0.0
+        try:
+            other = engine.variant(**variant)
+        except Exception as exc:  # noqa: BLE001
+            yield Point(config, engine.name, "engine", TOKENS, sizes[0], engine_settings=dict(variant),
+                        error=f"engine did not start: {type(exc).__name__}: {exc}"[:300])
+            return
+        try:
+            found = sweep(other, texts, lengths, sizes, total, inputs=(TOKENS,), orders=("dataset",), config=config,
+                          settings=variant, is_out_of_memory=is_out_of_memory)
+        finally:
+            other.close()
+        yield from found
+        gained = best(found)
+        if gained is None or gained.texts_per_s < before * 1.05:
+            return
+        best_so_far = gained
+
+
+def replica_point(engine, count: int, top: Point, texts: Sequence[str], lengths: Sequence[int], total: int, *,
+                  config: str) -> Point:
+    """`count` copies of the engine at the best point's settings, each with its share of the GPU memory
+    the original was given; replicas that do not fit are a finding (a point with the error)."""
+    share = dict(top.engine_settings)
+    utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
+    if utilization:
+        share["gpu_memory_utilization"] = utilization / count
+    replicas = []
+    try:
+        for _ in range(count):
+            replicas.append(engine.variant(**share))
+        return replicated_point(replicas, texts, lengths, top.batch_size, total, config=config, order=top.order,
+                                settings=top.engine_settings)
+    except Exception as exc:  # noqa: BLE001
+        return Point(config, engine.name, "engine", TOKENS, top.batch_size, order=top.order, replicas=count,
+                     engine_settings=dict(top.engine_settings),
+                     error=f"{count} replicas failed: {type(exc).__name__}: {exc}"[:300])
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
 def best(points: Sequence[Point], stage: str = "engine") -> Point | None:
     measured = [p for p in points if p.stage == stage and p.error is None and p.texts_per_s > 0]
     return max(measured, key=lambda p: p.texts_per_s) if measured else None

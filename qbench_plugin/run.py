@@ -101,6 +101,7 @@ class CaseRecord:
     batch_size: int
     metrics: dict[str, float]
     status: str = "passed"
+    tokenization_in_timed_region: bool = True  # matrix cases time texts as strings, tokenizer included
 
 
 @dataclass

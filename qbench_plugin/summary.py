@@ -51,6 +51,7 @@ def table_from_json(run: Mapping[str, Any]) -> pd.DataFrame:
                "batch_size": int(case["batch_size"])}
         row.update({k: v for k, v in (case.get("metrics") or {}).items() if k not in DERIVED_METRICS})
         row.update(rec.get("metrics") or {})
+        row["tokenization_timed"] = "yes" if case.get("tokenization_in_timed_region", True) else "no"
         rows.append(row)
     columns = ["config", "method", "engine", "batch_size", *CASE_METRICS, *CONFIG_METRICS]
     frame = pd.DataFrame(rows)
@@ -59,7 +60,7 @@ def table_from_json(run: Mapping[str, Any]) -> pd.DataFrame:
             frame[name] = None
     rest = [c for c in frame.columns if c not in columns]
     frame = frame[columns + rest]
-    numeric = [c for c in frame.columns if c not in ("config", "method", "engine")]
+    numeric = [c for c in frame.columns if c not in ("config", "method", "engine", "tokenization_timed")]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame.sort_values(["config", "batch_size"], kind="stable").reset_index(drop=True)
 
@@ -493,6 +494,18 @@ class RunResults:
         if cost is not None:
             line += f", ${cost:,.4f} per 1M requests ({self.pricing.gpu})"
         return line
+
+
+    def ceiling_lines(self) -> list[str]:
+        """The terminal's line per swept config: its saturation point."""
+        lines = []
+        for _, row in ceiling_best(self.ceiling).iterrows():
+            shown = ceiling_display(pd.DataFrame([row])).iloc[0]
+            order = "" if row["order"] == "dataset" else f", {row['order'].replace('_', '-')} batches"
+            lines.append(f"qbench ceiling: {row['config']} {shown['texts/s']} texts/s at batch size "
+                         f"{int(row['batch_size'])} ({shown['settings']}{order}; tokenization timed: "
+                         f"{shown['tokenization timed']}), p95 {shown['p95 ms']} ms, MFU {shown['MFU']}")
+        return lines
 
 
 def _as_dict(item: Any) -> dict[str, Any]:

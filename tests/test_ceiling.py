@@ -176,3 +176,54 @@ def test_sweep_through_the_plugin(tmp_path, embedded_model):
     log = (run_dir / "EXPERIMENT_LOG.md").read_text()
     assert "Saturation point of cpu_default" in log and f"{top['texts_per_s']:,.1f} texts/s" in log
     assert "Throughput ceiling" in (run_dir / "report.html").read_text()
+
+
+# -- ladder and replicas: the decision logic, with stand-in engines (no engine claim) --------------
+
+class _StandIn:
+    """Only what variant_ladder and replica_point touch; the sweep itself is replaced below."""
+
+    name = "vllm"
+    engine_kwargs = {"gpu_memory_utilization": 0.5}
+
+    def __init__(self, fail_on=None, log=None):
+        self.fail_on, self.log = fail_on, log if log is not None else []
+
+    def variant(self, **overrides):
+        if self.fail_on and self.fail_on.items() <= overrides.items():
+            raise ValueError("not enough KV cache memory")
+        self.log.append(("start", overrides))
+        return _StandIn(self.fail_on, self.log)
+
+    def close(self):
+        self.log.append(("close", None))
+
+
+def test_ladder_stops_at_the_first_rung_without_a_gain(monkeypatch):
+    speeds = iter([1000.0, 1200.0, 1210.0, 5000.0])
+    monkeypatch.setattr(ceiling, "sweep", lambda engine, *a, settings, **k: [
+        ceiling.Point("c", "vllm", "engine", "tokens", 64, texts_per_s=next(speeds), engine_settings=settings)])
+    start = [ceiling.Point("c", "vllm", "engine", "tokens", 64, texts_per_s=900.0)]
+    rungs = [{"max_num_seqs": n} for n in (256, 512, 1024, 2048)]
+    engine = _StandIn()
+    found = list(ceiling.variant_ladder(engine, rungs, [], [], [64], 64, start, config="c", is_out_of_memory=lambda e: False))
+    assert [p.engine_settings for p in found] == rungs[:3]  # 1210 is under 1200 * 1.05: the ladder ends there
+    assert [kind for kind, _ in engine.log].count("close") == 3  # every rung's engine closed
+
+
+def test_a_rung_that_cannot_start_is_recorded_and_ends_the_ladder(monkeypatch):
+    monkeypatch.setattr(ceiling, "sweep", lambda *a, settings, **k: [
+        ceiling.Point("c", "vllm", "engine", "tokens", 64, texts_per_s=2000.0, engine_settings=settings)])
+    engine = _StandIn(fail_on={"max_num_seqs": 4096})
+    rungs = [{"max_num_seqs": 1024}, {"max_num_seqs": 4096}, {"max_num_seqs": 8192}]
+    found = list(ceiling.variant_ladder(engine, rungs, [], [], [64], 64, [], config="c", is_out_of_memory=lambda e: False))
+    assert len(found) == 2 and found[1].error.startswith("engine did not start: ValueError: not enough KV cache")
+    assert found[1].engine_settings == {"max_num_seqs": 4096}
+
+
+def test_replicas_share_the_memory_and_a_failed_set_is_a_point():
+    top = ceiling.Point("c", "vllm", "engine", "tokens", 64, texts_per_s=1.0, engine_settings={"max_num_seqs": 512})
+    engine = _StandIn(fail_on={"gpu_memory_utilization": 0.125})
+    point = ceiling.replica_point(engine, 4, top, ["t"] * 8, [1] * 8, 8, config="c")
+    assert point.replicas == 4 and point.error.startswith("4 replicas failed: ValueError")
+    assert engine.log == []  # nothing started, nothing left running
