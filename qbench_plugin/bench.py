@@ -105,6 +105,7 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
     this module last among a config's tests (file order), so no later test of the config needs it."""
     benchmark.group = config
     points: list[ceiling.Point] = []
+    store.freeze_memory_peaks(config)  # the config's memory is the matrix's, not the sweep's
 
     def run() -> list[ceiling.Point]:
         tokenizer = engine.tokenizer

@@ -79,11 +79,15 @@ def sweep_batch_sizes(start: int, maximum: int) -> list[int]:
     return sizes
 
 
-def batch_indices(lengths: Sequence[int], batch_size: int, total: int, order: str) -> list[list[int]]:
-    """Row indices for ceil(total / batch_size) batches (at least 3) cycling through the rows; with
-    "length_sorted" each batch holds rows of similar token length."""
+MIN_BATCHES = 5  # timed calls per point, however large the batch: a p95 needs a few samples
+
+
+def batch_indices(lengths: Sequence[int], batch_size: int, total: int, order: str,
+                  min_batches: int = MIN_BATCHES) -> list[list[int]]:
+    """Row indices for ceil(total / batch_size) batches (at least `min_batches`) cycling through the
+    rows; with "length_sorted" each batch holds rows of similar token length."""
     n = len(lengths)
-    count = max(3, -(-total // batch_size))
+    count = max(min_batches, -(-total // batch_size))
     flat = [i % n for i in range(count * batch_size)]
     if order == "length_sorted":
         flat.sort(key=lambda i: lengths[i])
@@ -92,13 +96,13 @@ def batch_indices(lengths: Sequence[int], batch_size: int, total: int, order: st
     return [flat[k : k + batch_size] for k in range(0, len(flat), batch_size)]
 
 
-def timed_calls(fn: Callable[[Any], Any], inputs: Sequence[Any], warmup: int = 1) -> list[int]:
-    """Wall time of each call after `warmup` untimed ones (nanoseconds, perf_counter_ns); the engines
+def timed_calls(fn: Callable[[Any], Any], inputs: Sequence[Any]) -> list[int]:
+    """Wall time of every call (nanoseconds, perf_counter_ns) after one untimed call on the middle
+    input: not the first, which is the shortest batch when batches are length-sorted. The engines
     return host arrays, so a GPU's work is finished when a call returns."""
-    for item in inputs[:warmup]:
-        fn(item)
+    fn(inputs[len(inputs) // 2])
     samples = []
-    for item in inputs[warmup:] or inputs:
+    for item in inputs:
         start = time.perf_counter_ns()
         fn(item)
         samples.append(time.perf_counter_ns() - start)
@@ -174,7 +178,9 @@ def replicated_point(engines: Sequence[Any], texts: Sequence[str], lengths: Sequ
     time of all of them (one engine's host work can leave the device idle; several can overlap)."""
     point = Point(config, engines[0].name, "engine", TOKENS, batch_size, order=order, replicas=len(engines),
                   engine_settings=dict(settings or {}))
-    batches = [[texts[i] for i in rows] for rows in batch_indices(lengths, batch_size, total * len(engines), order)]
+    batches = [[texts[i] for i in rows]
+               for rows in batch_indices(lengths, batch_size, total * len(engines), order,
+                                         min_batches=MIN_BATCHES * len(engines))]
     shares = [[engines[k].encode(b) for b in batches[k :: len(engines)]] for k in range(len(engines))]
     for engine, share in zip(engines, shares):
         engine.classify_encoded(share[0])  # warm-up, untimed

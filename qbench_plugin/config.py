@@ -51,6 +51,9 @@ class BenchConfig(_Strict):
     max_num_seqs: int | None = Field(default=None, gt=0)
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
     enforce_eager: bool | None = Field(default=None, description="default: True on CPU, False on CUDA")
+    enable_prefix_caching: bool = Field(
+        default=False, description="vLLM reuses the KV of a text's first full blocks when the same text comes "
+        "again; a benchmark repeats its texts (the accuracy pass, cycled batches), real traffic mostly does not")
     baseline: bool = Field(default=False, description="the config others are compared against")
     markers: tuple[str, ...] = ()
     gates: Gates = Gates()

@@ -84,9 +84,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QBENCH_CACHE_DIR", Path.home() / ".cache" / "qbench"))
 
 
-def model_dir(cache_dir: Path, recipe: Recipe = Recipe()) -> Path:
-    key = hashlib.sha256((data_fingerprint() + json.dumps(asdict(recipe), sort_keys=True)).encode())
-    return Path(cache_dir) / "models" / f"intent-qwen2-{key.hexdigest()[:12]}"
+def training_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_dir(cache_dir: Path, recipe: Recipe = Recipe(), device: str | None = None) -> Path:
+    """Cache folder of a recipe's model. A GPU trains (bf16 autocast) to other weights than a CPU, so a
+    model trained on a GPU gets its own key; CPU-trained keys are those of earlier qbench versions."""
+    device = device or training_device()
+    text = data_fingerprint() + json.dumps(asdict(recipe), sort_keys=True) + ("" if device == "cpu" else device)
+    return Path(cache_dir) / "models" / f"intent-qwen2-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def ensure_model(cache_dir: Path | None = None, recipe: Recipe = Recipe()) -> Path:
@@ -172,7 +181,7 @@ def train(out_dir: Path, recipe: Recipe = Recipe(), data_dir: Path = DATA_DIR) -
     tokenizer.save_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     torch.manual_seed(recipe.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = training_device()
     model = Qwen2ForSequenceClassification(config).to(device)
     # bf16 autocast on a GPU (weights and optimizer state stay fp32); plain fp32 on a CPU, where the
     # tiny model trains fastest and bf16 has no hardware support on many CPUs

@@ -16,6 +16,8 @@ import numpy as np
 from .config import BenchConfig
 
 log = logging.getLogger("qbench")
+CLOSED = ("engine already closed: benchmarks/test_saturation.py closes a config's engine to start its variants, "
+          "so it must run after the config's other tests (pytest's file order does that; do not reorder)")
 
 
 class EngineUnavailable(Exception):
@@ -97,6 +99,9 @@ class VllmEngine:
             dtype=resolve_dtype(spec),
             max_model_len=spec.max_model_len,
             enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else spec.device == "cpu",
+            # vLLM turns it on for last-token classifiers; then every repeat of a benchmark text skips
+            # most of its prefill and the numbers flatter the engine
+            enable_prefix_caching=cfg.enable_prefix_caching,
             seed=0,
         )
         if spec.device == "cuda":
@@ -144,36 +149,6 @@ class VllmEngine:
             return None
         return int(sum(usage)) if usage and all(u for u in usage) else None
 
-    def variant(self, **overrides: Any) -> "VllmEngine":
-        """Another engine of the same model with some LLM arguments changed (engine settings, a share
-        of GPU memory for a replica). Start it after closing this one unless memory allows both."""
-        from vllm import LLM
-
-        other = object.__new__(VllmEngine)
-        other.engine_kwargs = {**self.engine_kwargs, **overrides}
-        other.labels, other._tokenization = self.labels, self._tokenization
-        other.llm = LLM(**other.engine_kwargs)
-        return other
-
-    @property
-    def tokenizer(self):
-        return self.llm.get_tokenizer()
-
-    def encode(self, texts: Sequence[str]) -> list[dict]:
-        ids = self.tokenizer(list(texts), **self._tokenization)["input_ids"]
-        return [{"prompt_token_ids": row} for row in ids]  # vLLM's TokensPrompt
-
-    def classify_encoded(self, encoded: list[dict]) -> np.ndarray:
-        return self._classify(encoded)
-
-    def weights_memory_bytes(self) -> int | None:
-        """Bytes of the loaded model's parameters and buffers, counted inside vLLM's engine process:
-        the device-wide GPU figure also holds the KV cache vLLM reserves up front."""
-        try:
-            return int(sum(self.llm.apply_model(_module_bytes)))
-        except Exception:  # noqa: BLE001  (an engine that cannot answer leaves the metric empty)
-            return None
-
     @property
     def call_kwargs(self) -> dict[str, Any]:
         """What classify() adds to llm.classify: truncation at max_model_len."""
@@ -183,6 +158,8 @@ class VllmEngine:
         return self._classify(list(texts), **self.call_kwargs)
 
     def _classify(self, prompts: list, **kwargs: Any) -> np.ndarray:
+        if self.llm is None:
+            raise RuntimeError(CLOSED)
         try:
             outputs = self.llm.classify(prompts, use_tqdm=False, **kwargs)
         except KeyboardInterrupt:
@@ -233,6 +210,8 @@ class HfEngine:
         return HfEngine(self.spec, self.labels, self.extra)
 
     def encode(self, texts: Sequence[str]):
+        if self.model is None:
+            raise RuntimeError(CLOSED)
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                               return_tensors="pt").to(self.model.device)
 
@@ -240,6 +219,8 @@ class HfEngine:
         return self.classify_encoded(self.encode(texts))
 
     def classify_encoded(self, enc) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError(CLOSED)
         torch = self._torch
         with torch.inference_mode():
             logits = self.model(**enc).logits

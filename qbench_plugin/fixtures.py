@@ -107,6 +107,7 @@ def qbench_engine(qbench_config: BenchConfig, qbench_settings: Settings, qbench_
     if record.status == "failed":  # pytest retries a failed session fixture per test; fail fast instead
         pytest.fail(f"config {cfg.name}: engine failed to start: {record.reason}", pytrace=False)
     tracker = MemoryTracker()
+    qbench_store.memory[cfg.name] = tracker.reading
     stopwatch = Stopwatch()
     try:
         if cfg.device == "cuda" and device != "cuda":
@@ -148,6 +149,7 @@ def qbench_engine(qbench_config: BenchConfig, qbench_settings: Settings, qbench_
     finally:
         engine.close()
         reading = tracker.stop()
-        record.metrics.update(memory_rss_peak_mib=mib(reading.rss_peak_bytes),
-                              gpu_memory_peak_mib=mib(reading.gpu_peak_bytes))
+        if qbench_store.memory.pop(cfg.name, None) is not None:  # not frozen by a sweep
+            record.metrics.update(memory_rss_peak_mib=mib(reading.rss_peak_bytes),
+                                  gpu_memory_peak_mib=mib(reading.gpu_peak_bytes))
         qbench_store.save()

@@ -83,6 +83,7 @@ def server_spec(cfg: BenchConfig, settings: Settings, model: str, ctx: quantize.
     return ServerSpec(
         model=prepared.model, dtype=resolve_dtype(spec), max_model_len=settings.max_model_len, device=device,
         enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else device == "cpu",
+        enable_prefix_caching=cfg.enable_prefix_caching,
         max_num_seqs=cfg.max_num_seqs, gpu_memory_utilization=cfg.gpu_memory_utilization if device == "cuda" else None,
         engine_args=engine_cli_args(prepared.engine_kwargs),
     )

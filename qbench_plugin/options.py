@@ -79,7 +79,13 @@ def _engine_settings(value: str) -> tuple[dict[str, int], ...]:
 
 
 def _replica_counts(value: str) -> tuple[int, ...]:
-    return _int_csv(value) if _csv(value) else ()
+    try:
+        counts = tuple(int(part) for part in _csv(value))
+    except ValueError:
+        raise pytest.UsageError(f"expected comma-separated replica counts, got {value!r}") from None
+    if any(count < 2 for count in counts):
+        raise pytest.UsageError(f"replica counts must be at least 2 (1 is the sweep itself), got {value!r}")
+    return counts
 
 
 def _endpoint_kind(value: str) -> str:
@@ -242,6 +248,9 @@ class Settings:
             raise pytest.UsageError(f"--qbench-truncation must be truncate or reject, got {values['truncation']!r}")
         if values["report"] not in ("auto", "always", "never"):
             raise pytest.UsageError(f"--qbench-report must be auto, always or never, got {values['report']!r}")
+        if values["sweep"] and values["sweep_max_batch"] < max(values["batch_sizes"]):
+            raise pytest.UsageError(f"--qbench-sweep-max-batch {values['sweep_max_batch']} is below the largest "
+                                    f"batch size {max(values['batch_sizes'])}, where the sweep starts")
         if values["samples"] < 1:
             raise pytest.UsageError("--qbench-samples must be at least 1")
         return cls(**values)

@@ -132,6 +132,8 @@ def summary_html(store: RunStore) -> list[str]:
         STYLE,
         head,
         "<h2>Latency and throughput: config x batch size</h2>",
+        "<p>Per batch (one classify call) with tokenization inside the timed region: texts go in as strings. "
+        "Pre-tokenized figures, when the run has them, are under Throughput ceiling.</p>",
         _table(matrix_frame(store), "qbench qbench-matrix"),
         "<h2>Per config: accuracy, cold start, memory</h2>",
         _table(config_frame(store), "qbench qbench-configs"),

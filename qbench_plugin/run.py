@@ -19,6 +19,10 @@ import numpy as np
 from .redact import scrub, scrub_text
 
 
+def _mib(value: int | None) -> float | None:
+    return None if value is None else round(value / 2**20, 1)
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 
@@ -139,6 +143,18 @@ class RunStore:
     workload: dict[str, Any] = field(default_factory=dict)
     ceiling: list[dict[str, Any]] = field(default_factory=list)  # throughput-ceiling points: ceiling.Point
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare classify loop
+    # live memory readings of each config's engine (not written): the sweep freezes the config's peaks
+    memory: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def freeze_memory_peaks(self, config: str) -> None:
+        """Record a config's peak memory now, before a sweep's larger batches and extra engines."""
+        reading, record = self.memory.pop(config, None), self.configs.get(config)
+        if reading is None or record is None:
+            return
+        record.metrics.update(memory_rss_peak_mib=_mib(reading.rss_peak_bytes),
+                              gpu_memory_peak_mib=_mib(reading.gpu_peak_bytes))
+        record.info["memory_peaks"] = "before the saturation sweep"
+        self.save()
 
     def config(self, name: str) -> ConfigRecord:
         return self.configs[name]

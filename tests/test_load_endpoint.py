@@ -134,6 +134,10 @@ def test_engine_arguments_become_server_flags():
     assert cmd[cmd.index("--runner") + 1] == "pooling" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--max-num-seqs") + 1] == "16" and "--gpu-memory-utilization" not in cmd  # CPU
     assert cmd[-2:] == ["--quantization", "x"]
+    assert "--no-enable-prefix-caching" in cmd  # repeated benchmark texts must not hit vLLM's prefix cache
+    on = server_command(ServerSpec(model="/m", dtype="bfloat16", max_model_len=256, device="cpu", enforce_eager=True,
+                                   enable_prefix_caching=True), 8123)
+    assert "--enable-prefix-caching" in on and "--no-enable-prefix-caching" not in on
 
 
 def test_load_configs_default_to_the_baseline():
