@@ -156,7 +156,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("endpoint_key_env", "RUNPOD_API_KEY", "NAME of the environment variable holding the endpoint's API key (runpod)"),
     _Option("sweep", "off", "saturation sweep (benchmarks/test_saturation.py): on or off", _on_off),
     _Option("sweep_configs", "baseline", "configs that get a sweep: baseline, all, or comma-separated names", _csv),
-    _Option("sweep_texts", "2048", "texts per sweep point (cycled from the split)", _count),
+    _Option("sweep_texts", "2048", "texts per sweep point (cycled from the split; never fewer than 5 batches)", _count),
     _Option("sweep_max_batch", "4096", "largest batch size the sweep tries", _count),
     _Option("sweep_engine_settings", "max_num_seqs=512,max_num_batched_tokens=32768;max_num_seqs=1024,max_num_batched_tokens=131072",
             "vLLM settings to climb after the defaults, rung by rung while each beats the best by 5%: k=v,k=v;k=v (empty: none)",
