@@ -14,9 +14,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 
-from .measure import MemoryTracker, mib
+from .measure import LatencyRecorder, MemoryTracker, latency_stats, mib
 
 STRINGS, TOKENS = "strings", "tokens"  # what a timed call gets: raw texts, or the tokenizer's output
 
@@ -101,20 +100,19 @@ def timed_calls(fn: Callable[[Any], Any], inputs: Sequence[Any]) -> list[int]:
     input: not the first, which is the shortest batch when batches are length-sorted. The engines
     return host arrays, so a GPU's work is finished when a call returns."""
     fn(inputs[len(inputs) // 2])
-    samples = []
+    recorder = LatencyRecorder(fn)
     for item in inputs:
-        start = time.perf_counter_ns()
-        fn(item)
-        samples.append(time.perf_counter_ns() - start)
-    return samples
+        recorder(item)
+    return recorder.samples_ns
 
 
-def fill(point: Point, samples_ns: Sequence[int], texts_per_call: Sequence[int]) -> Point:
-    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    point.texts = int(sum(texts_per_call[-len(samples_ns):]))
-    point.seconds = float(ms.sum() / 1e3)
-    point.texts_per_s = point.texts / point.seconds if point.seconds else 0.0
-    point.latency_p50_ms, point.latency_p95_ms = (float(v) for v in np.percentile(ms, [50, 95]))
+def fill(point: Point, samples_ns: Sequence[int]) -> Point:
+    """A point's numbers from its per-call times; every call held `point.batch_size` texts."""
+    stats = latency_stats(samples_ns, point.batch_size)
+    point.texts = point.batch_size * len(samples_ns)
+    point.seconds = sum(samples_ns) / 1e9
+    point.texts_per_s = stats["throughput_samples_per_s"]
+    point.latency_p50_ms, point.latency_p95_ms = stats["latency_p50_ms"], stats["latency_p95_ms"]
     return point
 
 
@@ -150,10 +148,10 @@ def tokenizer_points(tokenizer, texts: Sequence[str], batch_size: int, total: in
     for parallel in (False, True):
         with tokenizers_parallelism(parallel):
             point = Point(config, engine, "tokenizer", STRINGS, batch_size, tokenizers_parallelism=parallel)
-            points.append(fill(point, timed_calls(encode, batches), [len(b) for b in batches]))
+            points.append(fill(point, timed_calls(encode, batches)))
     singles = [[texts[i % len(texts)]] for i in range(min(total, 2048) + 1)]
     point = Point(config, engine, "tokenizer", STRINGS, 1)
-    points.append(fill(point, timed_calls(encode, singles), [1] * len(singles)))
+    points.append(fill(point, timed_calls(encode, singles)))
     return points
 
 
@@ -169,7 +167,7 @@ def engine_point(engine, texts: Sequence[str], lengths: Sequence[int], batch_siz
         calls, fn = batches, engine.classify
     with tracked(point):
         samples = timed_calls(fn, calls)
-    return fill(point, samples, [len(b) for b in batches])
+    return fill(point, samples)
 
 
 def replicated_point(engines: Sequence[Any], texts: Sequence[str], lengths: Sequence[int], batch_size: int,

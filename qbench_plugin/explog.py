@@ -16,7 +16,7 @@ import pandas as pd
 from . import gpus
 from .compare import summary_counts, unmatched, wide as compare_wide
 from .report import LOAD_COLUMNS
-from .summary import KINDS, TIERS_PER_MIN, RunResults, ceiling_best, ceiling_display, cost_per_requests
+from .summary import KINDS, TIERS_PER_MIN, RunResults, ceiling_display, cost_per_requests, saturation_points
 
 SECTIONS = (
     "Hardware",
@@ -480,13 +480,11 @@ def throughput_ceiling(r: RunResults) -> str:
            "pre-tokenized input (vLLM TokensPrompt, HF padded tensors) and the tokenizer ran outside the timed "
            "region; tokenizer rows time the tokenizer alone. Memory is the GPU's (device-wide) where there is one, "
            "else the process tree's RSS.\n"]
-    for _, row in ceiling_best(r.ceiling).iterrows():
-        shown = ceiling_display(pd.DataFrame([row])).iloc[0]
-        how = shown["settings"] + ("" if row["order"] == "dataset" else f", {row['order'].replace('_', '-')} batches")
-        p95 = f"p95 {shown['p95 ms']} ms" if shown["p95 ms"] != "-" else "no per-batch p95 (replicas run concurrently)"
-        out.append(f"- Saturation point of {row['config']}: {shown['texts/s']} texts/s at batch size "
-                   f"{int(row['batch_size'])} ({how}; tokenization timed: {shown['tokenization timed']}),"
-                   f" {p95}, peak memory {shown['peak memory MiB']} MiB, MFU {shown['MFU']}.")
+    for _, p in saturation_points(r.ceiling).iterrows():
+        p95 = f"p95 {p['p95 ms']} ms" if p["p95 ms"] != "-" else "no per-batch p95 (replicas run concurrently)"
+        out.append(f"- Saturation point of {p['config']}: {p['texts/s']} texts/s at batch size {p['batch size']} "
+                   f"({p['how']}; tokenization timed: {p['tokenization timed']}), {p95}, "
+                   f"peak memory {p['peak memory MiB']} MiB, MFU {p['MFU']}.")
     frame = ceiling_display(r.ceiling)
     out.append("")
     out.append(md_table(list(frame.columns), frame.itertuples(index=False)))

@@ -16,11 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .measure import mib
 from .redact import scrub, scrub_text
-
-
-def _mib(value: int | None) -> float | None:
-    return None if value is None else round(value / 2**20, 1)
 
 
 def new_run_id() -> str:
@@ -151,8 +148,8 @@ class RunStore:
         reading, record = self.memory.pop(config, None), self.configs.get(config)
         if reading is None or record is None:
             return
-        record.metrics.update(memory_rss_peak_mib=_mib(reading.rss_peak_bytes),
-                              gpu_memory_peak_mib=_mib(reading.gpu_peak_bytes))
+        record.metrics.update(memory_rss_peak_mib=mib(reading.rss_peak_bytes),
+                              gpu_memory_peak_mib=mib(reading.gpu_peak_bytes))
         record.info["memory_peaks"] = "before the saturation sweep"
         self.save()
 

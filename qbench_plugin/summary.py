@@ -129,6 +129,15 @@ def ceiling_display(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def saturation_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each config's saturation point as displayed, with `how`: its settings and batch order in words."""
+    shown = ceiling_display(ceiling_best(frame))
+    if not shown.empty:
+        shown["how"] = [s if o == "dataset" else f"{s}, {o.replace('_', '-')} batches"
+                        for s, o in zip(shown["settings"], shown["order"])]
+    return shown
+
+
 # -- gates --------------------------------------------------------------------------------------------
 
 def accuracy_gate_failures(record: Mapping[str, Any], config: BenchConfig | None,
@@ -498,14 +507,9 @@ class RunResults:
 
     def ceiling_lines(self) -> list[str]:
         """The terminal's line per swept config: its saturation point."""
-        lines = []
-        for _, row in ceiling_best(self.ceiling).iterrows():
-            shown = ceiling_display(pd.DataFrame([row])).iloc[0]
-            order = "" if row["order"] == "dataset" else f", {row['order'].replace('_', '-')} batches"
-            lines.append(f"qbench ceiling: {row['config']} {shown['texts/s']} texts/s at batch size "
-                         f"{int(row['batch_size'])} ({shown['settings']}{order}; tokenization timed: "
-                         f"{shown['tokenization timed']}), p95 {shown['p95 ms']} ms, MFU {shown['MFU']}")
-        return lines
+        return [f"qbench ceiling: {p['config']} {p['texts/s']} texts/s at batch size {p['batch size']} ({p['how']}; "
+                f"tokenization timed: {p['tokenization timed']}), p95 {p['p95 ms']} ms, MFU {p['MFU']}"
+                for _, p in saturation_points(self.ceiling).iterrows()]
 
 
 def _as_dict(item: Any) -> dict[str, Any]:
