@@ -96,8 +96,15 @@ def _bitsandbytes(spec: EngineSpec, ctx: QuantContext) -> Prepared:
     if bits != 4:
         raise EngineUnavailable("vLLM quantizes with bitsandbytes in flight to 4 bits only; 8-bit needs a "
                                 "pre-quantized checkpoint (quantization.checkpoint)")
-    return Prepared(model=spec.model, engine_kwargs={"quantization": "bitsandbytes"},
-                    info={"quantization": "bitsandbytes 4-bit (vLLM, in flight)"})
+    # vLLM keeps a pooling model's head in float32 (head_dtype) and sizes its packed 4-bit weight for
+    # 32-bit params, while the in-flight loader packs the bf16 checkpoint weight for 16-bit ones: the
+    # load fails on the head ("Tried to load weights of size [10304, 1] to a parameter of size
+    # [5152, 1]" for 23 x 896). The in-flight path has no skip list, so the head runs in the model's
+    # dtype and is quantized with the rest; the info says so, and accuracy gates judge the result.
+    return Prepared(model=spec.model,
+                    engine_kwargs={"quantization": "bitsandbytes", "hf_overrides": {"head_dtype": "model"}},
+                    info={"quantization": "bitsandbytes 4-bit (vLLM, in flight; classification head "
+                                          "quantized too, in the model dtype)"})
 
 
 def _fp8(spec: EngineSpec, ctx: QuantContext) -> Prepared:

@@ -45,7 +45,10 @@ def test_bitsandbytes_on_new_vllm_is_skipped_with_reason():
 
 
 def test_bitsandbytes_on_old_vllm_is_in_flight_4bit():
-    assert quantize.prepare(_spec("bitsandbytes", bits=4), _ctx("0.24.0")).engine_kwargs == {"quantization": "bitsandbytes"}
+    prepared = quantize.prepare(_spec("bitsandbytes", bits=4), _ctx("0.24.0"))
+    # head_dtype=model: vLLM 0.24 cannot load an in-flight 4-bit float32 head (packing mismatch)
+    assert prepared.engine_kwargs == {"quantization": "bitsandbytes", "hf_overrides": {"head_dtype": "model"}}
+    assert "head quantized too" in prepared.info["quantization"]
     with pytest.raises(EngineUnavailable, match="4 bits only"):
         quantize.prepare(_spec("bitsandbytes", bits=8), _ctx("0.24.0"))
 
