@@ -5,6 +5,8 @@
 #
 #   bash scripts/h200.sh prepare        train the Qwen2.5-0.5B-shaped classifier, make GPTQ/AWQ/W8A8 checkpoints
 #   bash scripts/h200.sh matrix OUT CONFIGS [pytest args...]   one pytest run of those configs into OUT/
+#   bash scripts/h200.sh all OUT        prepare, then the published run: every GPU config, the sweep
+#                                       of fp16_baseline and hf_reference, the load test, into OUT/
 #
 # With a machine to yourself, one command does all of it (the stages only split it into calls of
 # under 10 minutes, the device tool's limit):
@@ -30,5 +32,10 @@ case "$stage" in
     timeout -s INT -k 30 "${QBENCH_TIME_LIMIT:-560}" python3 -m pytest benchmarks -m gpu -rs \
       --qbench-model "$MODEL" --qbench-configs "$configs" --qbench-quant-python "$QUANT_PYTHON" \
       --qbench-results-dir "$out" "$@" 2>&1 | tee "$out/pytest.log" | grep -v " INFO \|^INFO" ;;
-  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...]" >&2; exit 2 ;;
+  all)
+    out=$1; shift
+    "$0" prepare
+    "$0" matrix "$out" fp16_baseline,fp8,gptq_4bit,awq_4bit,int8_w8a8,bitsandbytes_4bit,hf_reference,bitsandbytes_int8 \
+      --qbench-sweep on --qbench-sweep-configs fp16_baseline,hf_reference "$@" ;;
+  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | all OUT [pytest args...]" >&2; exit 2 ;;
 esac
