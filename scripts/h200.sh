@@ -34,8 +34,8 @@ case "$stage" in
       --qbench-results-dir "$out" "$@" 2>&1 | tee "$out/pytest.log" | grep -v " INFO \|^INFO" ;;
   all)
     out=$1; shift
-    "$0" prepare
-    "$0" matrix "$out" fp16_baseline,fp8,gptq_4bit,awq_4bit,int8_w8a8,bitsandbytes_4bit,hf_reference,bitsandbytes_int8 \
+    bash "$0" prepare
+    bash "$0" matrix "$out" fp16_baseline,fp8,gptq_4bit,awq_4bit,int8_w8a8,bitsandbytes_4bit,hf_reference,bitsandbytes_int8 \
       --qbench-sweep on --qbench-sweep-configs fp16_baseline,hf_reference "$@" ;;
   *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | all OUT [pytest args...]" >&2; exit 2 ;;
 esac
