@@ -17,7 +17,8 @@ from .config import BenchConfig
 
 log = logging.getLogger("qbench")
 CLOSED = ("engine already closed: benchmarks/test_saturation.py closes a config's engine to start its variants, "
-          "so it must run after the config's other tests (pytest's file order does that; do not reorder)")
+          "and a load test's server start closes it to have the device, so both must run after the config's "
+          "other tests (pytest's file order does that; do not reorder)")
 
 
 class EngineUnavailable(Exception):

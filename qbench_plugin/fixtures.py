@@ -6,6 +6,7 @@ of each config together, builds its engine once, and closes it (memory released)
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import pytest
 
@@ -82,6 +83,32 @@ def qbench_gatekeeper(qbench_settings: Settings, qbench_store: RunStore) -> gate
     return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate)
 
 
+class EngineSlot:
+    """The in-process engine that is alive, if any, and how to close it. pytest closes a config's
+    engine only when the next config's starts, so the last one would live on through the load tests:
+    its memory peaks would count the server's, and the server would start beside it. A server start
+    releases the slot first."""
+
+    def __init__(self) -> None:
+        self._held: tuple[str, Callable[[str], None]] | None = None
+
+    def hold(self, config: str, close: Callable[[str], None]) -> None:
+        self._held = (config, close)
+
+    def release(self, reason: str, config: str | None = None) -> None:
+        """Close the held engine (only `config`'s, when given); `reason` says why, in the record."""
+        if self._held is None or config not in (None, self._held[0]):
+            return
+        _, close = self._held
+        self._held = None
+        close(reason)
+
+
+@pytest.fixture(scope="session")
+def qbench_engine_slot() -> EngineSlot:
+    return EngineSlot()
+
+
 @pytest.fixture(scope="session")
 def qbench_config(request: pytest.FixtureRequest) -> BenchConfig:
     return request.param
@@ -98,7 +125,7 @@ def _compression_ratio(source: str, prepared: quantize.Prepared) -> float | None
 @pytest.fixture(scope="session")
 def qbench_engine(qbench_config: BenchConfig, qbench_settings: Settings, qbench_model: str,
                   qbench_labels: list[str], qbench_store: RunStore, qbench_quant_context: quantize.QuantContext,
-                  qbench_eval: EvalSet):
+                  qbench_eval: EvalSet, qbench_engine_slot: EngineSlot):
     """One engine per config. Depends on qbench_eval so that bad data fails before any engine starts."""
     cfg = qbench_config
     engine_name = cfg.engine or qbench_settings.engine
@@ -144,12 +171,19 @@ def qbench_engine(qbench_config: BenchConfig, qbench_settings: Settings, qbench_
         compression_ratio=_compression_ratio(qbench_model, prepared),
     )
     qbench_store.save()
-    try:
-        yield engine
-    finally:
+
+    def close(reason: str) -> None:
         engine.close()
         reading = tracker.stop()
         if qbench_store.memory.pop(cfg.name, None) is not None:  # not frozen by a sweep
             record.metrics.update(memory_rss_peak_mib=mib(reading.rss_peak_bytes),
                                   gpu_memory_peak_mib=mib(reading.gpu_peak_bytes))
+            if reason:
+                record.info["memory_peaks"] = reason
         qbench_store.save()
+
+    qbench_engine_slot.hold(cfg.name, close)
+    try:
+        yield engine
+    finally:
+        qbench_engine_slot.release("", config=cfg.name)

@@ -105,6 +105,8 @@ def qbench_endpoint(request: pytest.FixtureRequest, qbench_load_config: BenchCon
         qbench_store.add_load(LoadRecord(name=cfg.name, target="-", kind="vllm", status="skipped", reason=str(exc)))
         pytest.skip(str(exc))
     log_dir = qbench_store.out_dir or Path(tmp_path_factory.mktemp("qbench-server"))
+    # the server gets the device to itself, and the last config's memory peaks stop at its own tests
+    request.getfixturevalue("qbench_engine_slot").release("before the load tests")
     try:
         server = start_server(spec, log_dir / f"server-{cfg.name}.log")
     except ServerError as exc:

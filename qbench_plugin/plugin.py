@@ -15,8 +15,8 @@ import pytest
 
 from .config import ConfigError, load_configs
 from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
-    qbench_config, qbench_engine, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_model, qbench_quant_context,
-    qbench_settings, qbench_store,
+    qbench_config, qbench_engine, qbench_engine_slot, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_model,
+    qbench_quant_context, qbench_settings, qbench_store,
 )
 from .load_fixtures import parametrize_load, qbench_endpoint, qbench_load_config  # noqa: F401
 from .machine import machine_info as describe_machine

@@ -93,18 +93,19 @@ def _bitsandbytes(spec: EngineSpec, ctx: QuantContext) -> Prepared:
         )
     if spec.device != "cuda":
         raise EngineUnavailable("vLLM's bitsandbytes quantization needs a CUDA GPU")
-    if bits != 4:
-        raise EngineUnavailable("vLLM quantizes with bitsandbytes in flight to 4 bits only; 8-bit needs a "
-                                "pre-quantized checkpoint (quantization.checkpoint)")
-    # vLLM keeps a pooling model's head in float32 (head_dtype) and sizes its packed 4-bit weight for
-    # 32-bit params, while the in-flight loader packs the bf16 checkpoint weight for 16-bit ones: the
-    # load fails on the head ("Tried to load weights of size [10304, 1] to a parameter of size
-    # [5152, 1]" for 23 x 896). The in-flight path has no skip list, so the head runs in the model's
-    # dtype and is quantized with the rest; the info says so, and accuracy gates judge the result.
-    return Prepared(model=spec.model,
-                    engine_kwargs={"quantization": "bitsandbytes", "hf_overrides": {"head_dtype": "model"}},
-                    info={"quantization": "bitsandbytes 4-bit (vLLM, in flight; classification head "
-                                          "quantized too, in the model dtype)"})
+    # Measured on an H200 with vLLM 0.24.0 (results/examples/h200/EXPERIMENT_LOG.md). The in-flight
+    # loader quantizes every linear layer, the classification head too, and has no skip list (that is
+    # read from pre-quantized checkpoints only). Its quant states are keyed by the checkpoint's names,
+    # prefixed "model." for pooling models, so the head's lands under "model.score.weight" while the
+    # parameter is "score.weight": the head never gets one. With vLLM's default float32 head the load
+    # fails before that, on the packed size.
+    raise EngineUnavailable(
+        f"vLLM {ctx.vllm_version}'s in-flight bitsandbytes cannot run a classifier: it quantizes the "
+        "classification head and then binds no quant state to it (the state is filed under "
+        "'model.score.weight', the parameter is 'score.weight'; seen on vLLM 0.24.0 as \"'BitsAndBytesWeightParameter' "
+        "object has no attribute 'bnb_quant_state'\", and as a packed-size error with the float32 head); "
+        'run bitsandbytes on the hf engine ("engine": "hf")'
+    )
 
 
 def _fp8(spec: EngineSpec, ctx: QuantContext) -> Prepared:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -217,8 +216,6 @@ def engine_cli_args(engine_kwargs: dict[str, Any]) -> tuple[str, ...]:
             args.append(flag if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, (str, int, float)):
             args += [flag, str(value)]
-        elif isinstance(value, dict):  # vLLM parses dict arguments (e.g. --hf-overrides) as JSON
-            args += [flag, json.dumps(value, sort_keys=True)]
         else:
             raise Unservable(f"engine argument {key}={type(value).__name__} has no command-line form for "
                              "vLLM's OpenAI server")

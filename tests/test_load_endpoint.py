@@ -125,7 +125,6 @@ def test_locust_commands_carry_the_key_name_never_its_value(tmp_path, monkeypatc
 def test_engine_arguments_become_server_flags():
     assert engine_cli_args({"quantization": "fp8_per_tensor", "max_num_seqs": 4, "enforce_eager": False}) == (
         "--quantization", "fp8_per_tensor", "--max-num-seqs", "4", "--no-enforce-eager")
-    assert engine_cli_args({"hf_overrides": {"head_dtype": "model"}}) == ("--hf-overrides", '{"head_dtype": "model"}')
     with pytest.raises(Unservable, match="BitsAndBytesConfig"):
         engine_cli_args({"quantization_config": type("BitsAndBytesConfig", (), {})()})
     spec = ServerSpec(model="/m", dtype="bfloat16", max_model_len=256, device="cpu", enforce_eager=True,

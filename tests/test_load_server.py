@@ -151,12 +151,18 @@ def test_ctrl_c_while_the_server_starts_stops_it(tmp_path):
 
 def test_plugin_serves_the_baseline_config_and_records_the_load(tmp_path):
     results = tmp_path / "results"
-    proc = _pytest("benchmarks", "-m", "load and not gpu", "--qbench-load-duration=5", "--qbench-load-users=4",
-                   f"--qbench-results-dir={results}", "-rs")
+    # one in-process case first: its engine must be closed before the server starts
+    proc = _pytest("benchmarks", "-m", "not gpu", "-k", "test_load or test_endpoint_answers or test_latency",
+                   "--qbench-configs=cpu_default", "--qbench-batch-sizes=1", "--qbench-samples=3",
+                   "--qbench-load-duration=5", "--qbench-load-users=4", f"--qbench-results-dir={results}", "-rs")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    assert "2 passed" in proc.stdout
+    assert "3 passed" in proc.stdout
     (run_dir,) = results.iterdir()
-    (load,) = json.loads((run_dir / "qbench.json").read_text())["loads"]
+    written = json.loads((run_dir / "qbench.json").read_text())
+    engine_config = written["configs"]["cpu_default"]
+    assert engine_config["info"]["memory_peaks"] == "before the load tests"
+    assert engine_config["metrics"]["memory_rss_peak_mib"] > 0
+    (load,) = written["loads"]
     assert load["name"] == "cpu_default" and load["status"] == "passed" and load["kind"] == "vllm"
     assert load["metrics"]["load_requests"] > 0 and load["metrics"]["load_server_start_s"] > 1
     server_log = Path(load["info"]["server_log"])
