@@ -33,6 +33,22 @@ def latency_stats(samples_ns: Sequence[int], batch_size: int) -> dict[str, float
     }
 
 
+def paired_ratio(numerator_ns: Sequence[int], denominator_ns: Sequence[int], resamples: int = 5000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """Median of per-pair ratios numerator_i / denominator_i and its bootstrap 95% interval.
+
+    For calls made in pairs on the same input one right after the other: the per-pair ratio cancels
+    the drift a GPU's call times show over seconds (both members see the same state), which ratios of
+    whole-sample medians do not."""
+    num, den = np.asarray(numerator_ns, dtype=np.float64), np.asarray(denominator_ns, dtype=np.float64)
+    if num.shape != den.shape or num.size == 0:
+        raise ValueError(f"need equally many paired samples, got {num.size} and {den.size}")
+    ratios = num / den
+    picks = np.random.default_rng(seed).integers(0, ratios.size, size=(resamples, ratios.size))
+    low, high = np.percentile(np.median(ratios[picks], axis=1), [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)
+
+
 class LatencyRecorder:
     """Wraps a call so that each invocation's wall time is kept, in nanoseconds."""
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from qbench_plugin.measure import LatencyRecorder, classification_metrics, latency_stats, make_batches
+from qbench_plugin.measure import LatencyRecorder, classification_metrics, latency_stats, make_batches, paired_ratio
 
 
 def test_percentiles_match_numpy_and_hand_values():
@@ -57,3 +57,25 @@ def test_classification_metrics_by_hand():
 def test_perfect_predictions_score_one():
     scores = classification_metrics([1, 2, 3], [1, 2, 3], num_labels=5)
     assert scores == {"accuracy": 1.0, "macro_f1": 1.0}
+
+
+def test_paired_ratio_cancels_drift_that_medians_of_samples_keep():
+    # call times drift 2x over the run; within each pair the suite call is exactly 1% slower
+    bare = np.linspace(5e6, 10e6, 50)
+    suite = bare * 1.01
+    shuffled_suite = np.roll(suite, 25)  # the same samples, unpaired
+    ratio, low, high = paired_ratio(bare, suite)
+    assert ratio == pytest.approx(1 / 1.01) and low == pytest.approx(1 / 1.01) and high == pytest.approx(1 / 1.01)
+    assert paired_ratio(bare, shuffled_suite)[2] - paired_ratio(bare, shuffled_suite)[1] > 0.1
+
+
+def test_paired_ratio_interval_holds_the_median_and_narrows_with_more_pairs():
+    rng = np.random.default_rng(1)
+    few = rng.normal(1.0, 0.05, 20), np.ones(20)
+    many = rng.normal(1.0, 0.05, 2000), np.ones(2000)
+    r, low, high = paired_ratio(*few)
+    assert low <= r <= high
+    r2, low2, high2 = paired_ratio(*many)
+    assert high2 - low2 < (high - low) / 3 and low2 < 1.0 < high2
+    with pytest.raises(ValueError, match="equally many"):
+        paired_ratio([1, 2], [1])
