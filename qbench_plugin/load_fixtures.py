@@ -17,7 +17,8 @@ from . import quantize
 from .config import BenchConfig
 from .endpoint import KINDS
 from .engine import EngineSpec, EngineUnavailable, cuda_available, resolve_dtype
-from .loadtest import Endpoint, secret, served_model
+from .loadtest import Endpoint, served_model
+from .redact import env_secret
 from .options import Settings
 from .run import LoadRecord, RunStore
 from .serve import ServerError, ServerSpec, Unservable, engine_cli_args, start_server
@@ -62,7 +63,7 @@ def remote_endpoint(settings: Settings) -> Endpoint:
         raise pytest.UsageError(f"--qbench-endpoint-kind must be one of {', '.join(KINDS)}, got {s.endpoint_kind!r}")
     url = s.endpoint.rstrip("/")
     if s.endpoint_kind == "runpod":
-        if not secret(s.endpoint_key_env):
+        if not env_secret(s.endpoint_key_env):
             pytest.fail(f"RunPod endpoint {url}: no API key in the environment variable {s.endpoint_key_env} "
                         "(--qbench-endpoint-key-env names it)", pytrace=False)
         return Endpoint(name=REMOTE_ID, url=url, kind="runpod", key_env=s.endpoint_key_env)
@@ -94,6 +95,9 @@ def qbench_endpoint(request: pytest.FixtureRequest, qbench_load_config: BenchCon
                     qbench_settings: Settings, qbench_store: RunStore,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     """The endpoint under load: a vLLM OpenAI server started for the config, or --qbench-endpoint."""
+    # a local server gets the device to itself; and the last config's memory peaks stop at its own
+    # tests, before the server and Locust (children of this process) add to the process tree
+    request.getfixturevalue("qbench_engine_slot").release("before the load tests")
     if qbench_load_config is None:
         yield remote_endpoint(qbench_settings)
         return
@@ -105,8 +109,6 @@ def qbench_endpoint(request: pytest.FixtureRequest, qbench_load_config: BenchCon
         qbench_store.add_load(LoadRecord(name=cfg.name, target="-", kind="vllm", status="skipped", reason=str(exc)))
         pytest.skip(str(exc))
     log_dir = qbench_store.out_dir or Path(tmp_path_factory.mktemp("qbench-server"))
-    # the server gets the device to itself, and the last config's memory peaks stop at its own tests
-    request.getfixturevalue("qbench_engine_slot").release("before the load tests")
     try:
         server = start_server(spec, log_dir / f"server-{cfg.name}.log")
     except ServerError as exc:

@@ -8,7 +8,7 @@ the load comes from Locust users in their own processes, and the numbers come fr
 own latency (see locustfile.py), with percentiles from numpy.
 
 The API key of a RunPod endpoint stays in the environment: it is read when a request is built, is
-never an argument or a recorded field, and any recorded text is passed through `redact` first.
+never an argument or a recorded field, and any recorded text is passed through `redact.mask_env_secret` first.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from .endpoint import Classification, InvalidResponse, build_request, parse_response
 from .metrics import LOAD_METRICS
+from .redact import env_secret, mask_env_secret
 from .run import LoadRecord, RunStore
 from .serve import Server, free_port, log_tail, spawn
 
@@ -87,15 +88,6 @@ class LoadResult:
         if self.errors:
             text += "; errors: " + "; ".join(f"{n}x {msg}" for msg, n in list(self.errors.items())[:5])
         return text
-
-
-def secret(key_env: str | None) -> str | None:
-    return (os.environ.get(key_env) or None) if key_env else None
-
-
-def redact(text: str, key_env: str | None) -> str:
-    key = secret(key_env)
-    return text.replace(key, "***") if key else text
 
 
 # -- summarizing ----------------------------------------------------------------------------------
@@ -219,7 +211,7 @@ def run_load(endpoint: Endpoint, spec: LoadSpec, texts: Sequence[str], labels: S
             exit_code = children[0].proc.wait(timeout=limit)
         except Exception as exc:  # TimeoutExpired; Ctrl-C goes through the finally below
             raise LoadError(f"Locust did not finish within {limit} s; last lines of {files['locust.log']}:\n"
-                            + redact(log_tail(files["locust.log"]), endpoint.key_env)) from exc
+                            + mask_env_secret(log_tail(files["locust.log"]), endpoint.key_env)) from exc
         for worker in children[1:]:  # they quit when the master does; give them a moment to say so
             try:
                 worker.proc.wait(timeout=15)
@@ -230,13 +222,13 @@ def run_load(endpoint: Endpoint, spec: LoadSpec, texts: Sequence[str], labels: S
             child.stop(grace_s=5.0)
     if not files["requests.json"].exists():
         raise LoadError(f"Locust exited with status {exit_code} and wrote no request records; last lines of "
-                        f"{files['locust.log']}:\n" + redact(log_tail(files["locust.log"]), endpoint.key_env))
+                        f"{files['locust.log']}:\n" + mask_env_secret(log_tail(files["locust.log"]), endpoint.key_env))
     recorded = json.loads(files["requests.json"].read_text(encoding="utf-8"))
     requests = recorded["requests"]
     outcomes: dict[str, int] = {}
     for r in requests:
         outcomes[r[3]] = outcomes.get(r[3], 0) + 1
-    errors = dict(sorted(((redact(k, endpoint.key_env), v) for k, v in recorded["errors"].items()),
+    errors = dict(sorted(((mask_env_secret(k, endpoint.key_env), v) for k, v in recorded["errors"].items()),
                          key=lambda kv: -kv[1]))
     recorded_files = {name: str(path) for name, path in files.items()}
     recorded_files.update(locust_stats_csv=f"{csv_prefix}_stats.csv", locust_stats_json=f"{csv_prefix}.json")
@@ -271,7 +263,7 @@ def measure_load(benchmark, endpoint: Endpoint, texts: Sequence[str], labels: Se
         result = benchmark.pedantic(run_load, args=(endpoint, spec, texts, labels, out_dir, f"load-{endpoint.name}"),
                                     rounds=1, iterations=1)
     except Exception as exc:
-        record.status, record.reason = "error", redact(f"{type(exc).__name__}: {exc}", endpoint.key_env)
+        record.status, record.reason = "error", mask_env_secret(f"{type(exc).__name__}: {exc}", endpoint.key_env)
         store.add_load(record)
         raise
     metrics = dict(result.metrics)
@@ -297,7 +289,7 @@ class _Bearer:
         self.key_env = key_env
 
     def __call__(self, request):
-        key = secret(self.key_env)
+        key = env_secret(self.key_env)
         if key:
             request.headers["Authorization"] = f"Bearer {key}"
         return request
@@ -327,11 +319,11 @@ def check_endpoint(endpoint: Endpoint, texts: Sequence[str], labels: Sequence[st
             resp = client.post(req.path, json=req.body)
             where = f"{endpoint.url.rstrip('/')}{req.path} (texts {i}..{i + len(batch) - 1})"
             if resp.status_code != 200:
-                raise EndpointError(redact(f"{where}: HTTP {resp.status_code}: {resp.text[:300]}", endpoint.key_env))
+                raise EndpointError(mask_env_secret(f"{where}: HTTP {resp.status_code}: {resp.text[:300]}", endpoint.key_env))
             try:
                 results = parse_response(endpoint.kind, resp.json(), len(batch), labels)
             except (InvalidResponse, ValueError) as exc:
-                raise EndpointError(redact(f"{where}: {exc}", endpoint.key_env)) from None
+                raise EndpointError(mask_env_secret(f"{where}: {exc}", endpoint.key_env)) from None
             for j, res in enumerate(results):
                 top = labels[int(np.argmax(res.probs))]
                 if top != res.label:

@@ -32,6 +32,7 @@ from locust import FastHttpUser, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
 from qbench_plugin.endpoint import KINDS, InvalidResponse, auth_headers, build_request, parse_response
+from qbench_plugin.redact import env_secret, mask_env_secret
 
 EMBEDDED_TEXTS = Path(__file__).with_name("data") / "intents" / "test.jsonl"
 SETUP_MESSAGE = "qbench_setup"
@@ -95,14 +96,12 @@ def _served_model(host: str) -> str:
         return json.load(resp)["data"][0]["id"]
 
 
-def _secret() -> str | None:
-    name = STATE.environment.parsed_options.qbench_key_env
-    return (os.environ.get(name) or None) if name else None
+def _key_env() -> str | None:
+    return STATE.environment.parsed_options.qbench_key_env
 
 
 def redact(text: str) -> str:
-    key = _secret()
-    return text.replace(key, "***") if key else text
+    return mask_env_secret(text, _key_env())
 
 
 def _on_setup(environment, msg, **_kw) -> None:
@@ -186,7 +185,7 @@ class ClassifyUser(FastHttpUser):
         super().__init__(environment)
         self.kind = opts.qbench_kind
         self.batch_size = opts.qbench_batch_size
-        self.headers = {"Content-Type": "application/json", **auth_headers(self.kind, _secret())}
+        self.headers = {"Content-Type": "application/json", **auth_headers(self.kind, env_secret(_key_env()))}
         self.position = random.randrange(max(len(STATE.texts), 1))
 
     def _next_batch(self) -> list[str]:

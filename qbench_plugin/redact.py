@@ -41,3 +41,15 @@ def scrub(obj: Any, values: list[str] | None = None) -> Any:
     if isinstance(obj, (list, tuple)):
         return [scrub(v, values) for v in obj]
     return obj
+
+
+def env_secret(name: str | None) -> str | None:
+    """The value of the environment variable `name` (an endpoint's API key), None if unset or empty."""
+    return (os.environ.get(name) or None) if name else None
+
+
+def mask_env_secret(text: str, name: str | None) -> str:
+    """`text` with the value of the variable `name` masked, and token-shaped strings too. For the load
+    tests' messages, which may quote a request that carried the key."""
+    key = env_secret(name)
+    return scrub_text(text, [key] if key else [])

@@ -7,7 +7,8 @@ import pytest
 from qbench_plugin.config import BenchConfig
 from qbench_plugin.endpoint import InvalidResponse, auth_headers, build_request, parse_response
 from qbench_plugin.load_fixtures import select_load_configs
-from qbench_plugin.loadtest import Endpoint, LoadSpec, locust_commands, redact, summarize
+from qbench_plugin.loadtest import Endpoint, LoadSpec, locust_commands, summarize
+from qbench_plugin.redact import mask_env_secret
 from qbench_plugin.metrics import LOAD_METRICS
 from qbench_plugin.serve import ServerSpec, Unservable, engine_cli_args, server_command
 
@@ -119,7 +120,7 @@ def test_locust_commands_carry_the_key_name_never_its_value(tmp_path, monkeypatc
     assert main[main.index("-u") + 1] == "3" and main[main.index("-t") + 1] == "7s"
     assert main[main.index("--expect-workers") + 1] == "2" and "QBENCH_UNIT_KEY" in main
     assert KEY not in json.dumps(cmds)
-    assert redact(f"token {KEY} here", "QBENCH_UNIT_KEY") == "token *** here"
+    assert mask_env_secret(f"token {KEY} here", "QBENCH_UNIT_KEY") == "token *** here"
 
 
 def test_engine_arguments_become_server_flags():
