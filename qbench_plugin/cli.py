@@ -1,6 +1,7 @@
 """`qbench` command line: steps worth running outside a pytest session.
 
     qbench quantize configs/cpu_gptq_w4a16.json        # make (or find cached) the config's checkpoint
+                                                       # (GPTQ/AWQ/int8; bitsandbytes 4-bit for vLLM)
     qbench compare results/<run A> results/<run B>     # per-case deltas, B against A; writes compare.csv
 """
 from __future__ import annotations
@@ -20,9 +21,10 @@ from .quantize import QuantContext, QuantRecipe, checkpoint_metrics, head_is_unq
 
 def _quantize(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    if config.method not in ("gptq", "awq", "int8"):
+    bnb_4bit = config.method == "bitsandbytes" and config.quantization.bits == 4
+    if config.method not in ("gptq", "awq", "int8") and not bnb_4bit:
         print(f"qbench quantize: {args.config}: method {config.method!r} needs no checkpoint "
-              "(bitsandbytes and fp8 quantize at load; none is unquantized)", file=sys.stderr)
+              "(bitsandbytes 8-bit and fp8 quantize at load; none is unquantized)", file=sys.stderr)
         return 2
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     model = resolve_model(args.model, cache_dir)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     parser = argparse.ArgumentParser(prog="qbench", description="qbench: quantized classifier benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quantize", help="make a config's GPTQ/AWQ/int8 checkpoint with llm-compressor (cached)")
+    q = sub.add_parser("quantize", help="make a config's checkpoint (cached): GPTQ/AWQ/int8 with llm-compressor, bitsandbytes 4-bit for vLLM with transformers")
     q.add_argument("config", help="config JSON file, e.g. configs/cpu_gptq_w4a16.json")
     q.add_argument("--model", default=EMBEDDED, help="hub id, local folder, 'embedded' (default) or 'embedded:qwen2.5-0.5b'")
     q.add_argument("--dataset", default=EMBEDDED, help="calibration data (default: embedded)")

@@ -2,8 +2,8 @@
 
 A method that cannot run on the chosen engine, vLLM version or hardware raises EngineUnavailable
 with the exact reason; it is never run as another method. Checkpoints for GPTQ, AWQ and int8
-(W8A8) are made with llm-compressor in its own environment and cached by model fingerprint and
-recipe.
+(W8A8) are made with llm-compressor in its own environment, bitsandbytes 4-bit checkpoints for vLLM
+with transformers in this process; both are cached by model fingerprint and recipe.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from .machine import _version
 
 HEAD = "score"  # Qwen2ForSequenceClassification's head: always left unquantized
 WORKER = Path(__file__).with_name("quantize_worker.py")
-DEFAULT_SCHEMES = {"gptq": "W4A16", "awq": "W4A16_ASYM", "int8": "W8A8"}
+DEFAULT_SCHEMES = {"gptq": "W4A16", "awq": "W4A16_ASYM", "int8": "W8A8", "bitsandbytes": "nf4"}
+BNB_4BIT_TYPES = ("nf4", "fp4")
 log = logging.getLogger("qbench")
 
 
@@ -75,17 +76,20 @@ def _none(spec: EngineSpec, ctx: QuantContext) -> Prepared:
 
 
 def _bitsandbytes(spec: EngineSpec, ctx: QuantContext) -> Prepared:
-    bits = spec.config.quantization.bits or 8
+    q = spec.config.quantization
+    bits = q.bits or 8
     if bits not in (4, 8):
         raise EngineUnavailable(f"bitsandbytes quantizes to 4 or 8 bits, config asks for {bits}")
+    quant_type = q.scheme or DEFAULT_SCHEMES["bitsandbytes"]
+    if bits == 4 and quant_type not in BNB_4BIT_TYPES:
+        raise EngineUnavailable(f"bitsandbytes 4-bit types are {', '.join(BNB_4BIT_TYPES)}; the config's scheme "
+                                f"is {quant_type!r}")
     if spec.engine == "hf":
         if _version("bitsandbytes") is None:
             raise EngineUnavailable("bitsandbytes is not installed (pip install bitsandbytes)")
-        from transformers import BitsAndBytesConfig
-
-        qconfig = BitsAndBytesConfig(load_in_8bit=bits == 8, load_in_4bit=bits == 4, llm_int8_skip_modules=[HEAD])
-        return Prepared(model=spec.model, engine_kwargs={"quantization_config": qconfig},
-                        info={"quantization": f"bitsandbytes {bits}-bit (transformers, at load)"})
+        return Prepared(model=spec.model, engine_kwargs={"quantization_config": bnb_config(bits, quant_type)},
+                        info={"quantization": f"bitsandbytes {bits}-bit{' ' + quant_type if bits == 4 else ''} "
+                                              "(transformers, at load)"})
     if _vllm_at_least(ctx, "0.28"):
         raise EngineUnavailable(
             f"vLLM {ctx.vllm_version} has no bitsandbytes (removed in 0.28); run this config on the hf engine "
@@ -93,19 +97,28 @@ def _bitsandbytes(spec: EngineSpec, ctx: QuantContext) -> Prepared:
         )
     if spec.device != "cuda":
         raise EngineUnavailable("vLLM's bitsandbytes quantization needs a CUDA GPU")
-    # Measured on an H200 with vLLM 0.24.0 (results/examples/h200/EXPERIMENT_LOG.md). The in-flight
-    # loader quantizes every linear layer, the classification head too, and has no skip list (that is
-    # read from pre-quantized checkpoints only). Its quant states are keyed by the checkpoint's names,
-    # prefixed "model." for pooling models, so the head's lands under "model.score.weight" while the
-    # parameter is "score.weight": the head never gets one. With vLLM's default float32 head the load
-    # fails before that, on the packed size.
-    raise EngineUnavailable(
-        f"vLLM {ctx.vllm_version}'s in-flight bitsandbytes cannot run a classifier: it quantizes the "
-        "classification head and then binds no quant state to it (the state is filed under "
-        "'model.score.weight', the parameter is 'score.weight'; seen on vLLM 0.24.0 as \"'BitsAndBytesWeightParameter' "
-        "object has no attribute 'bnb_quant_state'\", and as a packed-size error with the float32 head); "
-        'run bitsandbytes on the hf engine ("engine": "hf")'
-    )
+    if q.checkpoint:
+        return Prepared(model=q.checkpoint, engine_kwargs={"quantization": "bitsandbytes"},
+                        info={"quantization": "pre-quantized bitsandbytes", "checkpoint": q.checkpoint})
+    if bits != 4:
+        raise EngineUnavailable("qbench makes 4-bit bitsandbytes checkpoints for vLLM (the path measured on the "
+                                "H200); for 8-bit give a pre-quantized quantization.checkpoint or use the hf engine")
+    # Not vLLM's in-flight quantization: on vLLM 0.24 it quantizes the head too and then binds no quant
+    # state to it (the state is filed under "model.score.weight", the parameter is "score.weight"), so
+    # a classifier fails at its first forward. A checkpoint quantized by transformers, head skipped,
+    # loads through vLLM's pre-quantized path (H200: same answers as HF's bitsandbytes within 5e-5).
+    path, meta = make_checkpoint(spec.model, QuantRecipe.from_config(spec.config, spec.max_model_len), ctx)
+    return Prepared(model=str(path), engine_kwargs={"quantization": "bitsandbytes"},
+                    info={"quantization": f"bitsandbytes 4-bit {quant_type} (made by transformers, loaded by vLLM)",
+                          "checkpoint": str(path), **meta})
+
+
+def bnb_config(bits: int, quant_type: str = DEFAULT_SCHEMES["bitsandbytes"]):
+    """transformers' BitsAndBytesConfig for qbench: the classification head stays unquantized."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=bits == 8, load_in_4bit=bits == 4, bnb_4bit_quant_type=quant_type,
+                              llm_int8_skip_modules=[HEAD])
 
 
 def _fp8(spec: EngineSpec, ctx: QuantContext) -> Prepared:
@@ -202,6 +215,9 @@ class QuantRecipe:
     @classmethod
     def from_config(cls, config: BenchConfig, max_length: int) -> "QuantRecipe":
         q = config.quantization
+        if q.method == "bitsandbytes":  # no calibration: the checkpoint depends on the type alone
+            return cls(method=q.method, scheme=q.scheme or DEFAULT_SCHEMES[q.method], calibration_samples=0,
+                       max_length=0)
         return cls(method=q.method, scheme=q.scheme or DEFAULT_SCHEMES[q.method],
                    calibration_samples=q.calibration_samples, max_length=max_length)
 
@@ -231,7 +247,8 @@ def checkpoint_dir(cache_dir: Path, model: str, recipe: QuantRecipe) -> Path:
 
 
 def make_checkpoint(model: str, recipe: QuantRecipe, ctx: QuantContext) -> tuple[Path, dict]:
-    """The cached checkpoint for (model, recipe), made first if missing. Returns its path and metadata."""
+    """The cached checkpoint for (model, recipe), made first if missing: bitsandbytes by transformers,
+    the others by the llm-compressor worker. Returns its path and metadata."""
     from filelock import FileLock
 
     target = checkpoint_dir(ctx.cache_dir, model, recipe)
@@ -240,9 +257,38 @@ def make_checkpoint(model: str, recipe: QuantRecipe, ctx: QuantContext) -> tuple
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock"):
             if not meta_file.exists():
-                _run_worker(model, recipe, ctx, target)
+                maker = _save_bnb_4bit if recipe.method == "bitsandbytes" else _run_worker
+                maker(model, recipe, ctx, target)  # each leaves a complete folder at target, atomically
     meta = json.loads(meta_file.read_text())
     return target, meta
+
+
+def _save_bnb_4bit(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path) -> None:
+    """A bitsandbytes 4-bit checkpoint quantized by transformers (on the GPU if there is one), head skipped."""
+    if _version("bitsandbytes") is None:
+        raise EngineUnavailable("making a bitsandbytes checkpoint needs bitsandbytes (pip install bitsandbytes)")
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    log.warning("qbench: making a bitsandbytes 4-bit %s checkpoint with transformers ...", recipe.scheme)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        started = time.perf_counter()
+        quantized = AutoModelForSequenceClassification.from_pretrained(
+            model, quantization_config=bnb_config(4, recipe.scheme), dtype=torch.bfloat16,
+            device_map="cuda" if torch.cuda.is_available() else None)
+        out = tmp / "checkpoint"
+        quantized.save_pretrained(out)
+        AutoTokenizer.from_pretrained(model).save_pretrained(out)
+        seconds = time.perf_counter() - started
+        del quantized
+        meta = {"quantization_time_s": round(seconds, 2), "recipe": asdict(recipe), "source_model": model,
+                "made_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (out / "qbench_quant.json").write_text(json.dumps(meta, indent=2))
+        os.replace(out, target)  # atomic, as the llm-compressor worker's
+        log.warning("qbench: bitsandbytes checkpoint made in %.0f s: %s", seconds, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path) -> None:
@@ -285,11 +331,13 @@ def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path
 
 
 def head_is_unquantized(checkpoint: Path) -> bool:
-    """True when the checkpoint keeps `score` as a plain weight and lists it as ignored."""
+    """True when the checkpoint keeps `score` as a plain weight and lists it as not quantized
+    (compressed-tensors' `ignore`, bitsandbytes' `llm_int8_skip_modules`)."""
     from safetensors import safe_open
 
     config = json.loads((checkpoint / "config.json").read_text())
-    ignore = (config.get("quantization_config") or {}).get("ignore", [])
+    qconfig = config.get("quantization_config") or {}
+    ignore = qconfig.get("ignore") or qconfig.get("llm_int8_skip_modules") or []
     names: list[str] = []
     for f in checkpoint.glob("*.safetensors"):
         with safe_open(str(f), "pt") as fh:

@@ -1,4 +1,5 @@
 """Quantization: version/hardware-aware engine arguments, exact skip reasons, real checkpoints."""
+import json
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 QUANT_PYTHON = ROOT / ".venv-quant" / "bin" / "python"
 
 
-def _ctx(vllm="0.32.0", flags=(), **kw):
-    return quantize.QuantContext(cache_dir=Path("/nonexistent"), quant_python=None, calibration=lambda: [],
-                                 vllm_version=vllm, cpu_flags=frozenset(flags), **kw)
+def _ctx(vllm="0.32.0", flags=(), cache_dir=Path("/nonexistent")):
+    return quantize.QuantContext(cache_dir=cache_dir, quant_python=None, calibration=lambda: [],
+                                 vllm_version=vllm, cpu_flags=frozenset(flags))
 
 
 def _spec(method, engine="vllm", device="cuda", **q):
@@ -44,12 +45,24 @@ def test_bitsandbytes_on_new_vllm_is_skipped_with_reason():
         quantize.prepare(_spec("bitsandbytes", bits=4), _ctx("0.28.0"))
 
 
-def test_bitsandbytes_on_old_vllm_is_skipped_for_classifiers_with_reason():
-    # measured on the H200 with vLLM 0.24.0: the in-flight loader binds no quant state to the head
-    for bits in (4, 8):
-        with pytest.raises(EngineUnavailable, match=r"vLLM 0.24.0's in-flight bitsandbytes cannot run a classifier"
-                                                    r".*'model.score.weight'.*hf engine"):
-            quantize.prepare(_spec("bitsandbytes", bits=bits), _ctx("0.24.0"))
+def test_bitsandbytes_on_old_vllm_runs_a_checkpoint_made_by_transformers(embedded_model, tmp_path):
+    # vLLM 0.24's in-flight bitsandbytes cannot run a classifier (the head gets no quant state); a
+    # transformers-made 4-bit checkpoint with the head skipped is what vLLM loads (measured on the H200)
+    ctx = _ctx("0.24.0", cache_dir=tmp_path)
+    spec = EngineSpec(config=BenchConfig(name="b", quantization={"method": "bitsandbytes", "bits": 4}),
+                      model=str(embedded_model), engine="vllm", max_model_len=256, device="cuda")
+    prepared = quantize.prepare(spec, ctx)
+    path = Path(prepared.model)
+    assert prepared.engine_kwargs == {"quantization": "bitsandbytes"} and path.parent == tmp_path / "quantized"
+    assert quantize.head_is_unquantized(path)
+    qconfig = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert qconfig["quant_method"] == "bitsandbytes" and qconfig["load_in_4bit"] and qconfig["bnb_4bit_quant_type"] == "nf4"
+    assert quantize.checkpoint_metrics(str(embedded_model), path, prepared.info)["compression_ratio"] > 1.5
+    assert quantize.prepare(spec, ctx).info["made_at"] == prepared.info["made_at"]  # cached, not made again
+    with pytest.raises(EngineUnavailable, match="4-bit bitsandbytes checkpoints for vLLM"):
+        quantize.prepare(_spec("bitsandbytes", bits=8), _ctx("0.24.0"))
+    with pytest.raises(EngineUnavailable, match="4-bit types are nf4, fp4"):
+        quantize.prepare(_spec("bitsandbytes", bits=4, scheme="int4"), _ctx("0.24.0"))
 
 
 def test_hf_engine_refuses_compressed_checkpoints_and_fp8():
