@@ -280,15 +280,19 @@ def _save_bnb_4bit(model: str, recipe: QuantRecipe, ctx: QuantContext, target: P
         out = tmp / "checkpoint"
         quantized.save_pretrained(out)
         AutoTokenizer.from_pretrained(model).save_pretrained(out)
-        seconds = time.perf_counter() - started
         del quantized
-        meta = {"quantization_time_s": round(seconds, 2), "recipe": asdict(recipe), "source_model": model,
-                "made_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (out / "qbench_quant.json").write_text(json.dumps(meta, indent=2))
-        os.replace(out, target)  # atomic, as the llm-compressor worker's
-        log.warning("qbench: bitsandbytes checkpoint made in %.0f s: %s", seconds, target)
+        _publish(out, target, model, recipe, time.perf_counter() - started)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(out: Path, target: Path, model: str, recipe: QuantRecipe, seconds: float, **facts) -> None:
+    """Write a made checkpoint's metadata and move it into the cache in one step."""
+    meta = {"quantization_time_s": round(seconds, 2), "recipe": asdict(recipe), "source_model": model, **facts,
+            "made_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (out / "qbench_quant.json").write_text(json.dumps(meta, indent=2))
+    os.replace(out, target)  # atomic: a killed run never leaves a half-made checkpoint in the cache
+    log.warning("qbench: %s checkpoint made in %.0f s: %s", recipe.method, seconds, target)
 
 
 def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path) -> None:
@@ -321,11 +325,7 @@ def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path
             raise RuntimeError(f"llm-compressor failed making {recipe.method} {recipe.scheme} (exit "
                                f"{proc.returncode}):\n" + "\n".join(tail))
         shutil.move(str(tmp / "quantize.log"), out / "quantize.log")
-        meta = {"quantization_time_s": round(seconds, 2), "recipe": asdict(recipe), "source_model": model,
-                "calibration_split_texts": len(texts), "made_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (out / "qbench_quant.json").write_text(json.dumps(meta, indent=2))
-        os.replace(out, target)  # atomic: a killed run never leaves a half-made checkpoint in the cache
-        log.warning("qbench: %s checkpoint made in %.0f s: %s", recipe.method, seconds, target)
+        _publish(out, target, model, recipe, seconds, calibration_split_texts=len(texts))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
