@@ -156,6 +156,9 @@ def observations(r: RunResults) -> str:
     header = ["config", "engine", "accuracy", "macro-F1", "cold start (s)", "RSS ready (MiB)", "RSS peak (MiB)"]
     if has_gpu:
         header.append("GPU peak (MiB)")
+    has_weights = any(_value(x, "weights_memory_mib") is not None for x in rows)
+    if has_weights:
+        header.append("weights in memory (MiB)")
     header += ["weights on disk (MiB)", "compression", "quantization time (s)"]
     table = []
     for x in rows:
@@ -163,19 +166,31 @@ def observations(r: RunResults) -> str:
                 fmt(_value(x, "cold_start_s")), fmt(_value(x, "memory_rss_mib"), 1), fmt(_value(x, "memory_rss_peak_mib"), 1)]
         if has_gpu:
             line.append(fmt(_value(x, "gpu_memory_peak_mib"), 1))
+        if has_weights:
+            line.append(fmt(_value(x, "weights_memory_mib"), 1))
         ratio = _value(x, "compression_ratio")
         line += [fmt(_value(x, "model_weights_mib"), 1), f"{ratio:.2f}x" if ratio else "none (quantized at load)",
                  fmt(_value(x, "quantization_time_s")) if _value(x, "quantization_time_s") is not None else "no checkpoint made"]
         table.append(line)
     notes = []
-    mem_key = "gpu_memory_peak_mib" if has_gpu else "memory_rss_peak_mib"
+    # vLLM reserves gpu_memory_utilization of the GPU whatever the model, so its GPU peak says what a config
+    # reserves; the weights in memory are what quantization changes, so they rank the configs when measured
+    if has_weights:
+        mem_key, what = "weights_memory_mib", "weights in memory"
+    elif has_gpu:
+        mem_key, what = "gpu_memory_peak_mib", "peak GPU memory"
+    else:
+        mem_key, what = "memory_rss_peak_mib", "peak RSS (process tree)"
     with_mem = [x for x in rows if _value(x, mem_key) is not None]
     if with_mem:
         low = min(with_mem, key=lambda x: x[mem_key])
         high = max(with_mem, key=lambda x: x[mem_key])
-        what = "peak GPU memory" if has_gpu else "peak RSS (process tree)"
         notes.append(f"- Memory: lowest {what} is {low['config']} "
                      f"({fmt(low[mem_key], 1)} MiB), highest {high['config']} ({fmt(high[mem_key], 1)} MiB).")
+    if has_gpu and any(x["engine"] == "vllm" for x in rows):
+        notes.append("- GPU peak on the vllm engine is the pool vLLM reserves (gpu_memory_utilization of the GPU: "
+                     "weights, activations, KV cache), so it is about the same for every vllm config; "
+                     "the weights in memory are what quantization saves.")
     if not has_gpu:
         notes.append("- RSS counts the pytest process and every engine process: vLLM runs its engine in a child "
                      "process (its RSS includes the engine's KV cache, VLLM_CPU_KVCACHE_SPACE), while the hf engine "

@@ -33,7 +33,8 @@ CONFIG_COLUMNS = {
     "memory_rss_mib": "RSS ready (MiB)",
     "memory_rss_peak_mib": "RSS peak (MiB)",
     "gpu_memory_peak_mib": "GPU peak (MiB)",
-    "model_weights_mib": "weights (MiB)",
+    "weights_memory_mib": "weights in memory (MiB)",
+    "model_weights_mib": "weights on disk (MiB)",
     "reason": "reason",
 }
 

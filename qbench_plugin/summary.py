@@ -268,8 +268,11 @@ def deployment_settings(rec: Recommendation, record: Mapping[str, Any], config: 
         notes.append("measured on CPU, where vLLM sizes its KV cache with VLLM_CPU_KVCACHE_SPACE (GiB) and "
                      "ignores GPU_MEMORY_UTILIZATION; the value shown is the config's, for a GPU deployment")
     if rec.engine != "vllm":
-        notes.append(f"the winner ran on the {rec.engine} engine (transformers), not vLLM; these settings "
-                     f"describe its quantization, and vLLM >= 0.28 cannot serve {rec.method} itself")
+        note = (f"the winner ran on the {rec.engine} engine (transformers), not vLLM; these settings describe "
+                f"its quantization for a vLLM deployment, whose speed is that of a vllm config, not the one measured")
+        if rec.method == "bitsandbytes":
+            note += "; vLLM >= 0.28 has no bitsandbytes"
+        notes.append(note)
     out["notes"] = notes
     return out
 

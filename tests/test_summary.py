@@ -176,3 +176,27 @@ def test_html_blocks_escape_what_users_wrote():
     html = "".join(headline_html(r) + results_html(r, make_plots(r), ["summary.csv"]))
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("data:image/png;base64,") == 4
+
+
+def test_gpu_memory_is_ranked_by_weights_in_memory_not_by_vllms_reserved_pool():
+    run = {**RUN, "configs": {name: {**rec, "metrics": dict(rec["metrics"])} for name, rec in RUN["configs"].items()}}
+    # vLLM reserves the same pool for every config; only the weights differ (as on the H200)
+    for name, pool, weights in (("base", 72_198.0, 950.0), ("int8", 72_142.0, 606.7)):
+        run["configs"][name]["metrics"].update(gpu_memory_peak_mib=pool, weights_memory_mib=weights)
+    r = build_results(run, machine={"gpu_names": ["NVIDIA H200"]}, bench_configs=CONFIGS, options=ReportOptions())
+    text = experiment_log(r)
+    assert "weights in memory (MiB)" in text and "| 606.7 |" in text
+    assert "- Memory: lowest weights in memory is int8 (606.7 MiB), highest base (950.0 MiB)." in text
+    assert "the pool vLLM reserves" in text
+
+
+def test_deployment_note_for_a_winner_on_the_hf_engine():
+    run = {**RUN, "configs": {**RUN["configs"], "int8": _config("int8", "none", 0.949, delta=-0.001, flip=0.01,
+                                                                 engine="hf")}}
+    notes = " ".join(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
+                                   options=ReportOptions()).deployment["notes"])
+    assert "ran on the hf engine" in notes and "bitsandbytes" not in notes
+    run["configs"]["int8"] = _config("int8", "bitsandbytes", 0.949, delta=-0.001, flip=0.01, engine="hf")
+    notes = " ".join(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
+                                   options=ReportOptions()).deployment["notes"])
+    assert "vLLM >= 0.28 has no bitsandbytes" in notes
