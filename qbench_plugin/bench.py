@@ -54,7 +54,7 @@ def measure_latency(benchmark, engine: Engine, texts: list[str], batch_size: int
         tokenization_in_timed_region=True, latency_samples_ns=timed, **stats,
     )
     if record:
-        store.add_case(CaseRecord(config=config, batch_size=batch_size, metrics=stats))
+        store.add_case(CaseRecord(config=config, batch_size=batch_size, metrics=stats, samples_ns=list(timed)))
     return stats
 
 

@@ -4,7 +4,10 @@ Used by `qbench compare A B` and by `--qbench-compare-run PATH` (saved run = A, 
 read from its directory, its qbench.json or its benchmark.json (pytest-benchmark's file; qbench's
 own record rides in it under "qbench", and the per-case extra_info is the fallback), so any of the
 files a run leaves can be compared. Each delta is marked better or worse by the metric's direction
-(metrics.py `higher_is_better`).
+(metrics.py `higher_is_better`). Where both runs kept every timed batch latency, a latency or
+throughput delta is first tested against noise, as the perf gates do: the bootstrap 95% interval of
+B/A must exclude 1, else the delta is "within noise" (the H200's runs on two leases of the same
+machine type differed by up to 1.5x at one batch size, in both directions).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from .gates import MIN_SAMPLES, bootstrap_ratio
 from .metrics import BY_NAME
 
 COMPARE_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s",
@@ -22,7 +26,12 @@ COMPARE_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throug
 SHORT = {"latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms", "latency_p99_ms": "p99 ms",
          "throughput_samples_per_s": "texts/s", "memory_rss_mib": "RSS MiB", "memory_rss_peak_mib": "RSS peak MiB",
          "gpu_memory_peak_mib": "GPU peak MiB", "accuracy": "accuracy"}
-LONG_COLUMNS = ["case", "config", "batch_size", "metric", "a", "b", "delta", "delta_pct", "verdict"]
+SAMPLES = "latency_samples_ns"
+NOISE_TESTED = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s")
+NOISE = "within noise"
+# ci_low/ci_high: bootstrap 95% interval of B/A where both runs kept their samples
+LONG_COLUMNS = ["case", "config", "batch_size", "metric", "a", "b", "delta", "delta_pct", "ci_low", "ci_high",
+                "verdict"]
 
 
 class CompareError(ValueError):
@@ -49,12 +58,24 @@ def load_run(path: str | Path) -> tuple[str, pd.DataFrame]:
         path = found[0]
     data = _read(path)
     if isinstance(data, dict) and "cases" in data and "configs" in data:
-        return str(data.get("run_id") or path), frame_from_qbench(data)
+        return str(data.get("run_id") or path), _with_samples(frame_from_qbench(data), path.parent / "benchmark.json")
     if isinstance(data, dict) and isinstance(data.get("qbench"), dict) and data["qbench"].get("cases"):
         return str(data["qbench"].get("run_id") or path), frame_from_qbench(data["qbench"])
     if isinstance(data, dict) and "benchmarks" in data:
         return str(path), frame_from_benchmarks(data)
     raise CompareError(f"{path}: neither a qbench.json nor a pytest-benchmark JSON")
+
+
+def _with_samples(frame: pd.DataFrame, bench_path: Path) -> pd.DataFrame:
+    """Samples from the run's benchmark.json for a qbench.json written before qbench.json kept them."""
+    if frame[SAMPLES].map(len).any() or not bench_path.is_file():
+        return frame
+    try:
+        bench = frame_from_benchmarks(_read(bench_path))
+    except CompareError:
+        return frame
+    by_case = {(c, b): ns for c, b, ns in zip(bench["config"], bench["batch_size"], bench[SAMPLES])}
+    return frame.assign(**{SAMPLES: [by_case.get((c, b), []) for c, b in zip(frame["config"], frame["batch_size"])]})
 
 
 def _rows_frame(rows: list[dict[str, Any]], source: str) -> pd.DataFrame:
@@ -64,7 +85,8 @@ def _rows_frame(rows: list[dict[str, Any]], source: str) -> pd.DataFrame:
     for name in COMPARE_METRICS:
         if name not in frame:
             frame[name] = float("nan")
-    frame = frame[["config", "batch_size", *COMPARE_METRICS]]
+    samples = [list(v) if isinstance(v, list) else [] for v in frame.get(SAMPLES, [None] * len(frame))]
+    frame = frame[["config", "batch_size", *COMPARE_METRICS]].assign(**{SAMPLES: samples})
     frame[list(COMPARE_METRICS)] = frame[list(COMPARE_METRICS)].apply(pd.to_numeric, errors="coerce")
     return frame.drop_duplicates(["config", "batch_size"], keep="last").reset_index(drop=True)
 
@@ -73,7 +95,7 @@ def frame_from_qbench(run: Mapping[str, Any]) -> pd.DataFrame:
     configs = run.get("configs") or {}
     rows = []
     for case in run.get("cases") or []:
-        row = {"config": case["config"], "batch_size": int(case["batch_size"])}
+        row = {"config": case["config"], "batch_size": int(case["batch_size"]), SAMPLES: case.get("samples_ns")}
         row.update(case.get("metrics") or {})
         row.update((configs.get(case["config"]) or {}).get("metrics") or {})
         rows.append(row)
@@ -89,10 +111,22 @@ def frame_from_benchmarks(data: Mapping[str, Any]) -> pd.DataFrame:
     return _rows_frame(rows, "benchmark JSON")
 
 
-def _verdict(metric: str, a: float, b: float) -> str:
+def _verdict(metric: str, a: float, b: float, interval: tuple[float, float] | None = None) -> str:
     if a == b:
         return "same"
+    if interval is not None and interval[0] <= 1 <= interval[1]:
+        return NOISE
     return "better" if (b > a) == BY_NAME[metric].higher_is_better else "worse"
+
+
+def _interval(metric: str, batch_size: int, a_ns: Any, b_ns: Any) -> tuple[float, float] | None:
+    """Bootstrap 95% interval of B/A for a latency or throughput metric, when both runs kept enough samples."""
+    if metric not in NOISE_TESTED or not isinstance(a_ns, list) or not isinstance(b_ns, list):
+        return None
+    if min(len(a_ns), len(b_ns)) < MIN_SAMPLES:
+        return None
+    _, low, high = bootstrap_ratio(b_ns, a_ns, metric, batch_size)
+    return low, high
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -107,6 +141,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
             has_a, has_b = pd.notna(va), pd.notna(vb)
             if not has_a and not has_b:
                 continue
+            interval = None
             if row["_merge"] == "left_only":
                 verdict = "only in A"
             elif row["_merge"] == "right_only":
@@ -114,13 +149,15 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
             elif not (has_a and has_b):
                 verdict = "measured in A only" if has_a else "measured in B only"
             else:
-                verdict = _verdict(metric, float(va), float(vb))
+                interval = _interval(metric, int(row["batch_size"]), row[SAMPLES + "_a"], row[SAMPLES + "_b"])
+                verdict = _verdict(metric, float(va), float(vb), interval)
             delta = float(vb) - float(va) if has_a and has_b else math.nan
             pct = delta / float(va) if has_a and has_b and float(va) != 0 else math.nan
             rows.append({"case": case, "config": row["config"], "batch_size": int(row["batch_size"]),
                          "metric": metric, "a": float(va) if has_a else math.nan,
                          "b": float(vb) if has_b else math.nan, "delta": delta, "delta_pct": pct,
-                         "verdict": verdict})
+                         "ci_low": interval[0] if interval else math.nan,
+                         "ci_high": interval[1] if interval else math.nan, "verdict": verdict})
     return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
@@ -135,7 +172,7 @@ def cell(row: Mapping[str, Any]) -> str:
     metric, verdict = row["metric"], row["verdict"]
     value = row["b"] if pd.notna(row["b"]) else row["a"]
     fmt = "{:.4f}" if BY_NAME[metric].unit == "ratio" else "{:,.2f}"
-    if verdict not in ("better", "worse", "same"):
+    if verdict not in ("better", "worse", "same", NOISE):
         return f"{fmt.format(value)} ({verdict})"
     if verdict == "same":
         return f"{fmt.format(value)} (same)"
@@ -146,6 +183,8 @@ def cell(row: Mapping[str, Any]) -> str:
         change = f"{row['delta_pct']:+.1%}" if abs(row["delta_pct"]) >= 0.0005 else f"{row['delta_pct']:+.3%}"
     else:
         change = f"{row['delta']:+,.2f}"
+    if verdict == NOISE:
+        return f"{fmt.format(value)} ({change}, {NOISE})"
     return f"{fmt.format(value)} ({change} {verdict})"
 
 
@@ -166,7 +205,12 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_counts(long: pd.DataFrame) -> dict[str, int]:
-    return {v: int((long["verdict"] == v).sum()) for v in ("better", "worse", "same")}
+    return {v: int((long["verdict"] == v).sum()) for v in ("better", "worse", NOISE, "same")}
+
+
+def counts_text(long: pd.DataFrame) -> str:
+    """'3 better, 1 worse, 5 within noise, 2 same'."""
+    return ", ".join(f"{n} {verdict}" for verdict, n in summary_counts(long).items())
 
 
 def unmatched(long: pd.DataFrame) -> str | None:
@@ -213,7 +257,6 @@ def print_rich(long: pd.DataFrame, label_a: str, label_b: str) -> None:
     if not console.is_terminal:  # piped or redirected: keep each case on one line instead of 80 columns
         console = Console(width=220)
     console.print(table)
-    counts = summary_counts(long)
-    console.print(f"{counts['better']} better, {counts['worse']} worse, {counts['same']} same")
+    console.print(counts_text(long))
     if extra := unmatched(long):
         console.print(escape(extra))

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 
 from . import gpus
-from .compare import summary_counts, unmatched, wide as compare_wide
+from .compare import NOISE, counts_text, unmatched, wide as compare_wide
 from .report import LOAD_COLUMNS
 from .summary import KINDS, TIERS_PER_MIN, RunResults, ceiling_display, cost_per_requests, saturation_points
 
@@ -462,9 +462,8 @@ def scaling(r: RunResults) -> str:
 
 def saved_run_comparison(r: RunResults) -> str:
     long = r.comparison
-    counts = summary_counts(long)
-    out = [f"This run (B) against saved run {r.comparison_source} (A): {counts['better']} better, "
-           f"{counts['worse']} worse, {counts['same']} same; values are this run's, the change is from A "
+    out = [f"This run (B) against saved run {r.comparison_source} (A): {counts_text(long)}; values are this run's, "
+           f"the change is from A; \"{NOISE}\": the bootstrap 95% interval of B/A includes 1 "
            f"(every number is in {'compare.csv'}).\n"]
     table = compare_wide(long)
     if table.empty:

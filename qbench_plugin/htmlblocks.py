@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from . import gpus
-from .compare import summary_counts, unmatched, wide as compare_wide
+from .compare import NOISE, counts_text, unmatched, wide as compare_wide
 from .explog import MISSING, STATUS_WORDS, fmt
 from .plots import Plot
 from .summary import KINDS, RunResults, ceiling_best, ceiling_display
@@ -180,10 +180,9 @@ def ceiling_html(r: RunResults) -> list[str]:
 def comparison_html(r: RunResults) -> list[str]:
     if r.comparison is None:
         return []
-    counts = summary_counts(r.comparison)
     return [f"<h2>Compared with saved run {_e(r.comparison_source)}</h2>",
-            f"<p>{counts['better']} better, {counts['worse']} worse, {counts['same']} same; values are this run's, "
-            "change is from the saved run.</p>",
+            f"<p>{_e(counts_text(r.comparison))}; values are this run's, change is from the saved run; "
+            f"&quot;{NOISE}&quot;: the bootstrap 95% interval of this run / saved run includes 1.</p>",
             _table(compare_wide(r.comparison), "qbench qbench-compare")] + (
         [f"<p>Cases in one run only: {_e(extra)}.</p>"] if (extra := unmatched(r.comparison)) else [])
 

@@ -103,6 +103,8 @@ class CaseRecord:
     metrics: dict[str, float]
     status: str = "passed"
     tokenization_in_timed_region: bool = True  # matrix cases time texts as strings, tokenizer included
+    # every timed batch latency, so that `qbench compare` can tell a change from noise with qbench.json alone
+    samples_ns: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -62,3 +62,45 @@ def test_deltas_are_marked_by_each_metrics_direction(tmp_path, capsys):
 def test_a_path_that_is_not_a_run_is_named(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing"), str(tmp_path)]) == 1
     assert "missing: not found" in capsys.readouterr().err
+
+
+def _with_samples(run, run_id, seed, scale):
+    """A run whose bs1 case kept 50 batch latencies around 10 ms x scale (metrics computed from them)."""
+    import numpy as np
+
+    from qbench_plugin.measure import latency_stats
+
+    run = copy.deepcopy(run)
+    run["run_id"] = run_id
+    samples = [int(v) for v in np.random.default_rng(seed).normal(10e6 * scale, 1e6, 50)]
+    run["cases"][0]["metrics"] = latency_stats(samples, 1)
+    run["cases"][0]["samples_ns"] = samples
+    return run
+
+
+def test_a_change_inside_the_noise_is_not_called_better_or_worse(tmp_path):
+    a = _write(tmp_path / "a.json", _with_samples(RUN, "a", 1, 1.0))
+    same_machine = _write(tmp_path / "b.json", _with_samples(RUN, "b", 2, 1.0))  # other draws, same distribution
+    slower = _write(tmp_path / "c.json", _with_samples(RUN, "c", 3, 1.5))
+    noisy = compare_paths(a, same_machine)[2].set_index(["case", "metric"])
+    assert noisy.loc[("base-bs1", "latency_p50_ms"), "verdict"] == "within noise"
+    low, high = noisy.loc[("base-bs1", "throughput_samples_per_s"), ["ci_low", "ci_high"]]
+    assert low <= 1 <= high
+    assert "within noise" in to_text(compare_paths(a, same_machine)[2])
+    worse = compare_paths(a, slower)[2].set_index(["case", "metric"])
+    assert worse.loc[("base-bs1", "latency_p50_ms"), "verdict"] == "worse"
+    assert worse.loc[("base-bs1", "throughput_samples_per_s"), "ci_high"] < 1
+    # bs4 kept no samples: a plain verdict, no interval
+    assert pd.isna(worse.loc[("base-bs4", "latency_p50_ms"), "ci_low"])
+
+
+def test_samples_come_from_benchmark_json_when_qbench_json_has_none(tmp_path):
+    run = _with_samples(RUN, "old", 1, 1.0)
+    samples = run["cases"][0].pop("samples_ns")
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    _write(run_dir / "qbench.json", run)
+    _write(run_dir / "benchmark.json", {"benchmarks": [{"extra_info": {
+        "kind": "latency", "config": "base", "batch_size": 1, "latency_samples_ns": samples}}]})
+    frame = load_run(run_dir)[1].set_index("batch_size")
+    assert frame.loc[1, "latency_samples_ns"] == samples and frame.loc[4, "latency_samples_ns"] == []
