@@ -399,6 +399,7 @@ def recommendations(r: RunResults) -> str:
                              "balance score"), rows))
         out.append("\nBalance score = mean of min-max-normalized throughput and (1 - min-max-normalized p95) over "
                    "the eligible (config, batch size) rows; 1 is best on both.")
+        out.extend(f"- Within noise: {call.text()}." for call in r.close_calls)
     out.append("\nEligibility (a config is recommended only if it ran, its accuracy was measured and no accuracy "
                "gate failed):\n")
     out.append(md_table(("config", "status", "gates", "eligible", "why not"),

@@ -137,18 +137,22 @@ def _statistic(metric: str, batch_size: int) -> Callable[[np.ndarray], np.ndarra
 
 
 def bootstrap_ratio(current_ns: list[int], saved_ns: list[int], metric: str, batch_size: int,
-                    rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float, float]:
-    """Point estimate and CONFIDENCE interval of statistic(current) / statistic(saved)."""
+                    rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
+                    saved_batch_size: int | None = None) -> tuple[float, float, float]:
+    """Point estimate and CONFIDENCE interval of statistic(current) / statistic(saved).
+
+    saved_batch_size, when the saved samples were timed at another batch size (throughput only)."""
     rng = np.random.default_rng(seed)
     cur = np.asarray(current_ns, dtype=np.float64) / 1e6
     old = np.asarray(saved_ns, dtype=np.float64) / 1e6
     stat = _statistic(metric, batch_size)
+    old_stat = _statistic(metric, saved_batch_size or batch_size)
     cur_boot = stat(cur[rng.integers(0, cur.size, size=(rounds, cur.size))])
-    old_boot = stat(old[rng.integers(0, old.size, size=(rounds, old.size))])
+    old_boot = old_stat(old[rng.integers(0, old.size, size=(rounds, old.size))])
     ratios = cur_boot / old_boot
     alpha = (1 - CONFIDENCE) / 2
     low, high = np.quantile(ratios, [alpha, 1 - alpha])
-    return float(stat(cur[None, :])[0] / stat(old[None, :])[0]), float(low), float(high)
+    return float(stat(cur[None, :])[0] / old_stat(old[None, :])[0]), float(low), float(high)
 
 
 def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dict[str, Any] | None,

@@ -58,6 +58,7 @@ def recommendation_html(r: RunResults) -> list[str]:
                                   "balance score"), rows), "qbench qbench-recommendations"))
         out.append("<p>Balance score: mean of min-max-normalized throughput and 1 - min-max-normalized p95 over the "
                    "eligible (config, batch size) rows.</p>")
+        out.extend(f"<p class=\"qbench-close-call\">Within noise: {_e(call.text())}.</p>" for call in r.close_calls)
     else:
         out.append(f"<p>No recommendation: {_e(r.no_recommendation)}.</p>")
     if r.deployment:

@@ -18,7 +18,7 @@ import pandas as pd
 from . import gates as gate_rules
 from . import gpus
 from .config import BenchConfig, Gates
-from .metrics import CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
+from .metrics import BY_NAME, CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
 
 TIERS_PER_MIN = (100, 1_000, 10_000)
 DEFAULT_P95_TARGET_MS = 100.0
@@ -209,6 +209,51 @@ class Recommendation:
     @property
     def title(self) -> str:
         return KIND_TITLES[self.kind]
+
+
+@dataclass(frozen=True)
+class CloseCall:
+    """A pick whose runner-up (the best other config) is within noise of it on the pick's own metric."""
+    kind: str
+    config: str
+    runner_up: str
+    runner_up_batch_size: int
+    metric: str
+    ratio: float  # runner-up / pick
+    low: float
+    high: float
+
+    def text(self) -> str:
+        what = "p95" if self.metric == "latency_p95_ms" else "throughput"
+        return (f"{KIND_TITLES[self.kind]}: the runner-up {self.runner_up} at batch size {self.runner_up_batch_size} "
+                f"is within noise of {self.config} ({what} runner-up / pick {self.ratio:.3f}, 95% interval "
+                f"{self.low:.3f}-{self.high:.3f}); another run may pick either")
+
+
+CLOSE_CALL_METRICS = {"latency": "latency_p95_ms", "throughput": "throughput_samples_per_s"}
+
+
+def close_calls(run: Mapping[str, Any], eligible: pd.DataFrame, recs: Mapping[str, Recommendation]) -> list[CloseCall]:
+    """Latency and throughput picks that the runner-up config matches within the bootstrap interval of
+    their samples: a pick decided by noise should say so."""
+    samples = {(c["config"], int(c["batch_size"])): c.get("samples_ns") or [] for c in run.get("cases") or []}
+    out = []
+    for kind, metric in CLOSE_CALL_METRICS.items():
+        rec = recs.get(kind)
+        others = eligible[eligible["config"] != rec.config] if rec else eligible.iloc[0:0]
+        if others.empty:
+            continue
+        runner = others.sort_values(metric, ascending=not BY_NAME[metric].higher_is_better, kind="stable").iloc[0]
+        runner_ns = samples.get((runner["config"], int(runner["batch_size"])), [])
+        pick_ns = samples.get((rec.config, rec.batch_size), [])
+        if min(len(runner_ns), len(pick_ns)) < gate_rules.MIN_SAMPLES:
+            continue
+        ratio, low, high = gate_rules.bootstrap_ratio(runner_ns, pick_ns, metric, int(runner["batch_size"]),
+                                                      saved_batch_size=rec.batch_size)
+        if low <= 1 <= high:
+            out.append(CloseCall(kind, rec.config, str(runner["config"]), int(runner["batch_size"]), metric,
+                                 ratio, low, high))
+    return out
 
 
 def recommend(eligible: pd.DataFrame) -> dict[str, Recommendation]:
@@ -486,6 +531,7 @@ class RunResults:
     comparison: pd.DataFrame | None = None
     comparison_source: str | None = None
     ceiling: pd.DataFrame = field(default_factory=pd.DataFrame)  # saturation sweep points, MFU included
+    close_calls: list[CloseCall] = field(default_factory=list)  # picks whose runner-up is within noise
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare loop
 
     @property
@@ -558,7 +604,7 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         run_id=str(run.get("run_id")), commit=run.get("commit"), settings=settings, machine=dict(machine),
         workload=workload, configs=configs, options=options, table=table, eligibility=eligibility,
         pivots=pivots(table), method_stats=method_stats(table), recommendations=recs, no_recommendation=no_rec,
-        deployment=deployment, pricing=pricing, peak=peak,
+        deployment=deployment, pricing=pricing, peak=peak, close_calls=close_calls(run, eligible, recs),
         traffic=traffic_plan(eligible, options.p95_target_ms, pricing), pareto=pareto_front(table),
         loads=[_as_dict(item) for item in loads], gates=[_as_dict(g) for g in run.get("gates") or []],
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),

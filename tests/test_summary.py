@@ -200,3 +200,34 @@ def test_deployment_note_for_a_winner_on_the_hf_engine():
     notes = " ".join(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
                                    options=ReportOptions()).deployment["notes"])
     assert "vLLM >= 0.28 has no bitsandbytes" in notes
+
+
+def _timed(run, seeds_and_means):
+    """The run with samples_ns for some cases: 50 batch latencies ~N(mean ms, 1 ms), metrics from them."""
+    import copy
+
+    import numpy as np
+
+    from qbench_plugin.measure import latency_stats
+
+    run = copy.deepcopy(run)
+    for case in run["cases"]:
+        key = (case["config"], case["batch_size"])
+        if key in seeds_and_means:
+            seed, mean_ms = seeds_and_means[key]
+            case["samples_ns"] = [int(v) for v in np.random.default_rng(seed).normal(mean_ms * 1e6, 1e6, 50)]
+            case["metrics"] = latency_stats(case["samples_ns"], case["batch_size"])
+    return run
+
+
+def test_a_pick_whose_runner_up_is_within_noise_says_so():
+    # int8 bs1 wins latency; base bs1 drawn from the same distribution is within noise of it
+    close = _timed(RUN, {("int8", 1): (1, 6.0), ("base", 1): (2, 6.0)})
+    r = build_results(close, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    (call,) = [c for c in r.close_calls if c.kind == "latency"]
+    assert {call.config, call.runner_up} == {"int8", "base"} and call.low <= 1 <= call.high
+    assert "Within noise: best for latency (lowest p95): the runner-up" in experiment_log(r)
+    # 3x apart: a clear pick, no note
+    clear = _timed(RUN, {("int8", 1): (1, 6.0), ("base", 1): (2, 18.0)})
+    r = build_results(clear, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert [c for c in r.close_calls if c.kind == "latency"] == [] and "Within noise" not in experiment_log(r)
