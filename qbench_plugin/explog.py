@@ -6,17 +6,15 @@ section is always present; one without data says why, so no placeholder is ever 
 """
 from __future__ import annotations
 
-import math
 import re
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-import pandas as pd
-
-from . import gpus
+from . import gpus, tables
 from .compare import NOISE, counts_text, unmatched, wide as compare_wide
 from .report import LOAD_COLUMNS
-from .summary import KINDS, TIERS_PER_MIN, RunResults, ceiling_display, cost_per_requests, saturation_points
+from .summary import RunResults, ceiling_display, saturation_points
+from .tables import MISSING, STATUS_WORDS, fmt, value
 
 SECTIONS = (
     "Hardware",
@@ -31,28 +29,6 @@ SECTIONS = (
     "Recommendations",
     "Scaling",
 )
-MISSING = "not measured"
-STATUS_WORDS = {"ready": "ran", "skipped": "skipped", "failed": "failed", "pending": "not run"}
-
-
-def fmt(value: Any, digits: int = 2, pct: bool = False, money: bool = False, signed: bool = False) -> str:
-    """Numbers for people; None and NaN become 'not measured', never 'nan' or 'None'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    if isinstance(value, (bool,)):
-        return "yes" if value else "no"
-    if isinstance(value, (int,)) and not pct and not money:
-        return f"{value:,}"
-    number = float(value)
-    if signed:
-        return f"{number:+.{digits}f}"
-    if pct:
-        return f"{number:.{digits}%}"
-    if money:
-        return f"${number:,.{digits}f}"
-    return f"{number:,.{digits}f}"
-
-
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -61,13 +37,6 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _value(row: pd.Series | dict, name: str) -> Any:
-    value = row.get(name) if hasattr(row, "get") else None
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value
 
 
 # -- sections ---------------------------------------------------------------------------------------
@@ -152,25 +121,25 @@ def observations(r: RunResults) -> str:
     rows = _config_rows(r)
     if not rows:
         return "No config started an engine in this run, so there are no memory, cold-start or accuracy readings."
-    has_gpu = any(_value(x, "gpu_memory_peak_mib") is not None for x in rows)
+    has_gpu = any(value(x, "gpu_memory_peak_mib") is not None for x in rows)
     header = ["config", "engine", "accuracy", "macro-F1", "cold start (s)", "RSS ready (MiB)", "RSS peak (MiB)"]
     if has_gpu:
         header.append("GPU peak (MiB)")
-    has_weights = any(_value(x, "weights_memory_mib") is not None for x in rows)
+    has_weights = any(value(x, "weights_memory_mib") is not None for x in rows)
     if has_weights:
         header.append("weights in memory (MiB)")
     header += ["weights on disk (MiB)", "compression", "quantization time (s)"]
     table = []
     for x in rows:
-        line = [x["config"], x["engine"], fmt(_value(x, "accuracy"), 4), fmt(_value(x, "macro_f1"), 4),
-                fmt(_value(x, "cold_start_s")), fmt(_value(x, "memory_rss_mib"), 1), fmt(_value(x, "memory_rss_peak_mib"), 1)]
+        line = [x["config"], x["engine"], fmt(value(x, "accuracy"), 4), fmt(value(x, "macro_f1"), 4),
+                fmt(value(x, "cold_start_s")), fmt(value(x, "memory_rss_mib"), 1), fmt(value(x, "memory_rss_peak_mib"), 1)]
         if has_gpu:
-            line.append(fmt(_value(x, "gpu_memory_peak_mib"), 1))
+            line.append(fmt(value(x, "gpu_memory_peak_mib"), 1))
         if has_weights:
-            line.append(fmt(_value(x, "weights_memory_mib"), 1))
-        ratio = _value(x, "compression_ratio")
-        line += [fmt(_value(x, "model_weights_mib"), 1), f"{ratio:.2f}x" if ratio else "none (quantized at load)",
-                 fmt(_value(x, "quantization_time_s")) if _value(x, "quantization_time_s") is not None else "no checkpoint made"]
+            line.append(fmt(value(x, "weights_memory_mib"), 1))
+        ratio = value(x, "compression_ratio")
+        line += [fmt(value(x, "model_weights_mib"), 1), f"{ratio:.2f}x" if ratio else "none (quantized at load)",
+                 fmt(value(x, "quantization_time_s")) if value(x, "quantization_time_s") is not None else "no checkpoint made"]
         table.append(line)
     notes = []
     # vLLM reserves gpu_memory_utilization of the GPU whatever the model, so its GPU peak says what a config
@@ -181,7 +150,7 @@ def observations(r: RunResults) -> str:
         mem_key, what = "gpu_memory_peak_mib", "peak GPU memory"
     else:
         mem_key, what = "memory_rss_peak_mib", "peak RSS (process tree)"
-    with_mem = [x for x in rows if _value(x, mem_key) is not None]
+    with_mem = [x for x in rows if value(x, mem_key) is not None]
     if with_mem:
         low = min(with_mem, key=lambda x: x[mem_key])
         high = max(with_mem, key=lambda x: x[mem_key])
@@ -195,13 +164,13 @@ def observations(r: RunResults) -> str:
         notes.append("- RSS counts the pytest process and every engine process: vLLM runs its engine in a child "
                      "process (its RSS includes the engine's KV cache, VLLM_CPU_KVCACHE_SPACE), while the hf engine "
                      "runs inside pytest, so the two engines' RSS are not like for like.")
-    with_cold = [x for x in rows if _value(x, "cold_start_s") is not None]
+    with_cold = [x for x in rows if value(x, "cold_start_s") is not None]
     if with_cold:
         fast = min(with_cold, key=lambda x: x["cold_start_s"])
         slow = max(with_cold, key=lambda x: x["cold_start_s"])
         notes.append(f"- Cold start: fastest {fast['config']} ({fmt(fast['cold_start_s'])} s), slowest "
                      f"{slow['config']} ({fmt(slow['cold_start_s'])} s), from engine construction to ready.")
-    with_acc = [x for x in rows if _value(x, "accuracy") is not None]
+    with_acc = [x for x in rows if value(x, "accuracy") is not None]
     if with_acc:
         best = max(with_acc, key=lambda x: x["accuracy"])
         worst = min(with_acc, key=lambda x: x["accuracy"])
@@ -267,12 +236,12 @@ def load_test(r: RunResults) -> str:
         row.update(item.get("metrics") or {})
         rows.append(row)
     keys = [k for k in LOAD_COLUMNS if any(k in row for row in rows)]
-    body = [[_load_value(row.get(k)) for k in keys] for row in rows]
+    body = [[_loadvalue(row.get(k)) for k in keys] for row in rows]
     return ("Latency is per request as the load clients saw it (successful requests); req/s is over the whole "
             "run.\n\n" + md_table([LOAD_COLUMNS[k] for k in keys], body))
 
 
-def _load_value(value: Any) -> str:
+def _loadvalue(value: Any) -> str:
     if isinstance(value, float):
         return fmt(value, 2)
     if value is None or value == "":
@@ -338,20 +307,10 @@ def key_findings(r: RunResults) -> str:
     return "\n".join(out)
 
 
-def _best_rows(r: RunResults) -> pd.DataFrame:
-    """Each eligible config at its highest-throughput batch size."""
-    eligible = r.eligible
-    if eligible.empty:
-        return eligible
-    idx = eligible.groupby("config")["throughput_samples_per_s"].idxmax()
-    return eligible.loc[idx].sort_values("throughput_samples_per_s", ascending=False)
-
-
 def cost_analysis(r: RunResults) -> str:
     p = r.pricing
-    best = _best_rows(r)
     out = []
-    if best.empty:
+    if tables.best_rows(r).empty:
         return ("No cost: no config that passes its accuracy gates has a measured throughput. "
                 "Cost per request is price per hour over requests per hour, so it needs a throughput.")
     if p.available:
@@ -363,25 +322,11 @@ def cost_analysis(r: RunResults) -> str:
     else:
         out.append(f"No price for this run: {p.source}. The requests per replica-hour below are measured; "
                    "multiply your hourly price by 1,000 / (requests per hour) for the cost per 1K requests.")
-    rows = []
-    for _, row in best.iterrows():
-        per_hour = row["throughput_samples_per_s"] * 3600
-        line = [row["config"], int(row["batch_size"]), fmt(row["throughput_samples_per_s"], 1), fmt(per_hour, 0)]
-        if p.available:
-            line += [fmt(_value(row, "cost_per_1k_usd"), 6, money=True), fmt(_value(row, "cost_per_1m_usd"), 4, money=True),
-                     fmt(_value(row, "spot_cost_per_1k_usd"), 6, money=True) if p.spot_per_hour is not None else "no spot price",
-                     fmt(_value(row, "spot_cost_per_1m_usd"), 4, money=True) if p.spot_per_hour is not None else "no spot price"]
-        rows.append(line)
-    header = ["config", "batch size", "texts/s", "requests per replica-hour"]
-    if p.available:
-        header += ["on-demand $/1K", "on-demand $/1M", "spot $/1K", "spot $/1M"]
     out.append("\nEach config that passes its gates, at its highest-throughput batch size:\n")
-    out.append(md_table(header, rows))
+    out.append(md_table(*tables.cost(r)))
     out.append(f"\nGPU list prices assumed when no price is given (USD per GPU-hour, as of {gpus.PRICES_AS_OF}; "
                "assumptions, check your provider):\n")
-    out.append(md_table(("GPU", "on-demand", "spot", "source"),
-                        [(g.name, fmt(g.on_demand_per_hour, money=True), fmt(g.spot_per_hour, money=True), g.price_source)
-                         for g in gpus.GPUS]))
+    out.append(md_table(*tables.gpu_prices()))
     return "\n".join(out)
 
 
@@ -390,22 +335,13 @@ def recommendations(r: RunResults) -> str:
     if not r.recommendations:
         out.append(f"No recommendation: {r.no_recommendation}.")
     else:
-        rows = [(r.recommendations[k].title, r.recommendations[k].config, r.recommendations[k].method,
-                 r.recommendations[k].engine, r.recommendations[k].batch_size,
-                 fmt(r.recommendations[k].latency_p95_ms), fmt(r.recommendations[k].throughput_samples_per_s, 1),
-                 fmt(r.recommendations[k].accuracy, 4), fmt(r.recommendations[k].balance_score, 3))
-                for k in KINDS if k in r.recommendations]
-        out.append(md_table(("pick", "config", "method", "engine", "batch size", "p95 (ms)", "texts/s", "accuracy",
-                             "balance score"), rows))
+        out.append(md_table(*tables.picks(r)))
         out.append("\nBalance score = mean of min-max-normalized throughput and (1 - min-max-normalized p95) over "
                    "the eligible (config, batch size) rows; 1 is best on both.")
         out.extend(f"- Within noise: {call.text()}." for call in r.close_calls)
     out.append("\nEligibility (a config is recommended only if it ran, its accuracy was measured and no accuracy "
                "gate failed):\n")
-    out.append(md_table(("config", "status", "gates", "eligible", "why not"),
-                        [(row["config"], STATUS_WORDS.get(row["status"], row["status"]), row["gates"],
-                          "yes" if row["eligible"] else "no", row["why_not"] or "-")
-                         for _, row in r.eligibility.iterrows()]))
+    out.append(md_table(*tables.eligibility(r)))
     if r.deployment:
         d = r.deployment
         win = r.recommendations["balanced"]
@@ -426,19 +362,7 @@ def scaling(r: RunResults) -> str:
         out.append(f"Serving row: {t.config} at batch size {t.batch_size} (p95 {fmt(t.latency_p95_ms)} ms, "
                    f"{fmt(t.capacity_per_replica_per_s, 1)} texts/s per replica): the eligible row with the "
                    "highest throughput that meets the target.\n")
-        priced = r.pricing.available
-        header = ["requests/min", "requests/s", "replicas", "utilization"]
-        if priced:
-            header += ["on-demand $/h", "spot $/h"]
-        rows = []
-        for tier in t.tiers:
-            line = [fmt(tier.requests_per_min), fmt(tier.requests_per_min / 60, 2), tier.replicas,
-                    fmt(tier.utilization, 1, pct=True)]
-            if priced:
-                line += [fmt(tier.on_demand_per_hour, 2, money=True),
-                         fmt(tier.spot_per_hour, 2, money=True) if tier.spot_per_hour is not None else "no spot price"]
-            rows.append(line)
-        out.append(md_table(header, rows))
+        out.append(md_table(*tables.tiers(r)))
     out.append("\n### Headroom (MFU)\n")
     w = r.workload
     tokens, params = w.get("mean_tokens_per_text"), w.get("non_embedding_params")
@@ -452,12 +376,8 @@ def scaling(r: RunResults) -> str:
                  f"- Peak TFLOP/s: {r.peak.source}")
     out.extend(facts)
     if not r.table.empty and r.table["achieved_tflops"].notna().any():
-        header = ["config", "batch size", "tokens/s", "achieved TFLOP/s", "MFU"]
-        rows = [(row["config"], int(row["batch_size"]), fmt(row["tokens_per_s"], 0), fmt(row["achieved_tflops"], 5),
-                 fmt(row["mfu"], 3, pct=True) if pd.notna(row["mfu"]) else "peak unknown")
-                for _, row in r.table.iterrows()]
         out.append("")
-        out.append(md_table(header, rows))
+        out.append(md_table(*tables.mfu(r)))
     return "\n".join(out)
 
 

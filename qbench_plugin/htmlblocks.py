@@ -12,11 +12,11 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from . import gpus
+from . import gpus, tables
 from .compare import NOISE, counts_text, unmatched, wide as compare_wide
-from .explog import MISSING, STATUS_WORDS, fmt
 from .plots import Plot
-from .summary import KINDS, RunResults, ceiling_best, ceiling_display
+from .summary import RunResults, ceiling_best, ceiling_display
+from .tables import MISSING, fmt
 
 STYLE = """<style>
 .qbench-headline { font-size: 15px; padding: 8px 12px; background: #eef6ee; border-left: 4px solid #3a7d3a; }
@@ -51,11 +51,7 @@ def headline_html(r: RunResults) -> list[str]:
 def recommendation_html(r: RunResults) -> list[str]:
     out = ["<h2>Recommendations (configs that pass their accuracy gates)</h2>"]
     if r.recommendations:
-        rows = [(rec.title, rec.config, rec.method, rec.engine, rec.batch_size, fmt(rec.latency_p95_ms),
-                 fmt(rec.throughput_samples_per_s, 1), fmt(rec.accuracy, 4), fmt(rec.balance_score, 3))
-                for rec in (r.recommendations[k] for k in KINDS if k in r.recommendations)]
-        out.append(_table(_frame(("pick", "config", "method", "engine", "batch size", "p95 (ms)", "texts/s", "accuracy",
-                                  "balance score"), rows), "qbench qbench-recommendations"))
+        out.append(_table(_frame(*tables.picks(r)), "qbench qbench-recommendations"))
         out.append("<p>Balance score: mean of min-max-normalized throughput and 1 - min-max-normalized p95 over the "
                    "eligible (config, batch size) rows.</p>")
         out.extend(f"<p class=\"qbench-close-call\">Within noise: {_e(call.text())}.</p>" for call in r.close_calls)
@@ -65,12 +61,8 @@ def recommendation_html(r: RunResults) -> list[str]:
         env = "\n".join(f"{k}={v}" for k, v in r.deployment.items() if k != "notes")
         out.append(f"<h3>Deployment settings (balanced pick)</h3><pre class=\"qbench-env\">{_e(env)}</pre>")
         out.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in r.deployment["notes"]) + "</ul>")
-    elig = r.eligibility.assign(
-        status=[STATUS_WORDS.get(s, s) for s in r.eligibility["status"]],
-        eligible=["yes" if e else "no" for e in r.eligibility["eligible"]],
-        why_not=[w or "-" for w in r.eligibility["why_not"]])
     out.append("<h3>Accuracy gates</h3>")
-    out.append(_table(elig.rename(columns={"why_not": "why not"}), "qbench qbench-gates"))
+    out.append(_table(_frame(*tables.eligibility(r)), "qbench qbench-gates"))
     return out
 
 
@@ -105,36 +97,21 @@ def tables_html(r: RunResults) -> list[str]:
 def cost_html(r: RunResults) -> list[str]:
     p = r.pricing
     out = ["<h2>Cost per request</h2>"]
-    eligible = r.eligible
-    if eligible.empty:
+    if tables.best_rows(r).empty:
         out.append("<p>No cost: no config that passes its accuracy gates has a measured throughput.</p>")
     else:
-        best = eligible.loc[eligible.groupby("config")["throughput_samples_per_s"].idxmax()]
-        best = best.sort_values("throughput_samples_per_s", ascending=False)
         if p.available:
+            spot = fmt(p.spot_per_hour, money=True) if p.spot_per_hour is not None else "no spot price given"
             out.append(f"<p>Priced as <b>{_e(p.gpu)}</b>: on-demand {_e(fmt(p.on_demand_per_hour, money=True))}/h, spot "
-                       f"{_e(fmt(p.spot_per_hour, money=True))}/h ({_e(p.source)}). A request is one text.</p>")
+                       f"{_e(spot)}/h ({_e(p.source)}). A request is one text.</p>")
             if p.note:
                 out.append(f"<p><i>{_e(p.note)}.</i></p>")
         else:
             out.append(f"<p>No price: {_e(p.source)}. Requests per replica-hour are measured.</p>")
-        rows = []
-        for _, row in best.iterrows():
-            line = [row["config"], int(row["batch_size"]), fmt(row["throughput_samples_per_s"], 1),
-                    fmt(row["throughput_samples_per_s"] * 3600, 0)]
-            if p.available:
-                line += [fmt(row["cost_per_1k_usd"], 6, money=True), fmt(row["cost_per_1m_usd"], 4, money=True),
-                         fmt(row["spot_cost_per_1k_usd"], 6, money=True), fmt(row["spot_cost_per_1m_usd"], 4, money=True)]
-            rows.append(line)
-        header = ["config", "batch size", "texts/s", "requests per replica-hour"]
-        if p.available:
-            header += ["on-demand $/1K", "on-demand $/1M", "spot $/1K", "spot $/1M"]
-        out.append(_table(_frame(header, rows), "qbench qbench-cost"))
+        out.append(_table(_frame(*tables.cost(r)), "qbench qbench-cost"))
     out.append(f"<details><summary>GPU list prices assumed when no price is given (USD per GPU-hour, as of "
                f"{_e(gpus.PRICES_AS_OF)})</summary>")
-    out.append(_table(_frame(("GPU", "on-demand", "spot", "dense bf16/fp16 peak TFLOP/s", "source"),
-                             [(g.name, fmt(g.on_demand_per_hour, money=True), fmt(g.spot_per_hour, money=True),
-                               fmt(g.peak_tflops, 0), g.price_source) for g in gpus.GPUS]), "qbench qbench-gpus"))
+    out.append(_table(_frame(*tables.gpu_prices()), "qbench qbench-gpus"))
     out.append("</details>")
     return out
 
@@ -147,21 +124,14 @@ def scaling_html(r: RunResults) -> list[str]:
     else:
         out.append(f"<p>Serving row: {_e(t.config)} at batch size {t.batch_size} (p95 {_e(fmt(t.latency_p95_ms))} ms, "
                    f"{_e(fmt(t.capacity_per_replica_per_s, 1))} texts/s per replica), no headroom added.</p>")
-        rows = [(fmt(x.requests_per_min), x.replicas, fmt(x.utilization, 1, pct=True),
-                 fmt(x.on_demand_per_hour, 2, money=True) if x.on_demand_per_hour is not None else "no price",
-                 fmt(x.spot_per_hour, 2, money=True) if x.spot_per_hour is not None else "no price") for x in t.tiers]
-        out.append(_table(_frame(("requests/min", "replicas", "utilization", "on-demand $/h", "spot $/h"), rows),
-                          "qbench qbench-tiers"))
+        out.append(_table(_frame(*tables.tiers(r)), "qbench qbench-tiers"))
     w = r.workload
     out.append("<h2>Headroom (MFU)</h2>")
     out.append(f"<p>Mean tokens per text {_e(fmt(w.get('mean_tokens_per_text'), 1))}; non-embedding parameters "
                f"{_e(fmt(w.get('non_embedding_params')))}; peak: "
                f"{_e(fmt(r.peak.tflops, 1) + ' TFLOP/s (' + r.peak.source + ')' if r.peak.tflops else r.peak.source)}.</p>")
     if not r.table.empty:
-        rows = [(row["config"], int(row["batch_size"]), fmt(row["tokens_per_s"], 0), fmt(row["achieved_tflops"], 5),
-                 fmt(row["mfu"], 3, pct=True) if pd.notna(row["mfu"]) else "peak unknown")
-                for _, row in r.table.iterrows()]
-        out.append(_table(_frame(("config", "batch size", "tokens/s", "achieved TFLOP/s", "MFU"), rows), "qbench qbench-mfu"))
+        out.append(_table(_frame(*tables.mfu(r)), "qbench qbench-mfu"))
     return out
 
 

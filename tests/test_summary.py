@@ -231,3 +231,21 @@ def test_a_pick_whose_runner_up_is_within_noise_says_so():
     clear = _timed(RUN, {("int8", 1): (1, 6.0), ("base", 1): (2, 18.0)})
     r = build_results(clear, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
     assert [c for c in r.close_calls if c.kind == "latency"] == [] and "Within noise" not in experiment_log(r)
+
+
+def test_log_and_html_show_the_same_decision_tables():
+    import html
+
+    from qbench_plugin import tables
+    from qbench_plugin.explog import md_table
+
+    r = build_results(RUN, machine={"gpu_names": []}, bench_configs=CONFIGS,
+                      options=ReportOptions(price_per_hour=3.6, p95_target_ms=15.0))
+    log, page = experiment_log(r), "".join(results_html(r, []))
+    for build in (tables.picks, tables.eligibility, tables.cost, tables.tiers, tables.mfu):
+        header, rows = build(r)
+        assert rows, build.__name__
+        assert md_table(header, rows) in log
+        assert all(f"<th>{html.escape(h)}</th>" in page for h in header)
+        assert all(f"<td>{html.escape(str(cell))}</td>" in page for cell in rows[0])
+    assert "no spot price" in log and "no spot price" in page  # one wording in both

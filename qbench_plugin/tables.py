@@ -1,0 +1,114 @@
+"""The report's decision tables as (header, rows) of display strings, one builder per table.
+
+explog.py renders them as Markdown and htmlblocks.py as HTML, so the experiment log and the HTML
+report show the same rows, formatted once, from the run's one RunResults.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from . import gpus
+from .summary import KINDS, RunResults
+
+MISSING = "not measured"
+STATUS_WORDS = {"ready": "ran", "skipped": "skipped", "failed": "failed", "pending": "not run"}
+Table = tuple[list[str], list[list[Any]]]
+
+
+def fmt(value: Any, digits: int = 2, pct: bool = False, money: bool = False, signed: bool = False) -> str:
+    """Numbers for people; None and NaN become 'not measured', never 'nan' or 'None'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, (bool,)):
+        return "yes" if value else "no"
+    if isinstance(value, (int,)) and not pct and not money:
+        return f"{value:,}"
+    number = float(value)
+    if signed:
+        return f"{number:+.{digits}f}"
+    if pct:
+        return f"{number:.{digits}%}"
+    if money:
+        return f"${number:,.{digits}f}"
+    return f"{number:,.{digits}f}"
+
+
+def value(row: pd.Series | dict, name: str) -> Any:
+    """row[name], with NaN and a missing column both None."""
+    found = row.get(name) if hasattr(row, "get") else None
+    if found is None or (isinstance(found, float) and math.isnan(found)):
+        return None
+    return found
+
+
+def picks(r: RunResults) -> Table:
+    header = ["pick", "config", "method", "engine", "batch size", "p95 (ms)", "texts/s", "accuracy", "balance score"]
+    rows = [[rec.title, rec.config, rec.method, rec.engine, rec.batch_size, fmt(rec.latency_p95_ms),
+             fmt(rec.throughput_samples_per_s, 1), fmt(rec.accuracy, 4), fmt(rec.balance_score, 3)]
+            for rec in (r.recommendations[k] for k in KINDS if k in r.recommendations)]
+    return header, rows
+
+
+def eligibility(r: RunResults) -> Table:
+    rows = [[row["config"], STATUS_WORDS.get(row["status"], row["status"]), row["gates"],
+             "yes" if row["eligible"] else "no", row["why_not"] or "-"] for _, row in r.eligibility.iterrows()]
+    return ["config", "status", "gates", "eligible", "why not"], rows
+
+
+def best_rows(r: RunResults) -> pd.DataFrame:
+    """Each eligible config at its highest-throughput batch size, fastest first."""
+    eligible = r.eligible
+    if eligible.empty:
+        return eligible
+    idx = eligible.groupby("config")["throughput_samples_per_s"].idxmax()
+    return eligible.loc[idx].sort_values("throughput_samples_per_s", ascending=False)
+
+
+def cost(r: RunResults) -> Table:
+    p = r.pricing
+    header = ["config", "batch size", "texts/s", "requests per replica-hour"]
+    if p.available:
+        header += ["on-demand $/1K", "on-demand $/1M", "spot $/1K", "spot $/1M"]
+    rows = []
+    for _, row in best_rows(r).iterrows():
+        line = [row["config"], int(row["batch_size"]), fmt(row["throughput_samples_per_s"], 1),
+                fmt(row["throughput_samples_per_s"] * 3600, 0)]
+        if p.available:
+            spot = p.spot_per_hour is not None
+            line += [fmt(value(row, "cost_per_1k_usd"), 6, money=True), fmt(value(row, "cost_per_1m_usd"), 4, money=True),
+                     fmt(value(row, "spot_cost_per_1k_usd"), 6, money=True) if spot else "no spot price",
+                     fmt(value(row, "spot_cost_per_1m_usd"), 4, money=True) if spot else "no spot price"]
+        rows.append(line)
+    return header, rows
+
+
+def gpu_prices() -> Table:
+    header = ["GPU", "on-demand", "spot", "dense bf16/fp16 peak TFLOP/s", "source"]
+    return header, [[g.name, fmt(g.on_demand_per_hour, money=True), fmt(g.spot_per_hour, money=True),
+                     fmt(g.peak_tflops, 0), g.price_source] for g in gpus.GPUS]
+
+
+def tiers(r: RunResults) -> Table:
+    priced = r.pricing.available
+    header = ["requests/min", "requests/s", "replicas", "utilization"]
+    if priced:
+        header += ["on-demand $/h", "spot $/h"]
+    rows = []
+    for tier in r.traffic.tiers:
+        line = [fmt(tier.requests_per_min), fmt(tier.requests_per_min / 60, 2), tier.replicas,
+                fmt(tier.utilization, 1, pct=True)]
+        if priced:
+            line += [fmt(tier.on_demand_per_hour, 2, money=True),
+                     fmt(tier.spot_per_hour, 2, money=True) if tier.spot_per_hour is not None else "no spot price"]
+        rows.append(line)
+    return header, rows
+
+
+def mfu(r: RunResults) -> Table:
+    rows = [[row["config"], int(row["batch_size"]), fmt(row["tokens_per_s"], 0), fmt(row["achieved_tflops"], 5),
+             fmt(row["mfu"], 3, pct=True) if pd.notna(row["mfu"]) else "peak unknown"]
+            for _, row in r.table.iterrows()]
+    return ["config", "batch size", "tokens/s", "achieved TFLOP/s", "MFU"], rows
