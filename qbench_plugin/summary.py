@@ -240,7 +240,9 @@ def close_calls(run: Mapping[str, Any], eligible: pd.DataFrame, recs: Mapping[st
     out = []
     for kind, metric in CLOSE_CALL_METRICS.items():
         rec = recs.get(kind)
-        others = eligible[eligible["config"] != rec.config] if rec else eligible.iloc[0:0]
+        if rec is None:
+            continue
+        others = eligible[eligible["config"] != rec.config]
         if others.empty:
             continue
         runner = others.sort_values(metric, ascending=not BY_NAME[metric].higher_is_better, kind="stable").iloc[0]

