@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .gates import MIN_SAMPLES, bootstrap_ratio
+from .gates import noise_interval
 from .metrics import BY_NAME
 
 COMPARE_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s",
@@ -123,10 +123,8 @@ def _interval(metric: str, batch_size: int, a_ns: Any, b_ns: Any) -> tuple[float
     """Bootstrap 95% interval of B/A for a latency or throughput metric, when both runs kept enough samples."""
     if metric not in NOISE_TESTED or not isinstance(a_ns, list) or not isinstance(b_ns, list):
         return None
-    if min(len(a_ns), len(b_ns)) < MIN_SAMPLES:
-        return None
-    _, low, high = bootstrap_ratio(b_ns, a_ns, metric, batch_size)
-    return low, high
+    found = noise_interval(b_ns, a_ns, metric, batch_size)
+    return found[1:] if found else None
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

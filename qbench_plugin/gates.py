@@ -155,6 +155,14 @@ def bootstrap_ratio(current_ns: list[int], saved_ns: list[int], metric: str, bat
     return float(stat(cur[None, :])[0] / old_stat(old[None, :])[0]), float(low), float(high)
 
 
+def noise_interval(current_ns: list[int], saved_ns: list[int], metric: str, batch_size: int,
+                   saved_batch_size: int | None = None) -> tuple[float, float, float] | None:
+    """bootstrap_ratio, or None when either side has too few timed batches to decide on."""
+    if min(len(current_ns), len(saved_ns)) < MIN_SAMPLES:
+        return None
+    return bootstrap_ratio(current_ns, saved_ns, metric, batch_size, saved_batch_size=saved_batch_size)
+
+
 def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dict[str, Any] | None,
                thresholds: dict[str, float]) -> list[GateResult]:
     """Compare one case with the same case of a saved run, metric by metric."""

@@ -248,13 +248,10 @@ def close_calls(run: Mapping[str, Any], eligible: pd.DataFrame, recs: Mapping[st
         runner = others.sort_values(metric, ascending=not BY_NAME[metric].higher_is_better, kind="stable").iloc[0]
         runner_ns = samples.get((runner["config"], int(runner["batch_size"])), [])
         pick_ns = samples.get((rec.config, rec.batch_size), [])
-        if min(len(runner_ns), len(pick_ns)) < gate_rules.MIN_SAMPLES:
-            continue
-        ratio, low, high = gate_rules.bootstrap_ratio(runner_ns, pick_ns, metric, int(runner["batch_size"]),
-                                                      saved_batch_size=rec.batch_size)
-        if low <= 1 <= high:
-            out.append(CloseCall(kind, rec.config, str(runner["config"]), int(runner["batch_size"]), metric,
-                                 ratio, low, high))
+        found = gate_rules.noise_interval(runner_ns, pick_ns, metric, int(runner["batch_size"]),
+                                          saved_batch_size=rec.batch_size)
+        if found and found[1] <= 1 <= found[2]:
+            out.append(CloseCall(kind, rec.config, str(runner["config"]), int(runner["batch_size"]), metric, *found))
     return out
 
 
