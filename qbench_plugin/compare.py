@@ -58,20 +58,28 @@ def load_run(path: str | Path) -> tuple[str, pd.DataFrame]:
         path = found[0]
     data = _read(path)
     if isinstance(data, dict) and "cases" in data and "configs" in data:
-        return str(data.get("run_id") or path), _with_samples(frame_from_qbench(data), path.parent / "benchmark.json")
+        return str(data.get("run_id") or path), _with_samples(frame_from_qbench(data), _sibling_benchmarks(path))
     if isinstance(data, dict) and isinstance(data.get("qbench"), dict) and data["qbench"].get("cases"):
-        return str(data["qbench"].get("run_id") or path), frame_from_qbench(data["qbench"])
+        return str(data["qbench"].get("run_id") or path), _with_samples(frame_from_qbench(data["qbench"]), data)
     if isinstance(data, dict) and "benchmarks" in data:
         return str(path), frame_from_benchmarks(data)
     raise CompareError(f"{path}: neither a qbench.json nor a pytest-benchmark JSON")
 
 
-def _with_samples(frame: pd.DataFrame, bench_path: Path) -> pd.DataFrame:
-    """Samples from the run's benchmark.json for a qbench.json written before qbench.json kept them."""
-    if frame[SAMPLES].map(len).any() or not bench_path.is_file():
+def _sibling_benchmarks(path: Path) -> Mapping[str, Any] | None:
+    """The benchmark.json next to a qbench.json, if there is a readable one (samples only; never required)."""
+    try:
+        return _read(path.parent / "benchmark.json")
+    except CompareError:
+        return None
+
+
+def _with_samples(frame: pd.DataFrame, benchmarks: Mapping[str, Any] | None) -> pd.DataFrame:
+    """Samples from the run's pytest-benchmark JSON for a qbench record written before it kept them."""
+    if frame[SAMPLES].map(len).any() or not benchmarks:
         return frame
     try:
-        bench = frame_from_benchmarks(_read(bench_path))
+        bench = frame_from_benchmarks(benchmarks)
     except CompareError:
         return frame
     by_case = {(c, b): ns for c, b, ns in zip(bench["config"], bench["batch_size"], bench[SAMPLES])}
