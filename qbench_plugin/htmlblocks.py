@@ -54,7 +54,8 @@ def recommendation_html(r: RunResults) -> list[str]:
         out.append(_table(_frame(*tables.picks(r)), "qbench qbench-recommendations"))
         out.append("<p>Balance score: mean of min-max-normalized throughput and 1 - min-max-normalized p95 over the "
                    "eligible (config, batch size) rows.</p>")
-        out.extend(f"<p class=\"qbench-close-call\">Within noise: {_e(call.text())}.</p>" for call in r.close_calls)
+        out.extend(f"<p class=\"qbench-tie\">Tie: {_e(text)}.</p>" for text in r.tie_notes)
+        out.extend(f"<p class=\"qbench-reference\">Reference: {_e(ref.text())}.</p>" for ref in r.references)
     else:
         out.append(f"<p>No recommendation: {_e(r.no_recommendation)}.</p>")
     if r.deployment:

@@ -97,7 +97,9 @@ def qbench_endpoint(request: pytest.FixtureRequest, qbench_load_config: BenchCon
     """The endpoint under load: a vLLM OpenAI server started for the config, or --qbench-endpoint."""
     # a local server gets the device to itself; and the last config's memory peaks stop at its own
     # tests, before the server and Locust (children of this process) add to the process tree
-    request.getfixturevalue("qbench_engine_slot").release("before the load tests")
+    pool = request.config._qbench.pool
+    if pool is not None:
+        pool.close_all("the load tests")
     if qbench_load_config is None:
         yield remote_endpoint(qbench_settings)
         return

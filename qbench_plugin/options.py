@@ -125,6 +125,12 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("batch_sizes", "1,4,8,16,32", "comma-separated batch sizes", _int_csv),
     _Option("samples", "50", "timed batches per (config, batch size)", _positive_int),
     _Option("warmup", "5", "untimed batches before the timed ones", _positive_int),
+    _Option("rounds", "10", "interleaved rounds the timed batches are split into (each round times a block of "
+            "samples/rounds batches of every case, in a fresh random order)", _positive_int),
+    _Option("seed", "", "seed of the rounds' random order (default: drawn per run and recorded)",
+            _number(int, "a non-negative integer", minimum=0, optional=True)),
+    _Option("interleave", "on", "on: keep every config's engine up and interleave them in rounds; off: one "
+            "config's engine at a time (rounds still split its samples)", _on_off),
     _Option("engine", "vllm", "engine for configs that do not pin one: vllm or hf"),
     _Option("results_dir", "results", "where each run writes results/<run id>/ (relative to the rootdir)"),
     _Option("max_model_len", "256", "longest input in tokens", _positive_int),
@@ -188,6 +194,9 @@ class Settings:
     batch_sizes: tuple[int, ...]
     samples: int
     warmup: int
+    rounds: int
+    seed: int | None
+    interleave: bool
     engine: str
     results_dir: Path
     max_model_len: int
@@ -253,6 +262,12 @@ class Settings:
                                     f"batch size {max(values['batch_sizes'])}, where the sweep starts")
         if values["samples"] < 1:
             raise pytest.UsageError("--qbench-samples must be at least 1")
+        from .rounds import RoundPlan
+
+        try:
+            RoundPlan.from_samples(values["samples"], values["rounds"], values["warmup"], 0)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
         return cls(**values)
 
     def public(self) -> dict[str, Any]:

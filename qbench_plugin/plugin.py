@@ -4,19 +4,21 @@ Registered through the `pytest11` entry point `qbench`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 from .config import ConfigError, load_configs
 from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
-    qbench_config, qbench_engine, qbench_engine_slot, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_model,
-    qbench_quant_context, qbench_settings, qbench_store,
+    qbench_config, qbench_engine, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_matrix, qbench_model,
+    qbench_pool, qbench_quant_context, qbench_settings, qbench_store,
 )
 from .load_fixtures import parametrize_load, qbench_endpoint, qbench_load_config  # noqa: F401
 from .machine import machine_info as describe_machine
@@ -46,6 +48,10 @@ class QbenchState:
     store: RunStore
     configs: list | None = None
     report: ReportState | None = None  # summary, plots, experiment log: computed once at the end
+    seed: int = 0  # of the rounds' random order: --qbench-seed, or drawn for this run and recorded
+    matrix_cases: list = field(default_factory=list)  # (config, batch size) of the selected latency tests
+    pool: Any = None  # the session's EnginePool while it is alive
+    progress: Callable[[str], None] = print  # a line on the terminal, even while a test's output is captured
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,7 +77,9 @@ def pytest_configure(config: pytest.Config) -> None:
     out_dir = settings.results_dir / run_id if write else None
     store = RunStore(run_id=run_id, out_dir=out_dir, settings=settings.public(),
                      commit=git_commit(Path(config.rootpath)))
-    config._qbench = QbenchState(settings=settings, store=store, report=ReportState.from_settings(settings))
+    seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little")
+    config._qbench = QbenchState(settings=settings, store=store, report=ReportState.from_settings(settings),
+                                 seed=seed, progress=_progress_writer(config))
     if out_dir is not None and not hasattr(config, "workerinput"):
         out_dir.mkdir(parents=True, exist_ok=True)
         if hasattr(config.option, "htmlpath") and not config.option.htmlpath:
@@ -83,6 +91,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(Interruption(store), "qbench-interruption")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(HtmlReport(store), "qbench-html")
+
+
+def _progress_writer(config: pytest.Config) -> Callable[[str], None]:
+    """Long steps (engine starts, rounds) say what they do on the terminal, not in captured output."""
+
+    def write(line: str) -> None:
+        capture = config.pluginmanager.getplugin("capturemanager")
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    return write
 
 
 def _benchmark_json_target(path: Path):
@@ -123,9 +146,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("batch_size", sizes, ids=[f"bs{b}" for b in sizes])
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering (by session parameter) and -k/-m selection
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Sweeps take minutes a config: only the configs asked for get one, and only when asked."""
-    settings: Settings = config._qbench.settings
+    """Sweeps take minutes a config: only the configs asked for get one, and only when asked. Then the
+    order: every in-process test first (engines stay up through them), then the sweeps (each takes the
+    machine for one config), then the load tests (a server takes it for a config). Finally the matrix
+    learns which (config, batch size) cases the selected latency tests ask for."""
+    state: QbenchState = config._qbench
+    settings = state.settings
     wanted = set(settings.sweep_configs)
     keep, drop = [], []
     for item in items:
@@ -138,7 +166,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             drop.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+
+    def phase(item: pytest.Item) -> int:
+        if "qbench_endpoint" in getattr(item, "fixturenames", ()):
+            return 2
+        return 1 if item.get_closest_marker("saturation") is not None else 0
+
+    items[:] = sorted(keep, key=phase)  # stable: pytest's order within each phase stays
+    state.matrix_cases = [(item.callspec.params["qbench_config"].name, item.callspec.params["batch_size"])
+                          for item in items if "qbench_matrix" in getattr(item, "fixturenames", ())
+                          and {"qbench_config", "batch_size"} <= set(getattr(item, "callspec", None).params
+                                                                      if hasattr(item, "callspec") else ())]
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

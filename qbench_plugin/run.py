@@ -105,6 +105,9 @@ class CaseRecord:
     tokenization_in_timed_region: bool = True  # matrix cases time texts as strings, tokenizer included
     # every timed batch latency, so that `qbench compare` can tell a change from noise with qbench.json alone
     samples_ns: list[int] = field(default_factory=list)
+    sample_rounds: list[int] = field(default_factory=list)  # the interleaved round each sample was timed in
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric -> 95% interval over rounds
+    group: int = 0  # the group of co-resident engines it was timed with (matrix.py)
 
 
 @dataclass
@@ -142,18 +145,8 @@ class RunStore:
     workload: dict[str, Any] = field(default_factory=dict)
     ceiling: list[dict[str, Any]] = field(default_factory=list)  # throughput-ceiling points: ceiling.Point
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare classify loop
-    # live memory readings of each config's engine (not written): the sweep freezes the config's peaks
-    memory: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def freeze_memory_peaks(self, config: str) -> None:
-        """Record a config's peak memory now, before a sweep's larger batches and extra engines."""
-        reading, record = self.memory.pop(config, None), self.configs.get(config)
-        if reading is None or record is None:
-            return
-        record.metrics.update(memory_rss_peak_mib=mib(reading.rss_peak_bytes),
-                              gpu_memory_peak_mib=mib(reading.gpu_peak_bytes))
-        record.info["memory_peaks"] = "before the saturation sweep"
-        self.save()
+    # how the matrix was timed: rounds, block, seed, groups of co-resident engines, each round's order
+    measurement: dict[str, Any] = field(default_factory=dict)
 
     def config(self, name: str) -> ConfigRecord:
         return self.configs[name]
@@ -199,6 +192,7 @@ class RunStore:
             "workload": self.workload,
             "ceiling": self.ceiling,
             "overhead": self.overhead,
+            "measurement": self.measurement,
         }
 
     def table(self):

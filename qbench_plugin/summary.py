@@ -17,14 +17,12 @@ import pandas as pd
 
 from . import gates as gate_rules
 from . import gpus
+from .picks import KINDS, Picks, Recommendation, ReferenceLine, balance_scores, recommend  # noqa: F401
 from .config import BenchConfig, Gates
 from .metrics import BY_NAME, CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
 
 TIERS_PER_MIN = (100, 1_000, 10_000)
 DEFAULT_P95_TARGET_MS = 100.0
-KINDS = ("latency", "throughput", "balanced")
-KIND_TITLES = {"latency": "best for latency (lowest p95)", "throughput": "best for throughput",
-               "balanced": "best balanced (balance score)"}
 
 
 @dataclass(frozen=True)
@@ -175,107 +173,6 @@ def gate_frame(configs: Mapping[str, Mapping[str, Any]], bench_configs: Mapping[
 
 
 # -- recommendations ---------------------------------------------------------------------------------
-
-def _minmax(values: pd.Series, flat: float) -> pd.Series:
-    low, high = values.min(), values.max()
-    if not math.isfinite(high - low) or high == low:
-        return pd.Series(flat, index=values.index)
-    return (values - low) / (high - low)
-
-
-def balance_scores(rows: pd.DataFrame) -> pd.Series:
-    """mean(minmax(throughput), 1 - minmax(p95)) over the given rows (the eligible ones), in [0, 1].
-
-    Where every row has the same value of a metric, no row is worse on it: its term is 1 for all."""
-    if rows.empty:
-        return pd.Series(dtype=float)
-    thr = _minmax(rows["throughput_samples_per_s"], flat=1.0)
-    p95 = _minmax(rows["latency_p95_ms"], flat=0.0)
-    return (thr + (1 - p95)) / 2
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    kind: str
-    config: str
-    method: str
-    engine: str
-    batch_size: int
-    latency_p95_ms: float
-    throughput_samples_per_s: float
-    accuracy: float | None
-    balance_score: float
-
-    @property
-    def title(self) -> str:
-        return KIND_TITLES[self.kind]
-
-
-@dataclass(frozen=True)
-class CloseCall:
-    """A pick whose runner-up (the best other config) is within noise of it on the pick's own metric."""
-    kind: str
-    config: str
-    runner_up: str
-    runner_up_batch_size: int
-    metric: str
-    ratio: float  # runner-up / pick
-    low: float
-    high: float
-
-    def text(self) -> str:
-        what = "p95" if self.metric == "latency_p95_ms" else "throughput"
-        return (f"{KIND_TITLES[self.kind]}: the runner-up {self.runner_up} at batch size {self.runner_up_batch_size} "
-                f"is within noise of {self.config} ({what} runner-up / pick {self.ratio:.3f}, 95% interval "
-                f"{self.low:.3f}-{self.high:.3f}); another run may pick either")
-
-
-CLOSE_CALL_METRICS = {"latency": "latency_p95_ms", "throughput": "throughput_samples_per_s"}
-
-
-def close_calls(run: Mapping[str, Any], eligible: pd.DataFrame, recs: Mapping[str, Recommendation]) -> list[CloseCall]:
-    """Latency and throughput picks that the runner-up config matches within the bootstrap interval of
-    their samples: a pick decided by noise should say so."""
-    samples = {(c["config"], int(c["batch_size"])): c.get("samples_ns") or [] for c in run.get("cases") or []}
-    out = []
-    for kind, metric in CLOSE_CALL_METRICS.items():
-        rec = recs.get(kind)
-        if rec is None:
-            continue
-        others = eligible[eligible["config"] != rec.config]
-        if others.empty:
-            continue
-        runner = others.sort_values(metric, ascending=not BY_NAME[metric].higher_is_better, kind="stable").iloc[0]
-        runner_ns = samples.get((runner["config"], int(runner["batch_size"])), [])
-        pick_ns = samples.get((rec.config, rec.batch_size), [])
-        found = gate_rules.noise_interval(runner_ns, pick_ns, metric, int(runner["batch_size"]),
-                                          saved_batch_size=rec.batch_size)
-        if found and found[1] <= 1 <= found[2]:
-            out.append(CloseCall(kind, rec.config, str(runner["config"]), int(runner["batch_size"]), metric, *found))
-    return out
-
-
-def recommend(eligible: pd.DataFrame) -> dict[str, Recommendation]:
-    """The three winners among eligible rows; ties go to the other metric, then the name, so runs agree."""
-    if eligible.empty:
-        return {}
-    rows = eligible.copy()
-    rows["balance_score"] = balance_scores(rows)
-    orders = {
-        "latency": (["latency_p95_ms", "throughput_samples_per_s", "config", "batch_size"], [True, False, True, True]),
-        "throughput": (["throughput_samples_per_s", "latency_p95_ms", "config", "batch_size"], [False, True, True, True]),
-        "balanced": (["balance_score", "throughput_samples_per_s", "config", "batch_size"], [False, False, True, True]),
-    }
-    out = {}
-    for kind, (by, ascending) in orders.items():
-        best = rows.sort_values(by, ascending=ascending, kind="stable").iloc[0]
-        out[kind] = Recommendation(
-            kind=kind, config=str(best["config"]), method=str(best["method"]), engine=str(best["engine"]),
-            batch_size=int(best["batch_size"]), latency_p95_ms=float(best["latency_p95_ms"]),
-            throughput_samples_per_s=float(best["throughput_samples_per_s"]),
-            accuracy=_num(best.get("accuracy")), balance_score=float(best["balance_score"]))
-    return out
-
 
 def _num(value: Any) -> float | None:
     try:
@@ -480,9 +377,11 @@ def method_stats(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def memory_column(table: pd.DataFrame) -> str:
-    """Device memory where there is a GPU, else the process tree's peak RSS."""
-    for name in ("gpu_memory_peak_mib", "memory_rss_peak_mib", "memory_rss_mib"):
-        if name in table and table[name].notna().any():
+    """The one memory axis of a run's ranking, tie-breaks and Pareto front: the weights in memory when
+    every row has them (what quantization changes; vLLM reserves the same GPU pool whatever the
+    model), else the engines' peak host memory, else their memory once ready."""
+    for name in ("weights_memory_mib", "memory_rss_peak_mib", "memory_rss_mib"):
+        if name in table and not table.empty and table[name].notna().all():
             return name
     return "memory_rss_mib"
 
@@ -530,8 +429,14 @@ class RunResults:
     comparison: pd.DataFrame | None = None
     comparison_source: str | None = None
     ceiling: pd.DataFrame = field(default_factory=pd.DataFrame)  # saturation sweep points, MFU included
-    close_calls: list[CloseCall] = field(default_factory=list)  # picks whose runner-up is within noise
+    references: list[ReferenceLine] = field(default_factory=list)  # other-engine configs vs the best serving one
+    measurement: dict[str, Any] = field(default_factory=dict)  # rounds, seed, groups: how the matrix was timed
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare loop
+
+    @property
+    def tie_notes(self) -> list[str]:
+        """One sentence per pick that is a statistical tie, naming the tied configs."""
+        return [text for rec in self.recommendations.values() if (text := rec.tie_text())]
 
     @property
     def eligible(self) -> pd.DataFrame:
@@ -582,15 +487,20 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
 
     table = add_derived(table_from_json(run), workload, peak.tflops)
     table["eligible"] = table["config"].isin(eligible_names)
-    table["balance_score"] = balance_scores(table[table["eligible"]]).reindex(table.index)
+    engine = str(settings.get("engine") or "vllm")  # the serving engine: picks, tiers and costs rank its configs
+    serving = table["eligible"] & (table["engine"] == engine)
+    table["balance_score"] = balance_scores(table[serving]).reindex(table.index)
     table = add_costs(table, pricing)
 
     eligible = table[table["eligible"]]
-    recs = recommend(eligible)
+    picks = recommend(eligible, list(run.get("cases") or []), engine=engine, memory=memory_column(eligible))
+    recs = picks.recommendations
     if recs:
         no_rec = None
     elif table.empty:
         no_rec = "no latency case finished"
+    elif picks.reason:
+        no_rec = picks.reason
     else:
         no_rec = "no config with latency cases passed its accuracy gates"
     deployment = None
@@ -603,9 +513,9 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         run_id=str(run.get("run_id")), commit=run.get("commit"), settings=settings, machine=dict(machine),
         workload=workload, configs=configs, options=options, table=table, eligibility=eligibility,
         pivots=pivots(table), method_stats=method_stats(table), recommendations=recs, no_recommendation=no_rec,
-        deployment=deployment, pricing=pricing, peak=peak, close_calls=close_calls(run, eligible, recs),
-        traffic=traffic_plan(eligible, options.p95_target_ms, pricing), pareto=pareto_front(table),
+        deployment=deployment, pricing=pricing, peak=peak, references=picks.references,
+        traffic=traffic_plan(table[serving], options.p95_target_ms, pricing), pareto=pareto_front(table),
         loads=[_as_dict(item) for item in loads], gates=[_as_dict(g) for g in run.get("gates") or []],
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),
-        overhead=dict(run.get("overhead") or {}),
+        overhead=dict(run.get("overhead") or {}), measurement=dict(run.get("measurement") or {}),
     )

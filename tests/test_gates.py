@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from qbench_plugin.config import Gates
-from qbench_plugin.gates import (GateFailure, GateKeeper, accuracy_gates, bootstrap_ratio, effective_gates,
-                                 load_saved_cases, parse_thresholds, perf_gates)
+from qbench_plugin.gates import (GateFailure, GateKeeper, accuracy_gates, effective_gates, load_saved_cases,
+                                 parse_thresholds, perf_gates)
+from qbench_plugin.uncertainty import Timed, ratio_interval
 
 METRICS = {"accuracy": 0.93, "accuracy_delta": -0.015, "flip_rate": 0.04}
 
@@ -69,14 +70,18 @@ def test_improvement_is_reported_as_better():
     assert results[0].passed and "better than the saved run" in results[0].message
 
 
-def test_bootstrap_ratio_point_estimate():
-    ratio, low, high = bootstrap_ratio([2_000_000] * 20, [1_000_000] * 20, "latency_p50_ms", 1)
+def test_ratio_interval_point_estimate():
+    ratio, low, high = ratio_interval(Timed.of([2_000_000] * 20, 1), Timed.of([1_000_000] * 20, 1), "latency_p50_ms",
+                                      paired=False)
     assert ratio == low == high == 2.0
 
 
-def test_too_few_samples_is_undecided():
+def test_too_few_samples_or_rounds_is_undecided():
     (result,) = perf_gates("c", 1, {"latency_samples_ns": [1] * 5}, {"latency_samples_ns": [1] * 50}, {})
-    assert result.passed is None and "at least 10" in result.message
+    assert result.passed is None and "10 unlabelled batches" in result.message
+    rounds = {"latency_samples_ns": [1] * 40, "latency_sample_rounds": [i // 10 for i in range(40)]}  # 4 rounds
+    (result,) = perf_gates("c", 1, rounds, {"latency_samples_ns": [1] * 50}, {})
+    assert result.passed is None and "at least 5 rounds" in result.message
 
 
 def test_parse_thresholds():

@@ -191,8 +191,9 @@ def test_gpu_memory_is_ranked_by_weights_in_memory_not_by_vllms_reserved_pool():
 
 
 def test_deployment_note_for_a_winner_on_the_hf_engine():
-    run = {**RUN, "configs": {**RUN["configs"], "int8": _config("int8", "none", 0.949, delta=-0.001, flip=0.01,
-                                                                 engine="hf")}}
+    # picks rank the serving engine's configs: an hf winner only when the run serves with hf (--qbench-engine hf)
+    run = {**RUN, "settings": {**RUN["settings"], "engine": "hf"},
+           "configs": {**RUN["configs"], "int8": _config("int8", "none", 0.949, delta=-0.001, flip=0.01, engine="hf")}}
     notes = " ".join(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
                                    options=ReportOptions()).deployment["notes"])
     assert "ran on the hf engine" in notes and "bitsandbytes" not in notes
@@ -200,6 +201,25 @@ def test_deployment_note_for_a_winner_on_the_hf_engine():
     notes = " ".join(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
                                    options=ReportOptions()).deployment["notes"])
     assert "vLLM >= 0.28 has no bitsandbytes" in notes
+
+
+def test_a_reference_engine_config_is_shown_beside_the_picks_never_picked():
+    # int8 on hf is the fastest eligible config; with vLLM serving, base (vllm) is picked and int8 is a reference
+    run = {**RUN, "configs": {**RUN["configs"], "int8": _config("int8", "bitsandbytes", 0.949, delta=-0.001,
+                                                                 flip=0.01, engine="hf")}}
+    run["cases"] = [c for c in run["cases"] if c["config"] != "int8"] + [_case("int8", 1, 1.0, 900.0),
+                                                                          _case("int8", 8, 3.0, 3000.0)]
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert {rec.config for rec in r.recommendations.values()} == {"base"}
+    assert "QUANTIZATION=bitsandbytes" not in experiment_log(r)
+    (ref,) = r.references
+    assert ref.config == "int8" and ref.versus == "base" and ref.ratio == pytest.approx(3000.0 / 200.0)
+    assert "int8 (hf, a reference engine) at batch size 8 is 15.00x faster than the best vllm config, base" in ref.text()
+    assert "Reference: int8 (hf, a reference engine)" in experiment_log(r)
+    # no serving-engine config at all: no pick, and the reason says why
+    only_hf = {**run, "cases": [c for c in run["cases"] if c["config"] == "int8"]}
+    r = build_results(only_hf, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert r.recommendations == {} and "serving engine (vllm)" in r.no_recommendation
 
 
 def _timed(run, seeds_and_means):
@@ -216,21 +236,27 @@ def _timed(run, seeds_and_means):
         if key in seeds_and_means:
             seed, mean_ms = seeds_and_means[key]
             case["samples_ns"] = [int(v) for v in np.random.default_rng(seed).normal(mean_ms * 1e6, 1e6, 50)]
+            case["sample_rounds"] = [i // 5 for i in range(50)]  # 10 rounds of 5
             case["metrics"] = latency_stats(case["samples_ns"], case["batch_size"])
     return run
 
 
-def test_a_pick_whose_runner_up_is_within_noise_says_so():
-    # int8 bs1 wins latency; base bs1 drawn from the same distribution is within noise of it
+def test_a_tied_pick_names_the_tie_and_goes_to_less_memory_then_accuracy():
+    # int8 bs1 and base bs1 come from one distribution: a tie for latency. Equal memory, so the tie goes
+    # to the higher accuracy: base (0.95) over int8 (0.949), whichever point estimate was lower.
     close = _timed(RUN, {("int8", 1): (1, 6.0), ("base", 1): (2, 6.0)})
     r = build_results(close, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
-    (call,) = [c for c in r.close_calls if c.kind == "latency"]
-    assert {call.config, call.runner_up} == {"int8", "base"} and call.low <= 1 <= call.high
-    assert "Within noise: best for latency (lowest p95): the runner-up" in experiment_log(r)
-    # 3x apart: a clear pick, no note
+    latency = r.recommendations["latency"]
+    assert latency.config == "base" and [t.config for t in latency.tied] == ["int8"]
+    assert "Tie: best for latency (lowest p95): base at batch size 1 is tied with int8 at batch size 1" in experiment_log(r)
+    # less memory wins a tie before accuracy does
+    close["configs"]["int8"]["metrics"]["memory_rss_peak_mib"] = 900.0
+    r = build_results(close, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert r.recommendations["latency"].config == "int8" and "the tie goes to less memory_rss_peak_mib" in r.tie_notes[0]
+    # 3x apart: a clear pick, no tie
     clear = _timed(RUN, {("int8", 1): (1, 6.0), ("base", 1): (2, 18.0)})
     r = build_results(clear, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
-    assert [c for c in r.close_calls if c.kind == "latency"] == [] and "Within noise" not in experiment_log(r)
+    assert r.recommendations["latency"].tied == () and "Tie:" not in experiment_log(r)
 
 
 def test_log_and_html_show_the_same_decision_tables():
@@ -256,4 +282,4 @@ def test_memory_ranking_falls_back_when_some_configs_have_no_weights_reading():
     run = {**RUN, "configs": {name: {**rec, "metrics": dict(rec["metrics"])} for name, rec in RUN["configs"].items()}}
     run["configs"]["int8"]["metrics"].update(weights_memory_mib=2.2, memory_rss_peak_mib=900.0)
     text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
-    assert "- Memory: lowest peak RSS (process tree) is int8 (900.0 MiB), highest base (1,100.0 MiB)." in text
+    assert "- Memory: lowest peak host memory is int8 (900.0 MiB), highest base (1,100.0 MiB)." in text

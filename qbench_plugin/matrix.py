@@ -1,0 +1,88 @@
+"""The session's latency matrix: every selected (config, batch size), timed once in interleaved rounds.
+
+The first latency test that asks for its case triggers the whole matrix (rounds.py) over the engines
+the pool holds; every latency test then reports its own case (pytest-benchmark entry, gates). When
+not every engine could be resident at once, each group of engines that could is measured in its own
+rounds, one group after another, and the run records the groups and why: comparisons across groups
+are then not interleaved.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from .measure import latency_stats
+from .pool import EnginePool
+from .rounds import Case, CaseTiming, RoundPlan, run_rounds
+from .run import CaseRecord, RunStore
+from .uncertainty import Timed, case_intervals
+
+
+class Matrix:
+    def __init__(self, pool: EnginePool, cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan,
+                 store: RunStore, *, is_out_of_memory: Callable[[BaseException], bool],
+                 progress: Callable[[str], None] = lambda line: None):
+        self.pool, self.cases, self.texts, self.plan = pool, list(dict.fromkeys(cases)), list(texts), plan
+        self.store, self.is_out_of_memory, self.progress = store, is_out_of_memory, progress
+        self.timings: dict[Case, CaseTiming] | None = None
+        self._all_measured = False
+
+    def timing(self, case: Case) -> CaseTiming | None:
+        """The case's timing; the first call measures every case (interleaved), or with
+        --qbench-interleave off every case of the asked config (its engine alone)."""
+        if self.timings is None:
+            self.timings = {}
+            design = self.store.measurement
+            design.update(self.plan.as_dict(), groups=[], orders=[], seconds=0.0,
+                          design="interleaved rounds" if self.pool.co_resident else "one config at a time, in rounds")
+        measured = self._all_measured if self.pool.co_resident else any(c[0] == case[0] for c in self.timings)
+        if case not in self.timings and not measured:
+            began = time.perf_counter()
+            if self.pool.co_resident:
+                self._all_measured = True
+                self._measure_groups()
+            else:
+                self.pool.get(self.pool.members[case[0]].config)
+                self._measure_group([c for c in self.cases if c[0] == case[0]], [case[0]])
+            design = self.store.measurement
+            design["not_resident"] = dict(self.pool.group_reasons)
+            design["seconds"] = round(design["seconds"] + time.perf_counter() - began, 3)
+            self.store.save()
+        return self.timings.get(case)
+
+    def _measure_groups(self) -> None:
+        while True:
+            resident = self.pool.start()
+            self._measure_group([c for c in self.cases if c[0] in resident and c not in self.timings], resident)
+            waiting = self.pool.waiting()
+            if not waiting or not any(c[0] in waiting for c in self.cases):
+                return
+            self.pool.close_all(f"closed after its group's rounds, to start {', '.join(waiting)}")
+
+    def _measure_group(self, todo: list[Case], resident: list[str]) -> None:
+        if not todo:
+            return
+        design = self.store.measurement
+        group = len(design["groups"])
+        design["groups"].append(sorted({c[0] for c in todo}))
+        design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(todo)])
+        self.progress(f"qbench: timing {len(todo)} cases in {self.plan.rounds} rounds of {self.plan.block} "
+                      f"batches each, order shuffled per round (seed {self.plan.seed})")
+        found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
+                           is_out_of_memory=self.is_out_of_memory, group=group,
+                           between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress)
+        self.timings.update(found)
+        self._record(found.values())
+
+    def _record(self, timings) -> None:
+        for t in timings:
+            if t.out_of_memory:
+                self.store.out_of_memory[t.config] = (t.batch_size, t.error or "out of memory")
+            if not t.samples_ns or t.error:
+                continue
+            stats = latency_stats(t.samples_ns, t.batch_size)
+            intervals = case_intervals(Timed.of(t.samples_ns, t.batch_size, t.rounds))
+            self.store.cases.append(CaseRecord(config=t.config, batch_size=t.batch_size, metrics=stats,
+                                               samples_ns=list(t.samples_ns), sample_rounds=list(t.rounds),
+                                               intervals=intervals, group=t.group))
+        self.store.save()

@@ -1,0 +1,125 @@
+"""Intervals where the noise lives: bootstrap over measurement rounds, not over single batches.
+
+The latency matrix runs in interleaved rounds (rounds.py): every round times a short block of every
+(config, batch size). A machine's speed drifts over seconds to minutes (on an H200, blocks of 50
+calls of one engine gave 944 to 1,468 texts/s one after another), so batches of one block are not
+independent draws: a bootstrap over them gives intervals far narrower than the run-to-run spread.
+Resampling whole rounds keeps that drift inside the interval. Two cases of one run share their
+rounds, so a comparison between them resamples the same rounds for both (paired); two runs share no
+rounds, so each side is resampled on its own and both runs' between-round spread enters.
+
+Samples recorded before rounds existed carry no round labels: each batch is then its own unit, which
+is the old per-batch bootstrap (and as narrow as it was).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+MIN_ROUNDS = 5  # fewer rounds than this cannot support a decision
+MIN_SAMPLES = 10  # the same for unlabelled samples (each batch its own unit)
+INTERVAL_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s")
+_QUANTILES = {"latency_p50_ms": 50, "latency_p95_ms": 95, "latency_p99_ms": 99}
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One case's timed batch latencies (ns) and the round each was timed in."""
+
+    samples_ns: np.ndarray
+    rounds: np.ndarray  # same length; round index of each sample
+    batch_size: int
+    labelled: bool  # False: no round labels were recorded; each sample is its own unit
+
+    @classmethod
+    def of(cls, samples_ns: Sequence[int], batch_size: int, rounds: Sequence[int] | None = None) -> "Timed":
+        ns = np.asarray(samples_ns if samples_ns is not None else [], dtype=np.float64)
+        labelled = rounds is not None and len(rounds) == ns.size and ns.size > 0
+        ids = np.asarray(rounds, dtype=np.int64) if labelled else np.arange(ns.size)
+        return cls(ns, ids, int(batch_size), labelled)
+
+    @property
+    def units(self) -> int:
+        return int(np.unique(self.rounds).size)
+
+    @property
+    def decidable(self) -> bool:
+        return self.units >= (MIN_ROUNDS if self.labelled else MIN_SAMPLES)
+
+    def blocks(self, ids: np.ndarray | None = None) -> list[np.ndarray]:
+        """Latencies in ms per round, for the given round ids (default: every round, in order)."""
+        ids = np.unique(self.rounds) if ids is None else ids
+        ms = self.samples_ns / 1e6
+        return [ms[self.rounds == i] for i in ids]
+
+
+def statistic(metric: str, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Vectorized statistic over the last axis of batch latencies in ms (rows: resamples)."""
+    if metric == "throughput_samples_per_s":
+        return lambda ms: batch_size * ms.shape[-1] / (ms.sum(axis=-1) / 1e3)
+    if metric == "latency_mean_ms":
+        return lambda ms: ms.mean(axis=-1)
+    try:
+        q = _QUANTILES[metric]
+    except KeyError:
+        raise ValueError(f"no interval for metric {metric!r}; one of {', '.join(INTERVAL_METRICS)}") from None
+    return lambda ms: np.percentile(ms, q, axis=-1)
+
+
+def _resampled(blocks: list[np.ndarray], picks: np.ndarray, stat: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """stat over the pooled samples of each row of picked block indices."""
+    sizes = {b.size for b in blocks}
+    if len(sizes) == 1:  # equal blocks (the normal case): one fancy-indexing pass
+        stacked = np.stack(blocks)[picks]  # (resamples, rounds, block)
+        return stat(stacked.reshape(picks.shape[0], -1))
+    return np.array([stat(np.concatenate([blocks[i] for i in row])[None, :])[0] for row in picks])
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def case_interval(timed: Timed, metric: str, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """Point estimate and CONFIDENCE interval of one case's metric, resampling its rounds."""
+    stat = statistic(metric, timed.batch_size)
+    blocks = timed.blocks()
+    picks = np.random.default_rng(seed).integers(0, len(blocks), size=(resamples, len(blocks)))
+    point = float(stat((timed.samples_ns / 1e6)[None, :])[0])
+    return (point, *_interval(_resampled(blocks, picks, stat)))
+
+
+def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: int = RESAMPLES,
+                   seed: int = 0) -> tuple[float, float, float] | None:
+    """metric(b) / metric(a) with its CONFIDENCE interval, or None when either side has too few rounds.
+
+    paired: both cases were timed in the same rounds of one run; each resample draws the same rounds
+    for both, so drift that hit both alike cancels. Otherwise each side's rounds are drawn apart."""
+    if not (a.decidable and b.decidable):
+        return None
+    stat_a, stat_b = statistic(metric, a.batch_size), statistic(metric, b.batch_size)
+    rng = np.random.default_rng(seed)
+    if paired and a.labelled and b.labelled:
+        common = np.intersect1d(np.unique(a.rounds), np.unique(b.rounds))
+        if common.size < MIN_ROUNDS:
+            return None
+        picks = rng.integers(0, common.size, size=(resamples, common.size))
+        num, den = _resampled(b.blocks(common), picks, stat_b), _resampled(a.blocks(common), picks, stat_a)
+    else:
+        blocks_b, blocks_a = b.blocks(), a.blocks()
+        num = _resampled(blocks_b, rng.integers(0, len(blocks_b), size=(resamples, len(blocks_b))), stat_b)
+        den = _resampled(blocks_a, rng.integers(0, len(blocks_a), size=(resamples, len(blocks_a))), stat_a)
+    point = float(stat_b((b.samples_ns / 1e6)[None, :])[0] / stat_a((a.samples_ns / 1e6)[None, :])[0])
+    return (point, *_interval(num / den))
+
+
+def case_intervals(timed: Timed) -> dict[str, list[float]]:
+    """metric -> [low, high] for every interval metric of one case; empty when it has too few rounds."""
+    if not timed.decidable:
+        return {}
+    return {m: list(case_interval(timed, m)[1:]) for m in INTERVAL_METRICS}

@@ -1,0 +1,88 @@
+"""Intervals from rounds, on simulated timings whose speed drifts between rounds (as measured on the
+H200: blocks of one engine moved between 944 and 1,468 texts/s). Pure logic: no engine."""
+import numpy as np
+import pytest
+
+from qbench_plugin.rounds import RoundPlan
+from qbench_plugin.uncertainty import Timed, case_interval, ratio_interval
+
+ROUNDS, BLOCK = 10, 5
+
+
+def _run(rng, scale=1.0, drift=0.15, jitter=0.05, levels=None):
+    """ROUNDS x BLOCK batch latencies (ns): each round at its own drifted speed, batches jittered around it."""
+    levels = rng.lognormal(0.0, drift, size=ROUNDS) if levels is None else levels
+    ms = 20.0 * scale * np.repeat(levels, BLOCK) * rng.lognormal(0.0, jitter, size=ROUNDS * BLOCK)
+    return (ms * 1e6).astype(np.int64).tolist(), np.repeat(np.arange(ROUNDS), BLOCK).tolist()
+
+
+def _flagged(found):
+    return found is not None and not (found[1] <= 1 <= found[2])
+
+
+def test_round_intervals_hold_their_level_under_drift_where_batch_intervals_do_not():
+    """A/A: the same machine twice. Resampling batches calls most pairs different; rounds about 5%."""
+    by_rounds = by_batches = 0
+    trials = 200
+    for seed in range(trials):
+        rng = np.random.default_rng(seed)
+        (a_ns, a_r), (b_ns, b_r) = _run(rng), _run(rng)
+        by_rounds += _flagged(ratio_interval(Timed.of(b_ns, 8, b_r), Timed.of(a_ns, 8, a_r), "throughput_samples_per_s",
+                                             paired=False, resamples=500))
+        by_batches += _flagged(ratio_interval(Timed.of(b_ns, 8), Timed.of(a_ns, 8), "throughput_samples_per_s",
+                                              paired=False, resamples=500))
+    assert by_rounds / trials <= 0.12, by_rounds
+    assert by_batches / trials >= 0.4, by_batches
+
+
+def test_paired_rounds_cancel_drift_that_hits_both_configs():
+    """Two configs in the same rounds, B 10% slower: paired, the difference shows; unpaired, drift hides it."""
+    rng = np.random.default_rng(7)
+    levels = rng.lognormal(0.0, 0.25, size=ROUNDS)
+    a_ns, rounds = _run(rng, levels=levels, jitter=0.02)
+    b_ns, _ = _run(rng, scale=1.10, levels=levels, jitter=0.02)
+    paired = ratio_interval(Timed.of(b_ns, 8, rounds), Timed.of(a_ns, 8, rounds), "latency_p50_ms", paired=True)
+    unpaired = ratio_interval(Timed.of(b_ns, 8, rounds), Timed.of(a_ns, 8, rounds), "latency_p50_ms", paired=False)
+    assert paired[1] > 1.05 and paired[2] < 1.15
+    assert unpaired[1] < 1 < unpaired[2]
+
+
+def test_case_interval_brackets_the_point_and_widens_with_drift():
+    rng = np.random.default_rng(3)
+    cases = {}
+    for drift in (0.01, 0.3):
+        ns, rounds = _run(rng, drift=drift)
+        cases[drift] = Timed.of(ns, 8, rounds)
+    widths = {}
+    for drift, timed in cases.items():
+        point, low, high = case_interval(timed, "throughput_samples_per_s")
+        assert low <= point <= high
+        widths[drift] = high - low
+    assert widths[0.3] > 3 * widths[0.01]
+
+
+def test_too_few_rounds_decide_nothing():
+    ns, _ = _run(np.random.default_rng(0))
+    four = [i // 13 for i in range(len(ns))]  # 4 rounds
+    assert ratio_interval(Timed.of(ns, 1, four), Timed.of(ns, 1, four), "latency_p50_ms", paired=True) is None
+
+
+def test_round_plan_orders_are_seeded_permutations():
+    cases = [("a", 1), ("a", 8), ("b", 1), ("b", 8)]
+    plan = RoundPlan.from_samples(samples=50, rounds=10, warmup=5, seed=42)
+    orders = plan.orders(cases)
+    assert plan.block == 5 and len(orders) == 10
+    assert all(sorted(order) == sorted(cases) for order in orders)
+    assert len({tuple(o) for o in orders}) > 1  # a fresh order per round
+    assert orders == RoundPlan.from_samples(50, 10, 5, 42).orders(cases)
+    assert orders != RoundPlan.from_samples(50, 10, 5, 43).orders(cases)
+
+
+@pytest.mark.parametrize(("samples", "rounds", "message"), [
+    (50, 1, "--qbench-rounds 1: at least 2 rounds"),
+    (50, 7, "--qbench-samples 50 does not split into --qbench-rounds 7"),
+    (3, 5, "--qbench-samples 3 does not split into --qbench-rounds 5"),
+])
+def test_round_plan_refuses_what_cannot_be_timed(samples, rounds, message):
+    with pytest.raises(ValueError, match=message):
+        RoundPlan.from_samples(samples, rounds, 5, 0)
