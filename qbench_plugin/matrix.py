@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from .measure import latency_stats
 from .pool import EnginePool
-from .rounds import Case, CaseTiming, RoundPlan, run_rounds
+from .rounds import Case, CaseTiming, RoundPlan, RoundsInterrupted, run_rounds
 from .run import CaseRecord, RunStore
 from .uncertainty import Timed, case_intervals
 
@@ -68,13 +68,22 @@ class Matrix:
         design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(todo)])
         self.progress(f"qbench: timing {len(todo)} cases in {self.plan.rounds} rounds of {self.plan.block} "
                       f"batches each, order shuffled per round (seed {self.plan.seed})")
-        found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
-                           is_out_of_memory=self.is_out_of_memory, group=group,
-                           between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress)
+        def after_round(index: int) -> None:
+            design["rounds_done"] = index + 1
+            self.store.save()
+
+        try:
+            found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
+                               is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
+                               between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress)
+        except RoundsInterrupted as stopped:
+            design["interrupted"] = f"Ctrl-C after {stopped.rounds_done} of {self.plan.rounds} rounds"
+            self._record(stopped.timings.values(), status="partial")  # the whole rounds that finished are kept
+            raise
         self.timings.update(found)
         self._record(found.values())
 
-    def _record(self, timings) -> None:
+    def _record(self, timings, status: str = "passed") -> None:
         for t in timings:
             if t.out_of_memory:
                 self.store.out_of_memory[t.config] = (t.batch_size, t.error or "out of memory")
@@ -84,5 +93,5 @@ class Matrix:
             intervals = case_intervals(Timed.of(t.samples_ns, t.batch_size, t.rounds))
             self.store.cases.append(CaseRecord(config=t.config, batch_size=t.batch_size, metrics=stats,
                                                samples_ns=list(t.samples_ns), sample_rounds=list(t.rounds),
-                                               intervals=intervals, group=t.group))
+                                               intervals=intervals, group=t.group, status=status))
         self.store.save()

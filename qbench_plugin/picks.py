@@ -52,8 +52,10 @@ class Tied:
     ratios: dict[str, tuple[float, float, float]]  # metric -> (tied / winner, low, high)
 
     def text(self) -> str:
+        if not self.ratios:
+            return f"{self.config} at batch size {self.batch_size} (the best point estimate)"
         parts = [f"{_short(m)} {r:.3f} ({lo:.3f}-{hi:.3f})" for m, (r, lo, hi) in self.ratios.items()]
-        return f"{self.config} at batch size {self.batch_size} ({', '.join(parts)} of the fastest)"
+        return f"{self.config} at batch size {self.batch_size} ({', '.join(parts)} of the best point estimate's)"
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,8 @@ class Recommendation:
             return None
         members = "; ".join(t.text() for t in self.tied)
         how = f"less {self.memory_metric or 'memory'}, then higher accuracy"
-        lead = (f"{self.title}: {self.config} at batch size {self.batch_size} is tied with {members}; "
+        return (f"{self.title}: {self.config} at batch size {self.batch_size} is tied with {members}; "
                 f"the tie goes to {how}")
-        return lead + (f" (the fastest point estimate was {self.fastest})" if self.fastest else "")
 
 
 def _short(metric: str) -> str:

@@ -169,8 +169,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def phase(item: pytest.Item) -> int:
         if "qbench_endpoint" in getattr(item, "fixturenames", ()):
+            return 3
+        if item.get_closest_marker("saturation") is not None:
             return 2
-        return 1 if item.get_closest_marker("saturation") is not None else 0
+        # after every matrix and accuracy test (the engines stay up for it), before any sweep
+        return 1 if "test_residency" in item.nodeid else 0
 
     items[:] = sorted(keep, key=phase)  # stable: pytest's order within each phase stays
     state.matrix_cases = [(item.callspec.params["qbench_config"].name, item.callspec.params["batch_size"])

@@ -102,7 +102,8 @@ class MemoryWatch:
 
     pids: list[int] = field(default_factory=list)  # its own processes; empty: it lives in this process
     main_baseline: int = 0  # this process's RSS before an in-process engine loaded
-    others_inprocess: int = 0  # growth of this process due to other in-process engines loaded before
+    others_inprocess: int = 0  # growth of this process due to in-process engines loaded after it
+    gpu_baseline: int = 0  # this process's reserved device memory before an in-process engine loaded
     ready: int | None = None
     peak: int | None = None
     gpu_ready: int | None = None
@@ -115,7 +116,8 @@ class MemoryWatch:
             gpu = sum(by_pid.get(pid, 0) for pid in self._tree()) if by_pid else None
         else:
             host = max(0, _main_rss() - self.main_baseline - self.others_inprocess)
-            gpu = _torch_reserved()
+            reserved = _torch_reserved()
+            gpu = None if reserved is None else max(0, reserved - self.gpu_baseline)
         return host, gpu
 
     def _tree(self) -> list[int]:
@@ -212,7 +214,7 @@ class EnginePool:
                 extra.update(self._residency_kwargs(cfg, vllm_count))
             in_process = spec.engine != "vllm"
             if in_process:
-                member.memory.main_baseline, member.memory.others_inprocess = _main_rss(), 0
+                member.memory.main_baseline, member.memory.gpu_baseline = _main_rss(), _torch_reserved() or 0
             self.progress(f"qbench: starting {cfg.name} ({spec.engine}, {cfg.method})")
             began = time.perf_counter_ns()
             engine = start_engine(dataclasses.replace(spec, model=prepared.model), self.labels, extra)
@@ -351,6 +353,31 @@ class EnginePool:
             member.engine = None
             member.closed_reason = f"closed by its {reason}"
             engine.close()
+
+    @contextmanager
+    def stopped(self, names: list[str]) -> Iterator[list[int]]:
+        """These engines' processes stopped (SIGSTOP) inside the block and resumed after it: what an
+        idle engine costs its neighbours (threads that poll or spin) without closing and restarting it."""
+        import psutil
+
+        procs = []
+        for name in names:
+            member = self.members[name]
+            for pid in member.memory._tree() if member.engine is not None and member.memory.pids else ():
+                try:
+                    procs.append(psutil.Process(pid))
+                except psutil.Error:
+                    pass
+        try:
+            for proc in procs:
+                proc.suspend()
+            yield [p.pid for p in procs]
+        finally:
+            for proc in procs:
+                try:
+                    proc.resume()
+                except psutil.Error:
+                    pass
 
     # -- closing -----------------------------------------------------------------------------------
 

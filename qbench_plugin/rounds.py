@@ -66,9 +66,11 @@ class CaseTiming:
 def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan, *,
                is_out_of_memory: Callable[[BaseException], bool], group: int = 0,
                between_blocks: Callable[[str], None] = lambda config: None,
+               after_round: Callable[[int], None] = lambda index: None,
                progress: Callable[[str], None] = lambda line: None) -> dict[Case, CaseTiming]:
     """Time every case in `plan.rounds` interleaved rounds; a case that raises stops alone (an
-    out-of-memory one also stops its config's larger batch sizes)."""
+    out-of-memory one also stops its config's larger batch sizes). Ctrl-C keeps the rounds that
+    finished: it raises RoundsInterrupted carrying every case's samples up to the last whole round."""
     timings = {case: CaseTiming(*case, group=group) for case in cases}
     feeds = {case: itertools.cycle(make_batches(texts, case[1], plan.warmup + plan.rounds * (plan.block + 1)))
              for case in cases}
@@ -92,12 +94,35 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
         return time.perf_counter_ns() - start
 
     for case in cases:  # warm-up once per case, before any round
+        if case in stopped:
+            continue
         try:
             for _ in range(plan.warmup):
                 call(case)
         except Exception as exc:  # noqa: BLE001
             stop(case, exc)
     began = time.perf_counter()
+    try:
+        _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_round, progress, began)
+    except KeyboardInterrupt:
+        done = min((max(t.rounds) + 1 if t.rounds else 0) for t in timings.values() if t.error is None) \
+            if any(t.error is None for t in timings.values()) else 0
+        for t in timings.values():  # a round cut short is dropped for every case, so all keep equal rounds
+            keep = [i for i, r in enumerate(t.rounds) if r < done]
+            t.samples_ns, t.rounds = [t.samples_ns[i] for i in keep], [t.rounds[i] for i in keep]
+        raise RoundsInterrupted(timings, done) from None
+    return timings
+
+
+class RoundsInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the rounds, with what the finished rounds measured."""
+
+    def __init__(self, timings: dict[Case, CaseTiming], rounds_done: int):
+        super().__init__(f"interrupted (Ctrl-C) after {rounds_done} whole rounds")
+        self.timings, self.rounds_done = timings, rounds_done
+
+
+def _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_round, progress, began) -> None:
     for index, order in enumerate(plan.orders(list(cases))):
         for case in order:
             if case in stopped:
@@ -119,6 +144,6 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
             timing.rounds.extend([index] * len(block))
             between_blocks(case[0])
         gc.collect()
+        after_round(index)
         progress(f"qbench: round {index + 1}/{plan.rounds} done ({time.perf_counter() - began:.0f} s, "
                  f"{len(cases) - len(stopped)} cases)")
-    return timings

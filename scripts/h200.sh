@@ -5,8 +5,10 @@
 #
 #   bash scripts/h200.sh prepare        train the Qwen2.5-0.5B-shaped classifier, make GPTQ/AWQ/W8A8 checkpoints
 #   bash scripts/h200.sh matrix OUT CONFIGS [pytest args...]   one pytest run of those configs into OUT/
-#   bash scripts/h200.sh all OUT        prepare, then the published run: every GPU config, the sweep
-#                                       of fp16_baseline and hf_reference, the load test, into OUT/
+#   bash scripts/h200.sh all OUT        prepare, then every GPU config, the sweep of fp16_baseline and
+#                                       hf_reference, the load test, into OUT/
+#   bash scripts/h200.sh aa OUT         prepare, then the published A/A pair: the GPU matrix twice, the
+#                                       second gated against the first, and qbench compare of the two
 #
 # With a machine to yourself, one command does all of it (the stages only split it into calls of
 # under 10 minutes, the device tool's limit):
@@ -37,5 +39,15 @@ case "$stage" in
     bash "$0" prepare
     bash "$0" matrix "$out" fp16_baseline,fp8,gptq_4bit,awq_4bit,int8_w8a8,bitsandbytes_4bit,hf_reference,bitsandbytes_int8 \
       --qbench-sweep on --qbench-sweep-configs fp16_baseline,hf_reference "$@" ;;
-  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | all OUT [pytest args...]" >&2; exit 2 ;;
+  aa)
+    # the A/A pair: the whole GPU matrix twice, back to back on one machine, the second gated against
+    # the first; then qbench compare of the two (results/examples/h200/aa/)
+    out=$1; shift
+    configs=fp16_baseline,fp8,gptq_4bit,awq_4bit,int8_w8a8,bitsandbytes_4bit,hf_reference,bitsandbytes_int8
+    bash "$0" prepare
+    bash "$0" matrix "$out/a" "$configs" -m "gpu and not load" "$@"
+    bash "$0" matrix "$out/b" "$configs" -m "gpu and not load" --qbench-perf-baseline "$(ls -d "$out"/a/2*/)" "$@" || true
+    python3 -m qbench_plugin.cli compare "$(ls -d "$out"/a/2*/)" "$(ls -d "$out"/b/2*/)" --csv "$out/compare.csv" \
+      | tee "$out/compare.txt" ;;
+  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...]" >&2; exit 2 ;;
 esac

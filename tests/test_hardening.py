@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qbench_plugin.bench import measure_latency
+from qbench_plugin.bench import is_out_of_memory
 from qbench_plugin.load import model_labels
-from qbench_plugin.run import RunStore
+from qbench_plugin.rounds import RoundPlan, run_rounds
 from qbench_plugin.redact import MASK, scrub, scrub_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def broken_and_good(tmp_path_factory, embedded_model):
     (configs / "good.json").write_text(json.dumps({"name": "good", "dtype": "bfloat16", "baseline": True}))
     (configs / "broken.json").write_text(json.dumps(
         {"name": "broken", "quantization": {"method": "gptq", "checkpoint": str(tmp / "no-such-checkpoint")}}))
-    proc, out = _run(f"--qbench-configs-dir={configs}", "--qbench-batch-sizes=1", "--qbench-samples=5",
+    proc, out = _run(f"--qbench-configs-dir={configs}", "--qbench-batch-sizes=1", "--qbench-samples=5", "--qbench-rounds=5",
                      "-k", "latency or accuracy", f"--qbench-results-dir={tmp / 'results'}",
                      env={"HF_TOKEN": HF_SECRET, "RUNPOD_API_KEY": KEY_SECRET})
     return proc, out, _only_dir(tmp / "results")
@@ -129,17 +129,8 @@ def test_scrub_masks_env_secrets_and_token_shapes(monkeypatch):
 
 # -- out of memory at one batch size ------------------------------------------------------------
 
-class _Benchmark:
-    def __init__(self):
-        self.extra_info, self.group = {}, None
-
-    def pedantic(self, target, setup, rounds, warmup_rounds, iterations):
-        for _ in range(rounds + warmup_rounds):
-            args, kwargs = setup()
-            target(*args, **kwargs)
-
-
 class _EngineOutOfMemoryFrom:
+    """Raises MemoryError from a batch size on (a stand-in for the out-of-memory logic alone)."""
     name = "stand-in"
 
     def __init__(self, limit):
@@ -151,17 +142,15 @@ class _EngineOutOfMemoryFrom:
         return np.zeros((len(texts), 2), dtype=np.float32)
 
 
-def test_out_of_memory_fails_its_case_and_skips_larger_batches(tmp_path):
-    store = RunStore(run_id="t", out_dir=tmp_path, settings={})
-    engine = _EngineOutOfMemoryFrom(8)
-    kw = dict(samples=3, warmup=1, store=store, config="c")
-    assert measure_latency(_Benchmark(), engine, ["a", "b"], 4, **kw)["throughput_samples_per_s"] > 0
-    with pytest.raises(pytest.fail.Exception, match="batch size 8 ran out of memory: MemoryError"):
-        measure_latency(_Benchmark(), engine, ["a", "b"], 8, **kw)
-    with pytest.raises(pytest.skip.Exception, match="batch size 16 not run: batch size 8 ran out of memory"):
-        measure_latency(_Benchmark(), engine, ["a", "b"], 16, **kw)
-    saved = json.loads((tmp_path / "qbench.json").read_text())
-    assert saved["out_of_memory"]["c"]["batch_size"] == 8 and len(saved["cases"]) == 1
+def test_out_of_memory_fails_its_case_and_skips_larger_batches():
+    cases = [("c", 4), ("c", 8), ("c", 16), ("d", 16)]
+    engines = {"c": _EngineOutOfMemoryFrom(8), "d": _EngineOutOfMemoryFrom(99)}
+    timings = run_rounds(engines, cases, ["a", "b"], RoundPlan.from_samples(6, 2, 1, 0),
+                         is_out_of_memory=is_out_of_memory)
+    assert len(timings["c", 4].samples_ns) == 6 and timings["c", 4].error is None
+    assert timings["c", 8].out_of_memory and "MemoryError: cannot allocate a batch of 8" in timings["c", 8].error
+    assert timings["c", 16].error == "not run: batch size 8 ran out of memory" and not timings["c", 16].samples_ns
+    assert len(timings["d", 16].samples_ns) == 6  # another config's larger batch runs on
 
 
 # -- Ctrl-C -------------------------------------------------------------------------------------
@@ -176,26 +165,28 @@ def test_ctrl_c_keeps_finished_cases_and_marks_the_run_partial(tmp_path, embedde
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     deadline = time.monotonic() + 600
-    cases = 0
+    rounds = 0
     while time.monotonic() < deadline and proc.poll() is None:
         record = next(tmp_path.glob("2*/qbench.json"), None)
-        if record is not None:
-            cases = len(json.loads(record.read_text())["cases"])  # atomic writes: always whole JSON
-            if cases >= 2:
+        if record is not None:  # atomic writes: always whole JSON
+            rounds = json.loads(record.read_text()).get("measurement", {}).get("rounds_done", 0)
+            if rounds >= 2:
                 break
         time.sleep(0.5)
-    assert cases >= 2, "the run finished no case in time"
+    assert rounds >= 2, "the run finished no two rounds in time"
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=180)
     log.seek(0)
     out = log.read()
     assert proc.returncode != 0, out[-3000:]
-    assert "KeyboardInterrupt" in out
+    assert "KeyboardInterrupt" in out or "Interrupted" in out
     run_dir = _only_dir(tmp_path)
     record = json.loads((run_dir / "qbench.json").read_text())
-    assert record["status"] == "partial" and len(record["cases"]) >= 2
-    assert len(record["cases"]) < 6, "the session should stop after Ctrl-C, not run the remaining cases"
-    bench = json.loads((run_dir / "benchmark.json").read_text())
-    assert len([b for b in bench["benchmarks"] if b["extra_info"].get("kind") == "latency"]) >= 2
+    assert record["status"] == "partial", record["status"]
+    # every case keeps the whole rounds that finished before Ctrl-C, and only those
+    cases = record["cases"]
+    assert len(cases) == 6 and {c["status"] for c in cases} == {"partial"}
+    kept = {len(set(c["sample_rounds"])) for c in cases}
+    assert len(kept) == 1 and 2 <= kept.pop() < 10, kept
+    assert record["measurement"]["interrupted"].startswith("Ctrl-C after")
     assert "PARTIAL RUN" in (run_dir / "report.html").read_text()
-    assert not list(run_dir.glob("*.writing")) and not list(run_dir.glob("*.tmp"))

@@ -153,7 +153,7 @@ def test_plugin_serves_the_baseline_config_and_records_the_load(tmp_path):
     results = tmp_path / "results"
     # one in-process case first: its engine must be closed before the server starts
     proc = _pytest("benchmarks", "-m", "not gpu", "-k", "test_load or test_endpoint_answers or test_latency",
-                   "--qbench-configs=cpu_default", "--qbench-batch-sizes=1", "--qbench-samples=3",
+                   "--qbench-configs=cpu_default", "--qbench-batch-sizes=1", "--qbench-samples=3", "--qbench-rounds=3",
                    "--qbench-load-duration=5", "--qbench-load-users=4", f"--qbench-results-dir={results}", "-rs")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     assert "3 passed" in proc.stdout

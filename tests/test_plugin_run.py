@@ -37,7 +37,7 @@ def run(tmp_path_factory, embedded_model):
     saved = tmp_path_factory.mktemp("saved") / "qbench.json"
     saved.write_text(json.dumps(SAVED_RUN))
     proc = _pytest("benchmarks", "-m", "not gpu and not slow", "-rs", f"--qbench-results-dir={results}",
-                   "--qbench-samples=8", "--qbench-warmup=2", f"--qbench-batch-sizes={','.join(map(str, BATCH_SIZES))}",
+                   "--qbench-samples=8", "--qbench-rounds=2", "--qbench-warmup=2", f"--qbench-batch-sizes={','.join(map(str, BATCH_SIZES))}",
                    "--qbench-gpu-type=L4", f"--qbench-compare-run={saved}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (run_dir,) = list(results.iterdir())
