@@ -39,15 +39,16 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import CompareError, compare_paths, print_rich
+    from .compare import CompareError, compare_paths, print_rich, shift_text
     from .run import write_text_atomic
 
     try:
-        label_a, label_b, long = compare_paths(args.a, args.b)
+        label_a, label_b, long = compare_paths(args.a, args.b, args.run_noise)
     except CompareError as exc:
         print(f"qbench compare: {exc}", file=sys.stderr)
         return 1
     print_rich(long, label_a, label_b)
+    print(shift_text(long))
     write_text_atomic(Path(args.csv), long.to_csv(index=False))
     print(f"wrote {args.csv}")
     return 0
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("a", help="reference run: results/<run id>/, or its qbench.json or benchmark.json")
     c.add_argument("b", help="run compared with A (same forms); deltas are B - A, marked better or worse for B")
     c.add_argument("--csv", default="compare.csv", help="where to write every delta (default: ./compare.csv)")
+    c.add_argument("--run-noise", type=float, default=None,
+                   help="run-to-run noise to allow on top of the rounds' interval, e.g. 0.1 (default: the A/A-measured "
+                        "figure of the runs' device; 0 to see the rounds' interval alone)")
     c.set_defaults(run=_compare)
     args = parser.parse_args(argv)
     try:

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .uncertainty import Timed, ratio_interval
+from .uncertainty import Timed, ratio_interval, run_noise_for, widen
 from .metrics import BY_NAME
 
 COMPARE_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s",
@@ -59,12 +59,17 @@ def load_run(path: str | Path) -> tuple[str, pd.DataFrame]:
         path = found[0]
     data = _read(path)
     if isinstance(data, dict) and "cases" in data and "configs" in data:
-        return str(data.get("run_id") or path), _with_samples(frame_from_qbench(data), _sibling_benchmarks(path))
-    if isinstance(data, dict) and isinstance(data.get("qbench"), dict) and data["qbench"].get("cases"):
-        return str(data["qbench"].get("run_id") or path), _with_samples(frame_from_qbench(data["qbench"]), data)
-    if isinstance(data, dict) and "benchmarks" in data:
-        return str(path), frame_from_benchmarks(data)
-    raise CompareError(f"{path}: neither a qbench.json nor a pytest-benchmark JSON")
+        label, frame = str(data.get("run_id") or path), _with_samples(frame_from_qbench(data), _sibling_benchmarks(path))
+        record = data
+    elif isinstance(data, dict) and isinstance(data.get("qbench"), dict) and data["qbench"].get("cases"):
+        label, frame = str(data["qbench"].get("run_id") or path), _with_samples(frame_from_qbench(data["qbench"]), data)
+        record = data["qbench"]
+    elif isinstance(data, dict) and "benchmarks" in data:
+        label, frame, record = str(path), frame_from_benchmarks(data), data.get("qbench") or {}
+    else:
+        raise CompareError(f"{path}: neither a qbench.json nor a pytest-benchmark JSON")
+    frame.attrs["device"] = (record.get("measurement") or {}).get("device")  # None: recorded before rounds
+    return label, frame
 
 
 def _sibling_benchmarks(path: Path) -> Mapping[str, Any] | None:
@@ -132,13 +137,14 @@ def _verdict(metric: str, a: float, b: float, interval: tuple[float, float] | No
 
 
 def _interval(metric: str, batch_size: int, a_ns: Any, b_ns: Any, a_rounds: Any = None,
-              b_rounds: Any = None) -> tuple[float, float] | None:
+              b_rounds: Any = None, run_noise: float = 0.0) -> tuple[float, float] | None:
     """95% interval of B/A for a latency or throughput metric, resampling each run's rounds on its
-    own (both runs' between-round spread), when both runs kept enough of them."""
+    own (both runs' between-round spread), widened by the run-to-run noise; None when either run
+    kept too few rounds."""
     if metric not in NOISE_TESTED or not isinstance(a_ns, list) or not isinstance(b_ns, list):
         return None
-    found = ratio_interval(Timed.of(b_ns, batch_size, _labels(b_rounds)), Timed.of(a_ns, batch_size, _labels(a_rounds)),
-                           metric, paired=False)
+    found = widen(ratio_interval(Timed.of(b_ns, batch_size, _labels(b_rounds)),
+                                 Timed.of(a_ns, batch_size, _labels(a_rounds)), metric, paired=False), run_noise)
     return found[1:] if found else None
 
 
@@ -146,8 +152,16 @@ def _labels(rounds: Any) -> list[int] | None:
     return list(rounds) if isinstance(rounds, list) and rounds else None
 
 
-def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+def run_noise(a: pd.DataFrame, b: pd.DataFrame, given: float | None = None) -> float:
+    """The run-to-run allowance of a comparison: given, else the larger of the two runs' devices'."""
+    if given is not None:
+        return given
+    return max(run_noise_for(a.attrs.get("device")), run_noise_for(b.attrs.get("device")))
+
+
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None) -> pd.DataFrame:
     """Long form, one row per (case, metric): a, b, b - a, (b - a) / a and the verdict for b."""
+    noise = run_noise(a, b, noise)
     merged = a.merge(b, on=["config", "batch_size"], how="outer", suffixes=("_a", "_b"), indicator=True)
     merged = merged.sort_values(["config", "batch_size"], kind="stable")
     rows = []
@@ -167,7 +181,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
                 verdict = "measured in A only" if has_a else "measured in B only"
             else:
                 interval = _interval(metric, int(row["batch_size"]), row[SAMPLES + "_a"], row[SAMPLES + "_b"],
-                                     row[ROUNDS + "_a"], row[ROUNDS + "_b"])
+                                     row[ROUNDS + "_a"], row[ROUNDS + "_b"], noise)
                 verdict = _verdict(metric, float(va), float(vb), interval)
             delta = float(vb) - float(va) if has_a and has_b else math.nan
             pct = delta / float(va) if has_a and has_b and float(va) != 0 else math.nan
@@ -176,13 +190,32 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
                          "b": float(vb) if has_b else math.nan, "delta": delta, "delta_pct": pct,
                          "ci_low": interval[0] if interval else math.nan,
                          "ci_high": interval[1] if interval else math.nan, "verdict": verdict})
-    return pd.DataFrame(rows, columns=LONG_COLUMNS)
+    out = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    out.attrs["run_noise"] = noise
+    return out
 
 
-def compare_paths(a: str | Path, b: str | Path) -> tuple[str, str, pd.DataFrame]:
+def compare_paths(a: str | Path, b: str | Path, noise: float | None = None) -> tuple[str, str, pd.DataFrame]:
     label_a, frame_a = load_run(a)
     label_b, frame_b = load_run(b)
-    return label_a, label_b, compare_frames(frame_a, frame_b)
+    return label_a, label_b, compare_frames(frame_a, frame_b, noise)
+
+
+def run_shift(long: pd.DataFrame) -> dict[str, float]:
+    """Median B/A per speed metric over the cases both runs have: how far the whole run moved. An
+    A/A pair's shift is the run-to-run noise to allow (uncertainty.RUN_NOISE)."""
+    both = long[long["metric"].isin(NOISE_TESTED) & long["a"].notna() & long["b"].notna() & (long["a"] != 0)]
+    return {m: float((g["b"] / g["a"]).median()) for m, g in both.groupby("metric", sort=False)}
+
+
+def shift_text(long: pd.DataFrame) -> str:
+    shift = run_shift(long)
+    if not shift:
+        return "no speed metric in both runs"
+    parts = ", ".join(f"{SHORT[m]} x{v:.3f}" for m, v in shift.items())
+    noise = long.attrs.get("run_noise")
+    allowance = f"; run-to-run noise allowed: {noise:.0%}" if noise is not None else ""
+    return f"whole-run shift B/A (median over cases): {parts}{allowance}"
 
 
 def cell(row: Mapping[str, Any]) -> str:

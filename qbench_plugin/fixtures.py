@@ -11,13 +11,14 @@ from . import gates, quantize
 from .bench import is_out_of_memory
 from .config import BenchConfig
 from .embedded import default_cache_dir, resolve_model
-from .engine import Engine, EngineUnavailable
+from .engine import Engine, EngineUnavailable, cuda_available
 from .load import DataError, EvalSet, load_eval_set, load_texts, model_labels, over_length_rows
 from .matrix import Matrix
 from .options import Settings
 from .pool import EnginePool
 from .rounds import RoundPlan
 from .run import RunStore
+from .uncertainty import run_noise_for
 from .workload import measure_workload
 
 
@@ -80,7 +81,17 @@ def qbench_gatekeeper(qbench_settings: Settings, qbench_store: RunStore) -> gate
         raise pytest.UsageError(f"qbench: {exc}") from None
     overrides = {"min_accuracy": s.min_accuracy, "max_accuracy_drop": s.max_accuracy_drop,
                  "max_flip_rate": s.max_flip_rate}
-    return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate)
+    noise = s.run_noise if s.run_noise is not None else run_noise_for(_device_name())
+    qbench_store.measurement["run_noise"] = noise
+    return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise)
+
+
+def _device_name() -> str:
+    if not cuda_available():
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 @pytest.fixture(scope="session")

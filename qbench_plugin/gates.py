@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from .config import Gates
 from .metrics import BY_NAME
-from .uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, Timed, ratio_interval
+from .uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, Timed, ratio_interval, widen
 
 # metric -> allowed relative change in the worse direction (0.10: 10 % slower / less / more memory)
 DEFAULT_PERF_THRESHOLDS: dict[str, float] = {
@@ -130,12 +130,13 @@ def timed_of(extra: Mapping[str, Any]) -> Timed:
 
 
 def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dict[str, Any] | None,
-               thresholds: dict[str, float]) -> list[GateResult]:
+               thresholds: dict[str, float], run_noise: float = 0.0) -> list[GateResult]:
     """Compare one case with the same case of a saved run, metric by metric.
 
     The interval of current/saved resamples each run's rounds on its own (uncertainty.py), so both
-    runs' between-round spread is in it; a case regresses only when the whole interval lies beyond
-    the threshold in the worse direction."""
+    runs' between-round spread is in it, and is widened by the machine's A/A-measured run-to-run
+    noise (a whole session's speed moves, every config alike); a case regresses only when the whole
+    interval lies beyond the threshold in the worse direction."""
     case = f"{config}-bs{batch_size}"
     if saved is None:
         return [GateResult("perf_regression", config, None, None, None,
@@ -150,7 +151,7 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
     for metric, threshold in thresholds.items():
         if metric not in DEFAULT_PERF_THRESHOLDS and metric != "latency_mean_ms":
             continue
-        ratio, low, high = ratio_interval(cur, old, metric, paired=False)
+        ratio, low, high = widen(ratio_interval(cur, old, metric, paired=False), run_noise)
         higher_is_better = BY_NAME[metric].higher_is_better
         # regression only when the whole interval is beyond the threshold in the worse direction
         if higher_is_better:
@@ -159,7 +160,8 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
             regressed, change = low > 1 + threshold, ratio - 1
         word = "worse" if change > 0 else "better"
         msg = (f"case {case}: {metric} {abs(change):.1%} {word} than the saved run "
-               f"(ratio {ratio:.3f}, {CONFIDENCE:.0%} CI {low:.3f}-{high:.3f} over rounds; allowed {threshold:.0%} worse)")
+               f"(ratio {ratio:.3f}, {CONFIDENCE:.0%} CI {low:.3f}-{high:.3f} over rounds and run-to-run noise "
+               f"{run_noise:.0%}; allowed {threshold:.0%} worse)")
         results.append(GateResult("perf_regression:" + metric, config, not regressed, ratio, threshold,
                                   ("REGRESSION " if regressed else "") + msg, case))
     return results
@@ -175,8 +177,9 @@ class GateKeeper:
     """Holds a run's gate settings, evaluates gates as cases finish and keeps every verdict."""
 
     def __init__(self, overrides: dict[str, float | None], saved_cases: dict | None, thresholds: dict[str, float],
-                 record: Callable[[GateResult], None]):
+                 record: Callable[[GateResult], None], run_noise: float = 0.0):
         self.overrides = overrides
+        self.run_noise = run_noise
         self.saved_cases = saved_cases
         self.thresholds = thresholds
         self._record = record
@@ -196,4 +199,4 @@ class GateKeeper:
         if self.saved_cases is None:
             return []
         saved = self.saved_cases.get((config, batch_size))
-        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds))
+        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, self.run_noise))

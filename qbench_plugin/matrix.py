@@ -33,7 +33,7 @@ class Matrix:
         if self.timings is None:
             self.timings = {}
             design = self.store.measurement
-            design.update(self.plan.as_dict(), groups=[], orders=[], seconds=0.0,
+            design.update(self.plan.as_dict(), groups=[], orders=[], seconds=0.0, device=self.pool.device_name,
                           design="interleaved rounds" if self.pool.co_resident else "one config at a time, in rounds")
         measured = self._all_measured if self.pool.co_resident else any(c[0] == case[0] for c in self.timings)
         if case not in self.timings and not measured:

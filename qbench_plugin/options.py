@@ -142,6 +142,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("max_accuracy_drop", "", "gate: largest accuracy drop vs the baseline config, for every config", _optional_ratio),
     _Option("max_flip_rate", "", "gate: largest share of predictions that differ from the baseline's", _optional_ratio),
     _Option("perf_baseline", "", "saved run (results/<run id>/ or its benchmark.json) to check performance against"),
+    _Option("run_noise", "", "run-to-run noise the perf gates allow on top of the rounds' interval, e.g. 0.1 "
+            "(default: the A/A-measured figure of this device in uncertainty.py)",
+            _number(float, "a number between 0 and 1", minimum=0, maximum=1, optional=True)),
     _Option("perf_thresholds", "", "allowed regressions, e.g. latency_p95_ms=15%,throughput_samples_per_s=10% (defaults in gates.py)"),
     _Option("gpu_type", "", "GPU to price the run as (A100 40GB, A100 80GB, H100, H200, L4, A10G, T4; default: the detected GPU)", _gpu_type),
     _Option("price_per_hour", "", "on-demand USD per GPU-hour for cost per request (default: the GPU table's list price)", _optional_positive_float),
@@ -208,6 +211,7 @@ class Settings:
     max_accuracy_drop: float | None
     max_flip_rate: float | None
     perf_baseline: str
+    run_noise: float | None
     perf_thresholds: str
     gpu_type: str
     price_per_hour: float | None

@@ -285,6 +285,15 @@ class EnginePool:
             self.store.save()
             return self.resident()
 
+    @property
+    def device_name(self) -> str:
+        """The GPU's name, or "cpu": what a run's speed belongs to."""
+        if self.device != "cuda":
+            return "cpu"
+        import torch
+
+        return torch.cuda.get_device_name(0)
+
     def waiting(self) -> list[str]:
         """Configs that could not start with an earlier group and wait for their own."""
         return [n for n, m in self.members.items() if m.record.status == "pending" and n in self.group_reasons]

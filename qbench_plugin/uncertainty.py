@@ -118,6 +118,33 @@ def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: 
     return (point, *_interval(num / den))
 
 
+# Run-to-run noise: how far a whole session's speed moves between two runs of the same code on one
+# machine, every config alike, which no interval from inside one run can see. Measured by A/A pairs
+# (results/examples/h200/aa/: two sessions minutes apart on one H200, every config's throughput
+# 1.12-1.33x in the second; the median case 1.19x). Comparisons across runs widen their interval by
+# it; comparisons inside one run (picks, ties) pair rounds and need no such allowance.
+RUN_NOISE = {"NVIDIA H200": 0.25, "cpu": 0.10}
+DEFAULT_RUN_NOISE = 0.25  # an unmeasured machine gets the largest allowance seen
+
+
+def run_noise_for(device: str | None) -> float:
+    """The A/A-measured run-to-run allowance of a device (a GPU name, or "cpu")."""
+    if not device:
+        return DEFAULT_RUN_NOISE
+    for name, noise in RUN_NOISE.items():
+        if name.lower() in device.lower():
+            return noise
+    return DEFAULT_RUN_NOISE
+
+
+def widen(found: tuple[float, float, float] | None, noise: float) -> tuple[float, float, float] | None:
+    """A ratio interval across runs with the run-to-run allowance added on both sides."""
+    if found is None:
+        return None
+    ratio, low, high = found
+    return ratio, low / (1 + noise), high * (1 + noise)
+
+
 def case_intervals(timed: Timed) -> dict[str, list[float]]:
     """metric -> [low, high] for every interval metric of one case; empty when it has too few rounds."""
     if not timed.decidable:
