@@ -39,11 +39,16 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import CompareError, compare_paths, print_rich, shift_text
+    from .compare import CompareError, compare_configs, compare_paths, print_rich, shift_text
     from .run import write_text_atomic
 
     try:
-        label_a, label_b, long = compare_paths(args.a, args.b, args.run_noise)
+        if args.configs:
+            label_a, label_b, long = compare_configs(args.a, *args.configs)
+        elif args.b is None:
+            raise CompareError("give two runs, or one run and --configs A B")
+        else:
+            label_a, label_b, long = compare_paths(args.a, args.b, args.run_noise)
     except CompareError as exc:
         print(f"qbench compare: {exc}", file=sys.stderr)
         return 1
@@ -70,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     q.set_defaults(run=_quantize)
     c = sub.add_parser("compare", help="per-case deltas of p50/p95/p99/throughput/memory/accuracy between two runs")
     c.add_argument("a", help="reference run: results/<run id>/, or its qbench.json or benchmark.json")
-    c.add_argument("b", help="run compared with A (same forms); deltas are B - A, marked better or worse for B")
+    c.add_argument("b", nargs="?", help="run compared with A (same forms); deltas are B - A, marked better or worse "
+                                        "for B")
+    c.add_argument("--configs", nargs=2, metavar=("CONFIG_A", "CONFIG_B"),
+                   help="compare two configs of the one run A instead, paired by interleaved round")
     c.add_argument("--csv", default="compare.csv", help="where to write every delta (default: ./compare.csv)")
     c.add_argument("--run-noise", type=float, default=None,
                    help="run-to-run noise to allow on top of the rounds' interval, e.g. 0.1 (default: the A/A-measured "

@@ -137,14 +137,14 @@ def _verdict(metric: str, a: float, b: float, interval: tuple[float, float] | No
 
 
 def _interval(metric: str, batch_size: int, a_ns: Any, b_ns: Any, a_rounds: Any = None,
-              b_rounds: Any = None, run_noise: float = 0.0) -> tuple[float, float] | None:
+              b_rounds: Any = None, run_noise: float = 0.0, paired: bool = False) -> tuple[float, float] | None:
     """95% interval of B/A for a latency or throughput metric, resampling each run's rounds on its
     own (both runs' between-round spread), widened by the run-to-run noise; None when either run
     kept too few rounds."""
     if metric not in NOISE_TESTED or not isinstance(a_ns, list) or not isinstance(b_ns, list):
         return None
     found = widen(ratio_interval(Timed.of(b_ns, batch_size, _labels(b_rounds)),
-                                 Timed.of(a_ns, batch_size, _labels(a_rounds)), metric, paired=False), run_noise)
+                                 Timed.of(a_ns, batch_size, _labels(a_rounds)), metric, paired=paired), run_noise)
     return found[1:] if found else None
 
 
@@ -159,9 +159,12 @@ def run_noise(a: pd.DataFrame, b: pd.DataFrame, given: float | None = None) -> f
     return max(run_noise_for(a.attrs.get("device")), run_noise_for(b.attrs.get("device")))
 
 
-def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None) -> pd.DataFrame:
-    """Long form, one row per (case, metric): a, b, b - a, (b - a) / a and the verdict for b."""
-    noise = run_noise(a, b, noise)
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None, paired: bool = False) -> pd.DataFrame:
+    """Long form, one row per (case, metric): a, b, b - a, (b - a) / a and the verdict for b.
+
+    paired: a and b are two configs of one run, timed in the same interleaved rounds; their speed is
+    compared round by round and no run-to-run allowance applies."""
+    noise = 0.0 if paired else run_noise(a, b, noise)
     merged = a.merge(b, on=["config", "batch_size"], how="outer", suffixes=("_a", "_b"), indicator=True)
     merged = merged.sort_values(["config", "batch_size"], kind="stable")
     rows = []
@@ -181,7 +184,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None)
                 verdict = "measured in A only" if has_a else "measured in B only"
             else:
                 interval = _interval(metric, int(row["batch_size"]), row[SAMPLES + "_a"], row[SAMPLES + "_b"],
-                                     row[ROUNDS + "_a"], row[ROUNDS + "_b"], noise)
+                                     row[ROUNDS + "_a"], row[ROUNDS + "_b"], noise, paired)
                 verdict = _verdict(metric, float(va), float(vb), interval)
             delta = float(vb) - float(va) if has_a and has_b else math.nan
             pct = delta / float(va) if has_a and has_b and float(va) != 0 else math.nan
@@ -199,6 +202,20 @@ def compare_paths(a: str | Path, b: str | Path, noise: float | None = None) -> t
     label_a, frame_a = load_run(a)
     label_b, frame_b = load_run(b)
     return label_a, label_b, compare_frames(frame_a, frame_b, noise)
+
+
+def compare_configs(path: str | Path, config_a: str, config_b: str) -> tuple[str, str, pd.DataFrame]:
+    """Config B against config A inside one run, batch size by batch size, paired by round: the
+    interleaved design's sharpest comparison (drift in a round hits both)."""
+    label, frame = load_run(path)
+    missing = [c for c in (config_a, config_b) if c not in set(frame["config"])]
+    if missing:
+        raise CompareError(f"{path}: no latency cases of {', '.join(missing)}; configs in this run: "
+                           f"{', '.join(sorted(set(frame['config'])))}")
+    case = f"{config_b} vs {config_a}"
+    a = frame[frame["config"] == config_a].assign(config=case)
+    b = frame[frame["config"] == config_b].assign(config=case)
+    return f"{label}: {config_a}", f"{label}: {config_b}", compare_frames(a, b, paired=True)
 
 
 def run_shift(long: pd.DataFrame) -> dict[str, float]:
