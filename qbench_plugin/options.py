@@ -171,8 +171,9 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("qbench", "qbench: quantized classifier benchmarks")
     for opt in OPTIONS:
         flag = "--qbench-" + opt.name.replace("_", "-")
-        group.addoption(flag, dest="qbench_" + opt.name, default=None,
-                        help=f"{opt.help} (ini: qbench_{opt.name}; default: {opt.default or 'unset'})")
+        text = f"{opt.help} (ini: qbench_{opt.name}; default: {opt.default or 'unset'})"
+        # argparse %-formats every help string ("%(default)s"): a bare "15%" would crash `pytest --help`
+        group.addoption(flag, dest="qbench_" + opt.name, default=None, help=text.replace("%", "%%"))
         parser.addini("qbench_" + opt.name, opt.help, default=opt.default)
 
 
