@@ -252,6 +252,9 @@ class Settings:
         if values["sweep"] and values["sweep_max_batch"] < max(values["batch_sizes"]):
             raise pytest.UsageError(f"--qbench-sweep-max-batch {values['sweep_max_batch']} is below the largest "
                                     f"batch size {max(values['batch_sizes'])}, where the sweep starts")
+        if values["calibration_split"] == values["split"]:
+            raise pytest.UsageError(f"--qbench-calibration-split must differ from the evaluated split "
+                                    f"--qbench-split ({values['split']!r}): calibrating on it would flatter accuracy")
         if values["samples"] < 1:
             raise pytest.UsageError("--qbench-samples must be at least 1")
         return cls(**values)

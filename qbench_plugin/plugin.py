@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .config import ConfigError, load_configs
+from .config import ConfigError
 from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
     qbench_config, qbench_engine, qbench_engine_slot, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_model,
     qbench_quant_context, qbench_settings, qbench_store,
@@ -25,6 +26,8 @@ from .metrics import CONFIG_METRICS, DERIVED_METRICS
 from .options import Settings, add_options
 from .outputs import ReportState
 from .report import matrix_frame, summary_html
+from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
+from .load import DataError
 from .run import RunStore, git_commit, new_run_id
 from .redact import scrub, scrub_text
 
@@ -46,6 +49,7 @@ class QbenchState:
     store: RunStore
     configs: list | None = None
     report: ReportState | None = None  # summary, plots, experiment log: computed once at the end
+    inputs: Inputs | None = None  # model, labels, evaluation split: validated once at session start
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -97,16 +101,65 @@ def _benchmark_json_target(path: Path):
     return open(path, "wb")  # noqa: SIM115  (pytest-benchmark closes it after writing)
 
 
+def _say(config: pytest.Config, line: str) -> None:
+    """One line on the terminal, also before the session header and while output is captured."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(scrub_text(line))
+    else:
+        print(scrub_text(line), file=sys.stderr, flush=True)
+
+
 def _configs(config: pytest.Config) -> list:
     state: QbenchState = config._qbench
     if state.configs is None:
         try:
-            configs = load_configs(state.settings.configs_dir, list(state.settings.configs))
-            # Baselines first: every other config's flip rate is measured against their predictions.
-            state.configs = sorted(configs, key=lambda c: not c.baseline)
+            state.configs, warnings = check_configs(state.settings)
         except ConfigError as exc:
-            raise pytest.UsageError(f"qbench: {exc}") from None
+            _stop(config, f"qbench: {exc}")
+        for warning in warnings:
+            _say(config, f"qbench: warning: {warning}")
     return state.configs
+
+
+def _stop(config: pytest.Config, message: str) -> None:
+    """End the run before it starts: pytest prints a UsageError as one `ERROR:` line and exits 4. Nothing
+    ran, so the run's folder (made at configure for pytest-html and pytest-benchmark) goes, rather than
+    stay behind as an empty run that a later --qbench-perf-baseline or `ls results/` would pick."""
+    store: RunStore = config._qbench.store
+    if store.out_dir is not None and not hasattr(config, "workerinput"):
+        pending = store.out_dir / PENDING_JSON
+        if pending.exists() and not pending.stat().st_size:
+            pending.unlink()
+        try:
+            store.out_dir.rmdir()
+        except OSError:  # something else is in it: leave it
+            pass
+        store.out_dir = None
+    raise pytest.UsageError(scrub_text(message))
+
+
+def _only_collecting(config: pytest.Config) -> bool:
+    option = config.option
+    return bool(option.collectonly or getattr(option, "showfixtures", False)
+                or getattr(option, "show_fixtures_per_test", False))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Validate every input once, before collection and before any engine starts (preflight.py): a bad
+    one ends the run with one line instead of an error per test."""
+    config = session.config
+    state: QbenchState | None = getattr(config, "_qbench", None)
+    if state is None or not _runs_benchmarks(config):
+        return
+    _configs(config)
+    if _only_collecting(config):
+        return
+    try:
+        check_gate_inputs(state.settings)
+        state.inputs = prepare(state.settings, state.store, progress=lambda line: _say(config, line))
+    except (PreflightError, DataError) as exc:
+        _stop(config, f"qbench: {exc}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

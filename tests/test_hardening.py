@@ -70,8 +70,8 @@ def test_odd_texts_run_and_are_counted(odd_dataset, tmp_path):
 def test_over_length_texts_can_be_rejected_before_any_engine_starts(odd_dataset, tmp_path):
     proc, out = _run(f"--qbench-dataset={odd_dataset}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
                      "--qbench-max-model-len=64", "--qbench-truncation=reject", f"--qbench-results-dir={tmp_path}")
-    assert proc.returncode == 1
-    assert "1 texts are longer than max_model_len 64 tokens (rows 4)" in out
+    assert proc.returncode == 4  # a usage error, before any test ran
+    assert "1 texts are longer than max_model_len 64 tokens (line 5 of odd.jsonl)" in out
     assert "Initializing a V1 LLM engine" not in out
 
 
@@ -81,7 +81,8 @@ def test_empty_text_is_a_clear_error(tmp_path, embedded_model):
                     + json.dumps({"text": "   ", "label": "order_status"}) + "\n")
     proc, out = _run(f"--qbench-dataset={path}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
                      f"--qbench-results-dir={tmp_path / 'r'}")
-    assert proc.returncode == 1 and "1 rows have empty text (rows 1); remove them" in out
+    assert proc.returncode == 4
+    assert "1 rows have empty text in column 'text' (line 2 of empty_text.jsonl); remove them" in out
 
 
 # -- a config that cannot start fails alone; secrets stay out -----------------------------------
