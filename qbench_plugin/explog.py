@@ -90,6 +90,8 @@ def matrix(r: RunResults) -> str:
         status = STATUS_WORDS.get(rec.get("status"), str(rec.get("status")))
         note = rec.get("reason") or ("baseline" if rec.get("baseline") else "")
         rows.append((name, rec.get("method"), rec.get("engine"), status, measured.get(name, "none"), note or "-"))
+    for name in r.not_run.get("configs") or []:
+        rows.append((name, "-", "-", "not run", "none", "the run stopped before this config started"))
     if not rows:
         return head + "\n\nNo config was collected in this run (all were deselected or the run stopped before any started)."
     return head + "\n\n" + md_table(("config", "method", "engine", "status", "batch sizes measured", "reason / note"), rows)
@@ -332,7 +334,7 @@ def cost_analysis(r: RunResults) -> str:
 
 
 def recommendations(r: RunResults) -> str:
-    out = []
+    out = [f"{r.coverage_note()}: another config might have won.\n"] if r.partial else []
     if not r.recommendations:
         out.append(f"No recommendation: {r.no_recommendation}.")
     else:
@@ -449,6 +451,10 @@ def experiment_log(r: RunResults, files: Sequence[str] = ()) -> str:
              f"Written by qbench from the run's own measurements on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
              f"{f' at commit {r.commit}' if r.commit else ''}. Prices are assumptions (marked as such); every "
              "other number was measured in this run.\n"]
+    if r.partial:
+        missing = r.not_run_text()
+        parts.append(f"**PARTIAL RUN**: {r.status_reason or 'the run stopped early'}. Every section below covers "
+                     f"only what finished{f'; {missing}' if missing else ''}.\n")
     for title, build in BUILDERS:
         parts.append(f"## {title}\n")
         parts.append(build(r).rstrip() + "\n")

@@ -119,6 +119,7 @@ def _configs(config: pytest.Config) -> list:
             _stop(config, f"qbench: {exc}")
         for warning in warnings:
             _say(config, f"qbench: warning: {warning}")
+        state.store.warnings.extend(warnings)
     return state.configs
 
 
@@ -192,6 +193,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember what is about to run (after -k/-m deselection), so a stopped run can list what it never reached."""
+    state: QbenchState | None = getattr(session.config, "_qbench", None)
+    if state is None:
+        return
+    configs, cases = {}, {}
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        cfg = params.get("qbench_config")
+        if cfg is None:
+            continue
+        configs[cfg.name] = None
+        if "batch_size" in params:
+            cases[(cfg.name, int(params["batch_size"]))] = None
+    state.store.planned_configs[:] = configs
+    state.store.planned_cases[:] = cases
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

@@ -19,6 +19,7 @@ from . import gates as gate_rules
 from . import gpus
 from .config import BenchConfig, Gates
 from .metrics import BY_NAME, CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
+from .run import describe_not_run
 
 TIERS_PER_MIN = (100, 1_000, 10_000)
 DEFAULT_P95_TARGET_MS = 100.0
@@ -532,17 +533,38 @@ class RunResults:
     ceiling: pd.DataFrame = field(default_factory=pd.DataFrame)  # saturation sweep points, MFU included
     close_calls: list[CloseCall] = field(default_factory=list)  # picks whose runner-up is within noise
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare loop
+    status: str = "complete"  # qbench.json's: complete, or partial when the run stopped early (Ctrl-C)
+    status_reason: str | None = None
+    not_run: dict[str, list] = field(default_factory=dict)  # configs / cases of a stopped run that never ran
 
     @property
     def eligible(self) -> pd.DataFrame:
         return self.table[self.table["eligible"]]
 
+    @property
+    def partial(self) -> bool:
+        return self.status == "partial"
+
+    def not_run_text(self) -> str:
+        """'not run: configs a, b; cases c-bs8, c-bs16' for a stopped run; '' when everything ran."""
+        text = describe_not_run(self.not_run)
+        return f"not run: {text}" if text else ""
+
+    def coverage_note(self) -> str | None:
+        """For a stopped run, what its picks cover and what never ran; None for a complete run."""
+        if not self.partial:
+            return None
+        finished = ", ".join(dict.fromkeys(self.table["config"])) or "none"
+        note = f"PARTIAL RUN: covers only the configs that finished latency cases before the run stopped ({finished})"
+        return f"{note}; {self.not_run_text()}" if self.not_run_text() else note
+
     def headline(self) -> str:
         """The terminal's one line."""
         rec = self.recommendations.get("balanced")
+        label = "qbench recommendation" + (f" ({self.coverage_note()})" if self.partial else "")
         if rec is None:
-            return f"qbench recommendation: none ({self.no_recommendation})"
-        line = (f"qbench recommendation: {rec.config} at batch size {rec.batch_size} "
+            return f"{label}: none ({self.no_recommendation})"
+        line = (f"{label}: {rec.config} at batch size {rec.batch_size} "
                 f"({rec.method}, {rec.engine}): p95 {rec.latency_p95_ms:.2f} ms, "
                 f"{rec.throughput_samples_per_s:,.1f} texts/s")
         if rec.accuracy is not None:
@@ -608,4 +630,6 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         loads=[_as_dict(item) for item in loads], gates=[_as_dict(g) for g in run.get("gates") or []],
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),
         overhead=dict(run.get("overhead") or {}),
+        status=str(run.get("status") or "complete"), status_reason=run.get("status_reason"),
+        not_run=dict(run.get("not_run") or {}),
     )

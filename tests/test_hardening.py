@@ -168,7 +168,8 @@ def test_out_of_memory_fails_its_case_and_skips_larger_batches(tmp_path):
 # -- Ctrl-C -------------------------------------------------------------------------------------
 
 def test_ctrl_c_keeps_finished_cases_and_marks_the_run_partial(tmp_path, embedded_model):
-    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:randomly", "--qbench-configs=cpu_default",
+    # a second config that the interruption never reaches: it must be listed as not run
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:randomly", "--qbench-configs=cpu_default,cpu_bnb_int8",
            "-k", "latency", "--qbench-batch-sizes=1,2,4,8,16,32", "--qbench-samples=60",
            f"--qbench-results-dir={tmp_path}"]
     # a new session, as a terminal's foreground group: Ctrl-C reaches pytest and vLLM's processes alike.
@@ -198,5 +199,13 @@ def test_ctrl_c_keeps_finished_cases_and_marks_the_run_partial(tmp_path, embedde
     assert len(record["cases"]) < 6, "the session should stop after Ctrl-C, not run the remaining cases"
     bench = json.loads((run_dir / "benchmark.json").read_text())
     assert len([b for b in bench["benchmarks"] if b["extra_info"].get("kind") == "latency"]) >= 2
-    assert "PARTIAL RUN" in (run_dir / "report.html").read_text()
+    assert record["not_run"]["configs"] == ["cpu_bnb_int8"]
+    assert record["not_run"]["cases"] and all(cfg == "cpu_default" for cfg, _ in record["not_run"]["cases"])
+    html = (run_dir / "report.html").read_text()
+    assert "PARTIAL RUN" in html and "Not run: configs cpu_bnb_int8; cases cpu_default-bs" in html
+    log_text = (run_dir / "EXPERIMENT_LOG.md").read_text()
+    assert "**PARTIAL RUN**" in log_text and "| cpu_bnb_int8 | - | - | not run |" in log_text
+    line = next(l for l in out.splitlines() if l.startswith("qbench recommendation"))
+    assert line.startswith("qbench recommendation (PARTIAL RUN: covers only the configs that finished latency cases "
+                           "before the run stopped (cpu_default); not run: configs cpu_bnb_int8; cases cpu_default-bs")
     assert not list(run_dir.glob("*.writing")) and not list(run_dir.glob("*.tmp"))

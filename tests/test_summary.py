@@ -257,3 +257,33 @@ def test_memory_ranking_falls_back_when_some_configs_have_no_weights_reading():
     run["configs"]["int8"]["metrics"].update(weights_memory_mib=2.2, memory_rss_peak_mib=900.0)
     text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
     assert "- Memory: lowest peak RSS (process tree) is int8 (900.0 MiB), highest base (1,100.0 MiB)." in text
+
+
+def test_a_stopped_run_says_so_everywhere_and_lists_what_did_not_run():
+    from qbench_plugin.report import summary_html
+    from qbench_plugin.run import CaseRecord, ConfigRecord, RunStore
+
+    store = RunStore(run_id="r", out_dir=None, settings=RUN["settings"], status="partial", status_reason="interrupted (Ctrl-C)")
+    store.planned_configs[:] = ["base", "int8", "fast"]
+    store.planned_cases[:] = [(c, b) for c in ("base", "int8", "fast") for b in (1, 8)]
+    store.configs["base"] = ConfigRecord("base", "none", "vllm", baseline=True, status="ready",
+                                         metrics={"accuracy": 0.95, "macro_f1": 0.95})
+    store.cases.append(CaseRecord("base", 1, _case("base", 1, 10.0, 100.0)["metrics"]))
+    assert store.not_run() == {"configs": ["int8", "fast"], "cases": [["base", 8]]}
+    run = store.to_json()
+    assert run["not_run"] == {"configs": ["int8", "fast"], "cases": [["base", 8]]}
+    r = build_results(run, machine={"gpu_names": []}, bench_configs={"base": CONFIGS["base"]}, options=ReportOptions())
+    line = r.headline()
+    assert line.startswith("qbench recommendation (PARTIAL RUN: covers only the configs that finished latency "
+                           "cases before the run stopped (base); not run: configs int8, fast; cases base-bs8): base")
+    text = experiment_log(r)
+    assert "**PARTIAL RUN**: interrupted (Ctrl-C)" in text and find_placeholders(text) == []
+    assert "| int8 | - | - | not run | none | the run stopped before this config started |" in text
+    assert "## Recommendations\n\nPARTIAL RUN: covers only" in text
+    html = "".join(summary_html(store))
+    assert "PARTIAL RUN: interrupted (Ctrl-C)" in html and "Not run: configs int8, fast; cases base-bs8" in html
+    # a complete run lists nothing and says nothing of the kind
+    store.status = "complete"
+    done = build_results(store.to_json(), machine={"gpu_names": []}, bench_configs={"base": CONFIGS["base"]},
+                         options=ReportOptions())
+    assert "PARTIAL" not in done.headline() and "PARTIAL" not in experiment_log(done)
