@@ -82,6 +82,8 @@ def matrix(r: RunResults) -> str:
     if s.get("max_model_len"):
         parts.append(f"max_model_len {s['max_model_len']}")
     head = ("Settings: " + "; ".join(parts) + ".") if parts else "The run recorded no settings."
+    if data := r.dataset_text():
+        head += f" Evaluated {data}."
     if m := r.machine.get("pytest_markexpr"):
         head += f" Tests selected with `-m \"{m}\"`."
     measured = r.table.groupby("config")["batch_size"].apply(lambda b: ", ".join(str(int(x)) for x in sorted(b)))

@@ -367,6 +367,8 @@ def _report_summary(tr, state: QbenchState) -> None:
 
         tr.write_line(scrub_text(f"compared with saved run {results.comparison_source} (values are this run's):"))
         tr.write_line(scrub_text(to_text(results.comparison)))
+    if data := results.dataset_text():
+        tr.write_line(scrub_text(f"qbench {data}"))
     tr.write_line(scrub_text(results.headline()))
     for line in results.ceiling_lines():
         tr.write_line(scrub_text(line))

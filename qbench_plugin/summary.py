@@ -536,6 +536,7 @@ class RunResults:
     status: str = "complete"  # qbench.json's: complete, or partial when the run stopped early (Ctrl-C)
     status_reason: str | None = None
     not_run: dict[str, list] = field(default_factory=dict)  # configs / cases of a stopped run that never ran
+    dataset: dict[str, Any] = field(default_factory=dict)  # qbench.json's: rows, duplicates, truncated rows, ...
 
     @property
     def eligible(self) -> pd.DataFrame:
@@ -557,6 +558,23 @@ class RunResults:
         finished = ", ".join(dict.fromkeys(self.table["config"])) or "none"
         note = f"PARTIAL RUN: covers only the configs that finished latency cases before the run stopped ({finished})"
         return f"{note}; {self.not_run_text()}" if self.not_run_text() else note
+
+    def dataset_text(self) -> str | None:
+        """The evaluated split in one sentence, truncation first: timings and accuracy are on what the
+        engines saw, and a truncated text is not the text in the file."""
+        d = self.dataset
+        if not d.get("rows"):
+            return None
+        rows, cut = int(d["rows"]), int(d.get("truncated_rows") or 0)
+        text = f"dataset {d.get('source')} split {d.get('split')}: {rows:,} rows"
+        if cut:
+            text += (f", {cut:,} of them ({cut / rows:.1%}) longer than max_model_len {d.get('max_model_len')} tokens "
+                     "and truncated to it (--qbench-truncation truncate; accuracy and timings are on the truncated texts)")
+        else:
+            text += f", none longer than max_model_len {d.get('max_model_len')} tokens"
+        extra = [f"{int(d[k]):,} {what}" for k, what in (("duplicate_rows", "duplicates"), ("non_ascii_rows", "non-ASCII"))
+                 if d.get(k)]
+        return text + (f"; {', '.join(extra)}" if extra else "")
 
     def headline(self) -> str:
         """The terminal's one line."""
@@ -631,5 +649,5 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),
         overhead=dict(run.get("overhead") or {}),
         status=str(run.get("status") or "complete"), status_reason=run.get("status_reason"),
-        not_run=dict(run.get("not_run") or {}),
+        not_run=dict(run.get("not_run") or {}), dataset=dict(run.get("dataset") or {}),
     )

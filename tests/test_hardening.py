@@ -64,6 +64,9 @@ def test_odd_texts_run_and_are_counted(odd_dataset, tmp_path):
     facts = json.loads((run_dir / "qbench.json").read_text())["dataset"]
     assert facts["rows"] == 5 and facts["duplicate_rows"] == 1 and facts["non_ascii_rows"] == 1
     assert facts["truncated_rows"] == 1 and facts["truncation"] == "truncate"
+    said = "split test: 5 rows, 1 of them (20.0%) longer than max_model_len 64 tokens and truncated to it"
+    assert f"qbench dataset {odd_dataset} {said}" in out  # the terminal summary
+    assert said in (run_dir / "EXPERIMENT_LOG.md").read_text()
     assert "<script>alert('qbench')" not in (run_dir / "report.html").read_text()
 
 

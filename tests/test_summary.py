@@ -287,3 +287,16 @@ def test_a_stopped_run_says_so_everywhere_and_lists_what_did_not_run():
     done = build_results(store.to_json(), machine={"gpu_names": []}, bench_configs={"base": CONFIGS["base"]},
                          options=ReportOptions())
     assert "PARTIAL" not in done.headline() and "PARTIAL" not in experiment_log(done)
+
+
+def test_truncated_rows_are_said_in_the_log():
+    run = dict(RUN, dataset={"source": "d.jsonl", "split": "test", "rows": 200, "truncated_rows": 3,
+                             "max_model_len": 64, "duplicate_rows": 2, "non_ascii_rows": 0})
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    said = ("dataset d.jsonl split test: 200 rows, 3 of them (1.5%) longer than max_model_len 64 tokens and "
+            "truncated to it")
+    assert r.dataset_text().startswith(said) and r.dataset_text().endswith("; 2 duplicates")
+    assert f"Evaluated {said}" in experiment_log(r)
+    clean = build_results(dict(run, dataset=dict(run["dataset"], truncated_rows=0)), machine={"gpu_names": []},
+                          bench_configs=CONFIGS, options=ReportOptions())
+    assert "none longer than max_model_len 64 tokens" in clean.dataset_text()
