@@ -319,8 +319,8 @@ def cost_analysis(r: RunResults) -> str:
         return ("No cost: no config that passes its accuracy gates has a measured throughput. "
                 "Cost per request is price per hour over requests per hour, so it needs a throughput.")
     if p.available:
-        out.append(f"Priced as **{p.gpu}**: on-demand {fmt(p.on_demand_per_hour, money=True)}/h, spot "
-                   f"{fmt(p.spot_per_hour, money=True) if p.spot_per_hour is not None else 'no spot price given'}/h "
+        out.append(f"Priced as **{p.gpu}**: on-demand {tables.price(p.on_demand_per_hour)}/h, spot "
+                   f"{tables.price(p.spot_per_hour) if p.spot_per_hour is not None else 'no spot price given'}/h "
                    f"({p.source}). One request is one text; one replica runs fully busy at the measured throughput.")
         if p.note:
             out.append(f"\nNote: {p.note}.")
@@ -329,7 +329,8 @@ def cost_analysis(r: RunResults) -> str:
                    "multiply your hourly price by 1,000 / (requests per hour) for the cost per 1K requests.")
     out.append("\nEach config that passes its gates, at its highest-throughput batch size:\n")
     out.append(md_table(*tables.cost(r)))
-    out.append(f"\nGPU list prices assumed when no price is given (USD per GPU-hour, as of {gpus.PRICES_AS_OF}; "
+    out.append(f"\nList prices assumed when no price is given (USD per GPU-hour, and per vCPU-hour for a run on a CPU, "
+               f"as of {gpus.PRICES_AS_OF}; "
                "assumptions, check your provider):\n")
     out.append(md_table(*tables.gpu_prices()))
     return "\n".join(out)

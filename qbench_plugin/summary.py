@@ -341,25 +341,39 @@ def _device_label(device_names: list[str]) -> str:
     return ", ".join(device_names) if device_names else "this machine's CPU (no GPU)"
 
 
-def resolve_pricing(options: ReportOptions, device_names: list[str]) -> Pricing:
+def resolve_pricing(options: ReportOptions, device_names: list[str], cpu_count: int | None = None) -> Pricing:
+    """The hourly price of one replica: given, else the priced-as or detected GPU's list price, else, on a
+    machine without a GPU, its vCPUs at the CPU list price (gpus.CPU); every assumption says so."""
     spec = gpus.by_name(options.gpu_type) if options.gpu_type else gpus.detect(device_names)
-    on_demand = options.price_per_hour if options.price_per_hour is not None else (spec.on_demand_per_hour if spec else None)
-    spot = options.spot_price_per_hour if options.spot_price_per_hour is not None else (spec.spot_per_hour if spec else None)
+    cpu_run = spec is None and not device_names
+    vcpus = cpu_count or 1
+    cpu_on_demand = round(gpus.CPU.on_demand_per_vcpu_hour * vcpus, 6) if cpu_run else None
+    # a given on-demand price is the user's machine, not ours: our CPU spot price would not match it
+    cpu_spot = round(gpus.CPU.spot_per_vcpu_hour * vcpus, 6) if cpu_run and options.price_per_hour is None else None
+    on_demand = options.price_per_hour if options.price_per_hour is not None else (
+        spec.on_demand_per_hour if spec else cpu_on_demand)
+    spot = options.spot_price_per_hour if options.spot_price_per_hour is not None else (
+        spec.spot_per_hour if spec else cpu_spot)
     if on_demand is None and spot is None:
-        return Pricing(None, None, None, f"no price: no known GPU on {_device_label(device_names)} and no "
-                       f"--qbench-gpu-type ({', '.join(gpus.known_names())}) or --qbench-price-per-hour given")
+        return Pricing(None, None, None, f"no known GPU on {_device_label(device_names)} and no --qbench-gpu-type "
+                       f"({', '.join(gpus.known_names())}) or --qbench-price-per-hour given")
     given = [o for o, v in (("--qbench-price-per-hour", options.price_per_hour),
                             ("--qbench-spot-price-per-hour", options.spot_price_per_hour)) if v is not None]
     parts = [f"{' and '.join(given)} as given"] if given else []
     if spec and (options.price_per_hour is None or options.spot_price_per_hour is None):
         parts.append(f"list-price assumption for {spec.name} ({spec.price_source}, as of {gpus.PRICES_AS_OF})")
+    if cpu_run and options.price_per_hour is None:
+        parts.append(f"list-price assumption for a CPU replica: {vcpus} vCPUs (this machine's logical cores) x "
+                     f"${gpus.CPU.on_demand_per_vcpu_hour}/vCPU-hour on-demand, ${gpus.CPU.spot_per_vcpu_hour} spot "
+                     f"({gpus.CPU.price_source}, as of {gpus.PRICES_AS_OF})")
     note = None
     measured_on = gpus.detect(device_names)
-    if measured_on is None or (spec is not None and measured_on != spec):
+    if not cpu_run and (measured_on is None or (spec is not None and measured_on != spec)):
         priced_as = spec.name if spec else "the given price"
         note = (f"throughput was measured on {_device_label(device_names)} but is priced as {priced_as}: "
                 f"the cost of that hardware if it delivered this throughput, not a measurement of it")
-    return Pricing(spec.name if spec else "custom", on_demand, spot, "; ".join(parts), note)
+    name = spec.name if spec else (gpus.CPU.label(vcpus) if cpu_run and options.price_per_hour is None else "custom")
+    return Pricing(name, on_demand, spot, "; ".join(parts), note)
 
 
 @dataclass(frozen=True)
@@ -616,7 +630,7 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
     workload = dict(run.get("workload") or {})
     device_names = list(machine.get("gpu_names") or [])
     peak = resolve_peak(options, device_names)
-    pricing = resolve_pricing(options, device_names)
+    pricing = resolve_pricing(options, device_names, machine.get("cpu_count"))
     eligibility = gate_frame(configs, bench_configs, options.gate_overrides)
     eligible_names = set(eligibility.loc[eligibility["eligible"], "config"])
 

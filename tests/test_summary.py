@@ -114,8 +114,18 @@ def test_no_eligible_config_means_no_recommendation_and_says_why():
 
 
 def test_pricing_and_peak():
-    cpu = resolve_pricing(ReportOptions(), [])
-    assert not cpu.available and "--qbench-price-per-hour" in cpu.source
+    # a CPU run is priced as its vCPUs at the CPU list price, labelled as an assumption
+    cpu = resolve_pricing(ReportOptions(), [], cpu_count=2)
+    assert cpu.gpu == "CPU, 2 vCPUs" and cpu.note is None
+    assert cpu.on_demand_per_hour == pytest.approx(2 * gpus.CPU.on_demand_per_vcpu_hour)
+    assert cpu.spot_per_hour == pytest.approx(2 * gpus.CPU.spot_per_vcpu_hour)
+    assert "list-price assumption for a CPU replica: 2 vCPUs" in cpu.source and gpus.PRICES_AS_OF in cpu.source
+    mine = resolve_pricing(ReportOptions(price_per_hour=0.5), [], cpu_count=2)
+    assert (mine.gpu, mine.on_demand_per_hour, mine.spot_per_hour) == ("custom", 0.5, None)
+    assert "assumption" not in mine.source
+    unknown = resolve_pricing(ReportOptions(), ["NVIDIA RTX 9999"])
+    assert not unknown.available and "--qbench-price-per-hour" in unknown.source
+    assert not unknown.source.startswith("no price")  # the log says "No price for this run: " before it
     a100 = resolve_pricing(ReportOptions(gpu_type="A100"), [])
     assert a100.gpu == "A100 40GB" and a100.on_demand_per_hour == gpus.by_name("A100 40GB").on_demand_per_hour
     assert "measured on" in a100.note  # priced as a GPU the run did not use
@@ -300,3 +310,16 @@ def test_truncated_rows_are_said_in_the_log():
     clean = build_results(dict(run, dataset=dict(run["dataset"], truncated_rows=0)), machine={"gpu_names": []},
                           bench_configs=CONFIGS, options=ReportOptions())
     assert "none longer than max_model_len 64 tokens" in clean.dataset_text()
+
+
+def test_a_cpu_run_has_a_cost_per_request():
+    r = build_results(RUN, machine={"gpu_names": [], "cpu_count": 2}, bench_configs=CONFIGS, options=ReportOptions())
+    hourly = 2 * gpus.CPU.on_demand_per_vcpu_hour
+    row = r.table.set_index(["config", "batch_size"]).loc[("int8", 8)]
+    assert row["cost_per_1m_usd"] == pytest.approx(hourly / (400 * 3600) * 1e6)
+    assert row["spot_cost_per_1k_usd"] == pytest.approx(2 * gpus.CPU.spot_per_vcpu_hour / (400 * 3600) * 1e3)
+    assert r.headline().endswith(f"per 1M requests (CPU, 2 vCPUs)")
+    text = experiment_log(r)
+    assert "Priced as **CPU, 2 vCPUs**: on-demand $0.0892/h, spot $0.0350/h (list-price assumption" in text
+    assert "on-demand $/1M" in text and "| CPU, per vCPU | $0.0446 | $0.0175 |" in text
+    assert "No price" not in text
