@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from . import gpus, tables
-from .compare import NOISE, counts_text, unmatched, wide as compare_wide
+from .compare import NOISE, TOLERATED, counts_text, engine_changes, unmatched, wide as compare_wide
 from .report import LOAD_COLUMNS
 from .summary import RunResults, ceiling_display, saturation_points
 from .tables import MISSING, STATUS_WORDS, fmt, value
@@ -390,8 +390,10 @@ def scaling(r: RunResults) -> str:
 def saved_run_comparison(r: RunResults) -> str:
     long = r.comparison
     out = [f"This run (B) against saved run {r.comparison_source} (A): {counts_text(long)}; values are this run's, "
-           f"the change is from A; \"{NOISE}\": the bootstrap 95% interval of B/A includes 1 "
-           f"(every number is in {'compare.csv'}).\n"]
+           f"the change is from A; \"{NOISE}\": the bootstrap 95% interval of B/A includes 1; \"{TOLERATED}\": a "
+           f"memory change within the tolerance of run-to-run drift (every number is in {'compare.csv'}).\n"]
+    if engines := engine_changes(long):
+        out.append(f"Engines differ: {engines}.\n")
     table = compare_wide(long)
     if table.empty:
         out.append("No case ran in both runs.")

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from . import gpus, tables
-from .compare import NOISE, counts_text, unmatched, wide as compare_wide
+from .compare import NOISE, counts_text, engine_changes, unmatched, wide as compare_wide
 from .plots import Plot
 from .summary import RunResults, ceiling_best, ceiling_display
 from .tables import MISSING, fmt
@@ -156,6 +156,7 @@ def comparison_html(r: RunResults) -> list[str]:
             f"<p>{_e(counts_text(r.comparison))}; values are this run's, change is from the saved run; "
             f"&quot;{NOISE}&quot;: the bootstrap 95% interval of this run / saved run includes 1.</p>",
             _table(compare_wide(r.comparison), "qbench qbench-compare")] + (
+        [f"<p><b>Engines differ</b>: {_e(engines)}.</p>"] if (engines := engine_changes(r.comparison)) else []) + (
         [f"<p>Cases in one run only: {_e(extra)}.</p>"] if (extra := unmatched(r.comparison)) else [])
 
 
