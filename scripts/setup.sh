@@ -13,31 +13,6 @@ PY=${PYTHON:-python3}
 started=$SECONDS
 step() { printf 'qbench setup [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
 
-# pip's effective settings as uv arguments: the environment (PIP_*) wins over pip.conf, as in pip
-uv_args_from_pip() {
-  "$1" - <<'PY'
-import ast, shlex, subprocess, sys
-
-listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-rank = {":env:": 3, "install": 2, "global": 1}
-found: dict[str, tuple[int, str]] = {}
-for line in listed.splitlines():
-    name, _, value = line.partition("=")
-    section, _, key = name.rpartition(".")
-    if section in rank and value and rank[section] >= found.get(key, (0, ""))[0]:
-        found[key] = (rank[section], ast.literal_eval(value))
-flags = {"find-links": "--find-links", "extra-index-url": "--extra-index-url", "index-url": "--index-url",
-         "constraint": "--constraint"}
-args = ["--index-strategy", "unsafe-best-match"]  # pip's rule: the best version across all indexes
-for key, flag in flags.items():
-    for value in found.get(key, (0, ""))[1].split():
-        args += [flag, value]
-print("UV_ARGS=(" + " ".join(shlex.quote(a) for a in args) + ")")
-if "cert" in found:
-    print(f"export SSL_CERT_FILE=${{SSL_CERT_FILE:-{shlex.quote(found['cert'][1])}}}")
-PY
-}
-
 if [ -z "${QBENCH_EXTRA:-}" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then QBENCH_EXTRA=gpu; else QBENCH_EXTRA=cpu; fi
 fi
@@ -55,7 +30,7 @@ if [ "$installer" = uv ] && [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install -q uv || { step "uv unavailable; installing with pip"; installer=pip; }
 fi
 if [ "$installer" = uv ]; then
-  eval "$(uv_args_from_pip .venv/bin/python)"
+  eval "$(.venv/bin/python scripts/pip_to_uv.py)"  # pip.conf and PIP_* as uv arguments
   install() { local py=$1; shift; .venv/bin/uv pip install -q --python "$py" "${UV_ARGS[@]}" "$@"; }
   uninstall() { local py=$1; shift; .venv/bin/uv pip uninstall -q --python "$py" "$@"; }
 else
