@@ -6,6 +6,7 @@ transformers and datasets unchanged; the same code takes local paths, which is h
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -104,23 +105,27 @@ def _line_numbers(path: Path) -> list[int]:
 
 def row_places(dataset: str, split: str, rows: int) -> Callable[[Sequence[int]], str]:
     """A function that names rows (0-based indices of the split) as a person finds them: the lines of the
-    file they came from, or 1-based row numbers where there is no such file (hub, parquet, saved)."""
-    path = _split_file(dataset, split)
-    lines: list[int] | None = None
-    if path is not None:
+    file they came from, or 1-based row numbers where there is no such file (hub, parquet, saved). The
+    file is read only when a message needs it."""
+
+    @functools.cache
+    def lines() -> tuple[Path, list[int]] | None:
+        path = _split_file(dataset, split)
+        if path is None:
+            return None
         try:
-            lines = _line_numbers(path)
+            found = _line_numbers(path)
         except (OSError, UnicodeDecodeError, csv.Error):
-            lines = None
-    if lines is not None and len(lines) != rows:  # the file is not what datasets read: do not guess
-        lines = None
+            return None
+        return (path, found) if len(found) == rows else None  # not the file datasets read: do not guess
 
     def name(indices: Sequence[int]) -> str:
-        shown = [lines[i] if lines is not None else i + 1 for i in indices[:10]]
         more = " ..." if len(indices) > 10 else ""
-        word = ("line " if len(indices) == 1 else "lines ") if lines is not None else ("row " if len(indices) == 1 else "rows ")
-        where = f" of {path.name}" if lines is not None else ""
-        return f"{word}{', '.join(map(str, shown))}{more}{where}"
+        plural = len(indices) != 1
+        if (where := lines()) is None:
+            return f"{'rows' if plural else 'row'} {', '.join(str(i + 1) for i in indices[:10])}{more}"
+        path, numbers = where
+        return f"{'lines' if plural else 'line'} {', '.join(str(numbers[i]) for i in indices[:10])}{more} of {path.name}"
 
     return name
 
