@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,8 +26,8 @@ from .metrics import CONFIG_METRICS, DERIVED_METRICS
 from .options import Settings, add_options
 from .outputs import ReportState
 from .report import matrix_frame, summary_html
-from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
 from .load import DataError
+from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
 from .run import RunStore, git_commit, new_run_id
 from .redact import scrub, scrub_text
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import BenchConfig, load_selected
-from .embedded import EMBEDDED, Progress, parse_embedded, resolve_model
+from .embedded import EMBEDDED, Progress, resolve_model
 from .load import DataError, EvalSet, load_eval_set, model_labels, over_length_rows, row_places
 from .options import Settings
 from .run import RunStore
@@ -47,26 +47,29 @@ def check_configs(settings: Settings) -> tuple[list[BenchConfig], list[str]]:
     return sorted(configs, key=lambda c: not c.baseline), warnings
 
 
+def _path_or_hub_id(option: str, value: str) -> Path | None:
+    """The existing path `value` names, None for a hub id; a PreflightError for what is neither, which
+    transformers and datasets would otherwise report as an invalid repo id, pages long."""
+    path = Path(value).expanduser()
+    if path.exists():
+        return path
+    if value.startswith(("/", "./", "../", "~")) or value.count("/") > 1 or not HUB_ID.match(value):
+        raise PreflightError(f"{option} {value}: no such file or directory, and not a hub id (owner/name)")
+    return None
+
+
 def check_model_ref(model: str) -> None:
-    """An existing path, 'embedded[:preset]' or something shaped like a hub id; else say which it is not."""
+    """An existing model folder, 'embedded[:preset]' or something shaped like a hub id."""
     if model.split(":")[0] == EMBEDDED:
         return
-    path = Path(model).expanduser()
-    if path.exists():
-        if path.is_dir() and not (path / "config.json").is_file():
-            raise PreflightError(f"--qbench-model {model}: folder has no config.json (not a transformers model)")
-        return
-    if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or not HUB_ID.match(model):
-        raise PreflightError(f"--qbench-model {model}: no such file or directory, and not a hub id (owner/name)")
+    path = _path_or_hub_id("--qbench-model", model)
+    if path is not None and path.is_dir() and not (path / "config.json").is_file():
+        raise PreflightError(f"--qbench-model {model}: folder has no config.json (not a transformers model)")
 
 
 def check_dataset_ref(dataset: str) -> None:
-    if dataset == EMBEDDED:
-        return
-    if Path(dataset).expanduser().exists():
-        return
-    if dataset.startswith(("/", "./", "../", "~")) or dataset.count("/") > 1 or not HUB_ID.match(dataset):
-        raise PreflightError(f"--qbench-dataset {dataset}: no such file or directory, and not a hub id (owner/name)")
+    if dataset != EMBEDDED:
+        _path_or_hub_id("--qbench-dataset", dataset)
 
 
 def _guard(what: str, action: Callable[[], Any]) -> Any:
@@ -82,7 +85,6 @@ def _guard(what: str, action: Callable[[], Any]) -> Any:
 def check_inputs(settings: Settings, progress: Progress | None = None) -> Inputs:
     """Model (trained first if embedded), its labels, the evaluated split, and over-length rows."""
     s = settings
-    parse_embedded(s.model)  # options already checked the preset
     check_model_ref(s.model)
     check_dataset_ref(s.dataset)
     model = _guard(f"--qbench-model {s.model}", lambda: resolve_model(s.model, s.cache_dir, progress))
@@ -114,9 +116,10 @@ def check_gate_inputs(settings: Settings) -> None:
     """--qbench-perf-thresholds parses and --qbench-perf-baseline reads (the gatekeeper reads them again)."""
     from . import gates
 
-    try:
-        gates.parse_thresholds(settings.perf_thresholds)
-        if settings.perf_baseline:
-            gates.load_saved_cases(settings.perf_baseline)
-    except ValueError as exc:
-        raise PreflightError(str(exc)) from None
+    for option, check in (("--qbench-perf-thresholds", lambda: gates.parse_thresholds(settings.perf_thresholds)),
+                          ("--qbench-perf-baseline",
+                           lambda: settings.perf_baseline and gates.load_saved_cases(settings.perf_baseline))):
+        try:
+            check()
+        except ValueError as exc:
+            raise PreflightError(f"{option}: {exc}") from None

@@ -151,3 +151,10 @@ def test_training_says_what_it_is_doing(tmp_path, monkeypatch):
     assert any("epoch 1/2 step 2/3" in line for line in lines)
     assert any("epoch 2/2 done, loss" in line for line in lines)
     assert lines[-1].startswith("qbench: embedded model trained in")
+
+
+def test_unreadable_perf_baseline_and_thresholds_name_their_option(tmp_path):
+    _, out, _ = _stopped(tmp_path, f"--qbench-perf-baseline={tmp_path / 'no-such-run'}")
+    assert "--qbench-perf-baseline: " in out and "no-such-run: saved run not found" in out
+    _, out, _ = _stopped(tmp_path, "--qbench-perf-thresholds=latency_p95_ms=lots")
+    assert "--qbench-perf-thresholds: " in out and "'lots'" in out

@@ -318,7 +318,7 @@ def test_a_cpu_run_has_a_cost_per_request():
     row = r.table.set_index(["config", "batch_size"]).loc[("int8", 8)]
     assert row["cost_per_1m_usd"] == pytest.approx(hourly / (400 * 3600) * 1e6)
     assert row["spot_cost_per_1k_usd"] == pytest.approx(2 * gpus.CPU.spot_per_vcpu_hour / (400 * 3600) * 1e3)
-    assert r.headline().endswith(f"per 1M requests (CPU, 2 vCPUs)")
+    assert r.headline().endswith("per 1M requests (CPU, 2 vCPUs)")
     text = experiment_log(r)
     assert "Priced as **CPU, 2 vCPUs**: on-demand $0.0892/h, spot $0.0350/h (list-price assumption" in text
     assert "on-demand $/1M" in text and "| CPU, per vCPU | $0.0446 | $0.0175 |" in text
