@@ -44,7 +44,6 @@ def test_idle_engines_cost(benchmark, qbench_engine, qbench_pool, qbench_config,
                 else:
                     timed_block(kind)
 
-    benchmark.group = f"{qbench_config.name} residency"
     benchmark.pedantic(run, rounds=1, iterations=1)
     ratio, low, high = paired_ratio(times["stopped"], times["resident"])
     found = {"config": qbench_config.name, "batch_size": batch_size, "idle_engines": others, "pairs": PAIRS,

@@ -30,9 +30,14 @@ SAMPLES = "latency_samples_ns"
 ROUNDS = "latency_sample_rounds"  # the round of each sample; absent in runs made before rounds
 NOISE_TESTED = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s")
 NOISE = "within noise"
-# ci_low/ci_high: bootstrap 95% interval of B/A where both runs kept their samples
-LONG_COLUMNS = ["case", "config", "batch_size", "metric", "a", "b", "delta", "delta_pct", "ci_low", "ci_high",
-                "verdict"]
+# Memory has no samples to test against noise, and the same engine's RSS moves by a few MiB from run to
+# run (allocator, page cache, the tokenizer's buffers): a change inside this share of A is no change.
+MEMORY_TOLERANCE = {"memory_rss_mib": 0.02, "memory_rss_peak_mib": 0.02, "gpu_memory_peak_mib": 0.02}
+TOLERATED = "within tolerance"
+# ci_low/ci_high: bootstrap 95% interval of B/A where both runs kept their samples; engine_a/engine_b: the
+# engine each run's config ran on (a config of one name may pin no engine and follow --qbench-engine)
+LONG_COLUMNS = ["case", "config", "batch_size", "metric", "engine_a", "engine_b", "a", "b", "delta", "delta_pct",
+                "ci_low", "ci_high", "verdict"]
 
 
 class CompareError(ValueError):
@@ -102,7 +107,8 @@ def _rows_frame(rows: list[dict[str, Any]], source: str) -> pd.DataFrame:
             frame[name] = float("nan")
     kept = {column: [list(v) if isinstance(v, list) else [] for v in frame.get(column, [None] * len(frame))]
             for column in (SAMPLES, ROUNDS)}
-    frame = frame[["config", "batch_size", *COMPARE_METRICS]].assign(**kept)
+    engines = frame["engine"] if "engine" in frame else None
+    frame = frame[["config", "batch_size", *COMPARE_METRICS]].assign(**kept, engine=engines)
     frame[list(COMPARE_METRICS)] = frame[list(COMPARE_METRICS)].apply(pd.to_numeric, errors="coerce")
     return frame.drop_duplicates(["config", "batch_size"], keep="last").reset_index(drop=True)
 
@@ -111,10 +117,11 @@ def frame_from_qbench(run: Mapping[str, Any]) -> pd.DataFrame:
     configs = run.get("configs") or {}
     rows = []
     for case in run.get("cases") or []:
+        record = configs.get(case["config"]) or {}
         row = {"config": case["config"], "batch_size": int(case["batch_size"]), SAMPLES: case.get("samples_ns"),
-               ROUNDS: case.get("sample_rounds")}
+               ROUNDS: case.get("sample_rounds"), "engine": record.get("engine")}
         row.update(case.get("metrics") or {})
-        row.update((configs.get(case["config"]) or {}).get("metrics") or {})
+        row.update(record.get("metrics") or {})
         rows.append(row)
     return _rows_frame(rows, str(run.get("run_id")))
 
@@ -133,6 +140,8 @@ def _verdict(metric: str, a: float, b: float, interval: tuple[float, float] | No
         return "same"
     if interval is not None and interval[0] <= 1 <= interval[1]:
         return NOISE
+    if metric in MEMORY_TOLERANCE and abs(b - a) <= MEMORY_TOLERANCE[metric] * abs(a):
+        return TOLERATED
     return "better" if (b > a) == BY_NAME[metric].higher_is_better else "worse"
 
 
@@ -189,13 +198,29 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None,
             delta = float(vb) - float(va) if has_a and has_b else math.nan
             pct = delta / float(va) if has_a and has_b and float(va) != 0 else math.nan
             rows.append({"case": case, "config": row["config"], "batch_size": int(row["batch_size"]),
-                         "metric": metric, "a": float(va) if has_a else math.nan,
+                         "metric": metric, "engine_a": _text(row.get("engine_a")), "engine_b": _text(row.get("engine_b")),
+                         "a": float(va) if has_a else math.nan,
                          "b": float(vb) if has_b else math.nan, "delta": delta, "delta_pct": pct,
                          "ci_low": interval[0] if interval else math.nan,
                          "ci_high": interval[1] if interval else math.nan, "verdict": verdict})
     out = pd.DataFrame(rows, columns=LONG_COLUMNS)
     out.attrs["run_noise"] = noise
     return out
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def engine_changes(long: pd.DataFrame) -> str | None:
+    """'cpu_default ran on vllm in A and on hf in B; ...' for configs of one name measured on two engines:
+    their deltas compare engines, not runs."""
+    both = long.dropna(subset=["engine_a", "engine_b"])
+    changed = both[both["engine_a"] != both["engine_b"]].drop_duplicates("config")
+    if changed.empty:
+        return None
+    return "; ".join(f"{r.config} ran on {r.engine_a} in A and on {r.engine_b} in B" for r in changed.itertuples()) + \
+        " (its deltas compare two engines, not two runs of one)"
 
 
 def compare_paths(a: str | Path, b: str | Path, noise: float | None = None) -> tuple[str, str, pd.DataFrame]:
@@ -240,7 +265,7 @@ def cell(row: Mapping[str, Any]) -> str:
     metric, verdict = row["metric"], row["verdict"]
     value = row["b"] if pd.notna(row["b"]) else row["a"]
     fmt = "{:.4f}" if BY_NAME[metric].unit == "ratio" else "{:,.2f}"
-    if verdict not in ("better", "worse", "same", NOISE):
+    if verdict not in ("better", "worse", "same", NOISE, TOLERATED):
         return f"{fmt.format(value)} ({verdict})"
     if verdict == "same":
         return f"{fmt.format(value)} (same)"
@@ -253,6 +278,8 @@ def cell(row: Mapping[str, Any]) -> str:
         change = f"{row['delta']:+,.2f}"
     if verdict == NOISE:
         return f"{fmt.format(value)} ({change}, {NOISE})"
+    if verdict == TOLERATED:
+        return f"{fmt.format(value)} ({change}, within {MEMORY_TOLERANCE[metric]:.0%} tolerance)"
     return f"{fmt.format(value)} ({change} {verdict})"
 
 
@@ -273,7 +300,7 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_counts(long: pd.DataFrame) -> dict[str, int]:
-    return {v: int((long["verdict"] == v).sum()) for v in ("better", "worse", NOISE, "same")}
+    return {v: int((long["verdict"] == v).sum()) for v in ("better", "worse", NOISE, TOLERATED, "same")}
 
 
 def counts_text(long: pd.DataFrame) -> str:
@@ -294,8 +321,8 @@ def unmatched(long: pd.DataFrame) -> str | None:
 def to_text(long: pd.DataFrame) -> str:
     table = wide(long)
     text = table.to_string(index=False) if not table.empty else "(no case is in both runs)"
-    extra = unmatched(long)
-    return text + (f"\n{extra}" if extra else "")
+    notes = [note for note in (engine_changes(long), unmatched(long)) if note]
+    return "\n".join([text, *notes])
 
 
 def print_rich(long: pd.DataFrame, label_a: str, label_b: str) -> None:
@@ -326,5 +353,6 @@ def print_rich(long: pd.DataFrame, label_a: str, label_b: str) -> None:
         console = Console(width=220)
     console.print(table)
     console.print(counts_text(long))
-    if extra := unmatched(long):
-        console.print(escape(extra))
+    for note in (engine_changes(long), unmatched(long)):
+        if note:
+            console.print(escape(note))

@@ -108,3 +108,31 @@ def load_configs(directory: str | Path, names: list[str] | None = None) -> list[
             f"{directory}: no config named {', '.join(missing)}; available: {', '.join(available) or 'none'}"
         )
     return [load_config(available[n]) for n in names]
+
+
+def load_selected(directory: str | Path, names: list[str] | None = None) -> tuple[list[BenchConfig], list[str]]:
+    """The selected configs (all when none are named) and one warning per broken file that was not selected.
+
+    Every file is read, so a typo in a config nobody selected today does not wait for the day it is;
+    a broken selected file stops the run (ConfigError naming every broken selected file)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: configs directory not found")
+    names = list(names or [])
+    available = {p.stem: p for p in sorted(directory.glob("*.json"))}
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ConfigError(
+            f"{directory}: no config named {', '.join(missing)}; available: {', '.join(available) or 'none'}"
+        )
+    chosen = set(names or available)
+    loaded: dict[str, BenchConfig] = {}
+    problems, warnings = [], []
+    for stem, path in available.items():
+        try:
+            loaded[stem] = load_config(path)
+        except ConfigError as exc:
+            (problems if stem in chosen else warnings).append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return [loaded[n] for n in (names or available)], [f"{w} (not selected; the run goes on)" for w in warnings]

@@ -15,9 +15,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
+
+Progress = Callable[[str], None]
 
 DATA_DIR = Path(__file__).parent / "data" / "intents"
 EMBEDDED = "embedded"  # the name users give --qbench-model / --qbench-dataset for the default
+PROGRESS_EVERY_S = 10.0  # training progress lines at most this often (besides one per epoch)
 log = logging.getLogger("qbench")
 
 
@@ -98,30 +102,44 @@ def model_dir(cache_dir: Path, recipe: Recipe = Recipe(), device: str | None = N
     return Path(cache_dir) / "models" / f"intent-qwen2-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def ensure_model(cache_dir: Path | None = None, recipe: Recipe = Recipe()) -> Path:
-    """Path to the trained embedded model, training it first if the cache lacks it."""
-    from filelock import FileLock
+def _log_progress(message: str) -> None:
+    log.warning("%s", message)
 
+
+def ensure_model(cache_dir: Path | None = None, recipe: Recipe = Recipe(), progress: Progress | None = None) -> Path:
+    """Path to the trained embedded model, training it first if the cache lacks it. `progress` gets one
+    line per step (default: the qbench logger, which pytest captures; the plugin passes its terminal)."""
+    from filelock import FileLock, Timeout
+
+    say = progress or _log_progress
     target = model_dir(Path(cache_dir or default_cache_dir()), recipe)
     if (target / "qbench_model.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    lock = FileLock(str(target) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another process is training it: say so rather than hang silently
+        say(f"qbench: waiting for another process that is training the embedded model ({lock.lock_file})")
+        lock.acquire()
+    try:
         if (target / "qbench_model.json").exists():  # another process trained it meanwhile
             return target
         tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
         try:
-            train(tmp, recipe)
+            train(tmp, recipe, progress=say)
             os.replace(tmp, target)  # atomic: a killed run leaves no half-made model behind
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
     return target
 
 
-def resolve_model(model: str, cache_dir: Path | None = None) -> str:
+def resolve_model(model: str, cache_dir: Path | None = None, progress: Progress | None = None) -> str:
     """A model option's value as a path or hub id: embedded presets are trained first if needed."""
     recipe = parse_embedded(model)
-    return model if recipe is None else str(ensure_model(cache_dir, recipe))
+    return model if recipe is None else str(ensure_model(cache_dir, recipe, progress))
 
 
 def _train_tokenizer(texts: list[str], recipe: Recipe):
@@ -144,8 +162,9 @@ def _train_tokenizer(texts: list[str], recipe: Recipe):
     )
 
 
-def train(out_dir: Path, recipe: Recipe = Recipe(), data_dir: Path = DATA_DIR) -> dict:
-    """Train the classifier on the train split, save it with its tokenizer, return its metadata."""
+def train(out_dir: Path, recipe: Recipe = Recipe(), data_dir: Path = DATA_DIR, progress: Progress | None = None) -> dict:
+    """Train the classifier on the train split, save it with its tokenizer, return its metadata.
+    `progress` gets a line at the start, every few seconds within an epoch, and at the end."""
     import numpy as np
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
@@ -155,8 +174,10 @@ def train(out_dir: Path, recipe: Recipe = Recipe(), data_dir: Path = DATA_DIR) -
     test_rows = read_jsonl(data_dir / "test.jsonl")
     labels = sorted({row["label"] for row in train_rows})
     label2id = {name: i for i, name in enumerate(labels)}
-    log.warning("qbench: training the embedded intent model (%d rows, %d labels, %d layers x %d hidden) into %s",
-                len(train_rows), len(labels), recipe.num_hidden_layers, recipe.hidden_size, out_dir)
+    say = progress or _log_progress
+    say(f"qbench: training the embedded intent model ({len(train_rows)} rows, {len(labels)} labels, "
+        f"{recipe.num_hidden_layers} layers x {recipe.hidden_size} hidden, {recipe.epochs} epochs) into {out_dir}; "
+        "once, then cached")
 
     tokenizer = _train_tokenizer([row["text"] for row in train_rows], recipe)
     config = Qwen2Config(
@@ -196,10 +217,15 @@ def train(out_dir: Path, recipe: Recipe = Recipe(), data_dir: Path = DATA_DIR) -
     )
     rng = np.random.default_rng(recipe.seed)
     model.train()
+    last_said = time.perf_counter()
     for epoch in range(recipe.epochs):
         order = rng.permutation(len(texts))
         total = 0.0
-        for start in range(0, len(order), recipe.batch_size):
+        for step, start in enumerate(range(0, len(order), recipe.batch_size), 1):
+            if time.perf_counter() - last_said >= PROGRESS_EVERY_S:  # an epoch takes ~12 s on 2 cores
+                last_said = time.perf_counter()
+                say(f"qbench: epoch {epoch + 1}/{recipe.epochs} step {step}/{steps_per_epoch} "
+                    f"({last_said - started:.0f} s)")
             idx = order[start : start + recipe.batch_size]
             enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=recipe.max_length,
                             return_tensors="pt").to(device)
@@ -211,8 +237,9 @@ def train(out_dir: Path, recipe: Recipe = Recipe(), data_dir: Path = DATA_DIR) -
             scheduler.step()
             optimizer.zero_grad()
             total += loss.item()
-        log.warning("qbench: epoch %d/%d loss %.4f (%.0f s)", epoch + 1, recipe.epochs,
-                    total / steps_per_epoch, time.perf_counter() - started)
+        last_said = time.perf_counter()
+        say(f"qbench: epoch {epoch + 1}/{recipe.epochs} done, loss {total / steps_per_epoch:.4f} "
+            f"({last_said - started:.0f} s)")
 
     model.eval()
     correct = 0
@@ -235,6 +262,5 @@ def train(out_dir: Path, recipe: Recipe = Recipe(), data_dir: Path = DATA_DIR) -
     }
     model.to("cpu").save_pretrained(out_dir)
     (out_dir / "qbench_model.json").write_text(json.dumps(meta, indent=2))
-    log.warning("qbench: embedded model trained in %.0f s, test accuracy %.4f",
-                meta["train_seconds"], meta["test_accuracy"])
+    say(f"qbench: embedded model trained in {meta['train_seconds']:.0f} s, test accuracy {meta['test_accuracy']:.4f}")
     return meta

@@ -13,7 +13,7 @@ import pandas as pd
 from typing import Any, Callable, Iterable, Sequence
 
 from . import gpus, tables
-from .compare import NOISE, counts_text, unmatched, wide as compare_wide
+from .compare import NOISE, TOLERATED, counts_text, engine_changes, unmatched, wide as compare_wide
 from .report import LOAD_COLUMNS
 from .summary import RunResults, ceiling_display, memory_column, saturation_points
 from .tables import MISSING, STATUS_WORDS, fmt, value
@@ -88,6 +88,8 @@ def matrix(r: RunResults) -> str:
     if s.get("max_model_len"):
         parts.append(f"max_model_len {s['max_model_len']}")
     head = ("Settings: " + "; ".join(parts) + ".") if parts else "The run recorded no settings."
+    if data := r.dataset_text():
+        head += f" Evaluated {data}."
     if m := r.machine.get("pytest_markexpr"):
         head += f" Tests selected with `-m \"{m}\"`."
     measured = r.table.groupby("config")["batch_size"].apply(lambda b: ", ".join(str(int(x)) for x in sorted(b)))
@@ -96,6 +98,8 @@ def matrix(r: RunResults) -> str:
         status = STATUS_WORDS.get(rec.get("status"), str(rec.get("status")))
         note = rec.get("reason") or ("baseline" if rec.get("baseline") else "")
         rows.append((name, rec.get("method"), rec.get("engine"), status, measured.get(name, "none"), note or "-"))
+    for name in r.not_run.get("configs") or []:
+        rows.append((name, "-", "-", "not run", "none", "the run stopped before this config started"))
     if not rows:
         return head + "\n\nNo config was collected in this run (all were deselected or the run stopped before any started)."
     return head + "\n\n" + md_table(("config", "method", "engine", "status", "batch sizes measured", "reason / note"), rows)
@@ -314,8 +318,8 @@ def cost_analysis(r: RunResults) -> str:
         return ("No cost: no config that passes its accuracy gates has a measured throughput. "
                 "Cost per request is price per hour over requests per hour, so it needs a throughput.")
     if p.available:
-        out.append(f"Priced as **{p.gpu}**: on-demand {fmt(p.on_demand_per_hour, money=True)}/h, spot "
-                   f"{fmt(p.spot_per_hour, money=True) if p.spot_per_hour is not None else 'no spot price given'}/h "
+        out.append(f"Priced as **{p.gpu}**: on-demand {tables.price(p.on_demand_per_hour)}/h, spot "
+                   f"{tables.price(p.spot_per_hour) if p.spot_per_hour is not None else 'no spot price given'}/h "
                    f"({p.source}). One request is one text; one replica runs fully busy at the measured throughput.")
         if p.note:
             out.append(f"\nNote: {p.note}.")
@@ -324,14 +328,15 @@ def cost_analysis(r: RunResults) -> str:
                    "multiply your hourly price by 1,000 / (requests per hour) for the cost per 1K requests.")
     out.append("\nEach config that passes its gates, at its highest-throughput batch size:\n")
     out.append(md_table(*tables.cost(r)))
-    out.append(f"\nGPU list prices assumed when no price is given (USD per GPU-hour, as of {gpus.PRICES_AS_OF}; "
+    out.append(f"\nList prices assumed when no price is given (USD per GPU-hour, and per vCPU-hour for a run on a CPU, "
+               f"as of {gpus.PRICES_AS_OF}; "
                "assumptions, check your provider):\n")
     out.append(md_table(*tables.gpu_prices()))
     return "\n".join(out)
 
 
 def recommendations(r: RunResults) -> str:
-    out = []
+    out = [f"{r.coverage_note()}: another config might have won.\n"] if r.partial else []
     if not r.recommendations:
         out.append(f"No recommendation: {r.no_recommendation}.")
     else:
@@ -385,8 +390,10 @@ def scaling(r: RunResults) -> str:
 def saved_run_comparison(r: RunResults) -> str:
     long = r.comparison
     out = [f"This run (B) against saved run {r.comparison_source} (A): {counts_text(long)}; values are this run's, "
-           f"the change is from A; \"{NOISE}\": the bootstrap 95% interval of B/A includes 1 "
-           f"(every number is in {'compare.csv'}).\n"]
+           f"the change is from A; \"{NOISE}\": the bootstrap 95% interval of B/A includes 1; \"{TOLERATED}\": a "
+           f"memory change within the tolerance of run-to-run drift (every number is in {'compare.csv'}).\n"]
+    if engines := engine_changes(long):
+        out.append(f"Engines differ: {engines}.\n")
     table = compare_wide(long)
     if table.empty:
         out.append("No case ran in both runs.")
@@ -474,6 +481,10 @@ def experiment_log(r: RunResults, files: Sequence[str] = ()) -> str:
              f"Written by qbench from the run's own measurements on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
              f"{f' at commit {r.commit}' if r.commit else ''}. Prices are assumptions (marked as such); every "
              "other number was measured in this run.\n"]
+    if r.partial:
+        missing = r.not_run_text()
+        parts.append(f"**PARTIAL RUN**: {r.status_reason or 'the run stopped early'}. Every section below covers "
+                     f"only what finished{f'; {missing}' if missing else ''}.\n")
     for title, build in BUILDERS:
         parts.append(f"## {title}\n")
         parts.append(build(r).rstrip() + "\n")

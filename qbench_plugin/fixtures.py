@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import pytest
 
-from . import gates, quantize
+from . import gates, preflight, quantize
 from .bench import is_out_of_memory
 from .config import BenchConfig
 from .embedded import default_cache_dir, resolve_model
 from .engine import Engine, EngineUnavailable, cuda_available
-from .load import DataError, EvalSet, load_eval_set, load_texts, model_labels, over_length_rows
+from .load import EvalSet, load_texts, model_labels
 from .matrix import Matrix
 from .options import Settings
 from .pool import EnginePool
 from .rounds import RoundPlan
 from .run import RunStore
 from .uncertainty import run_noise_for
-from .workload import measure_workload
 
 
 @pytest.fixture(scope="session")
@@ -44,21 +43,13 @@ def qbench_labels(qbench_model: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def qbench_eval(qbench_settings: Settings, qbench_labels: list[str], qbench_model: str,
-                qbench_store: RunStore) -> EvalSet:
-    s = qbench_settings
-    eval_set = load_eval_set(s.dataset, s.split, s.text_column, s.label_column, qbench_labels)
-    over = over_length_rows(qbench_model, eval_set.texts, s.max_model_len)
-    if over and s.truncation == "reject":
-        raise DataError(f"dataset {s.dataset} split {s.split}: {len(over)} texts are longer than max_model_len "
-                        f"{s.max_model_len} tokens (rows {', '.join(map(str, over[:10]))}"
-                        f"{' ...' if len(over) > 10 else ''}); raise --qbench-max-model-len or use "
-                        "--qbench-truncation truncate")
-    qbench_store.dataset.update(eval_set.facts, source=s.dataset, split=s.split, truncation=s.truncation,
-                                max_model_len=s.max_model_len, truncated_rows=len(over))
-    # once per run, before any engine starts: tokens per text and parameters, for FLOP/s and MFU
-    qbench_store.workload.update(measure_workload(qbench_model, eval_set.texts, s.max_model_len))
-    return eval_set
+def qbench_eval(pytestconfig: pytest.Config) -> EvalSet:
+    """The evaluation split, validated with the run's other inputs before any test ran (preflight.py, from
+    the plugin's session start); validated here only when that did not run (a session outside benchmarks/)."""
+    state = pytestconfig._qbench
+    if state.inputs is None:
+        state.inputs = preflight.prepare(state.settings, state.store)
+    return state.inputs.eval_set
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,23 @@ GPUS: tuple[GpuSpec, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class CpuSpec:
+    """A CPU replica's price per vCPU-hour: a run on a CPU is priced as the vCPUs it ran on."""
+
+    on_demand_per_vcpu_hour: float  # USD (assumption)
+    spot_per_vcpu_hour: float  # USD (assumption)
+    price_source: str
+
+    def label(self, vcpus: int) -> str:
+        return f"CPU, {vcpus} vCPU{'s' if vcpus != 1 else ''}"
+
+
+# AWS c7i.large (2 vCPUs, Intel Sapphire Rapids, us-east-1): $0.0893/h on-demand, ~$0.035/h spot, halved;
+# a compute-optimised instance is what one would rent to serve a small classifier on CPUs.
+CPU = CpuSpec(0.0446, 0.0175, "AWS c7i.large / 2 vCPUs (us-east-1)")
+
+
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 

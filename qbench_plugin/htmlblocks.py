@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from . import gpus, tables
-from .compare import NOISE, counts_text, unmatched, wide as compare_wide
+from .compare import NOISE, counts_text, engine_changes, unmatched, wide as compare_wide
 from .plots import Plot
 from .summary import RunResults, ceiling_best, ceiling_display
 from .tables import MISSING, fmt
@@ -102,15 +102,16 @@ def cost_html(r: RunResults) -> list[str]:
         out.append("<p>No cost: no config that passes its accuracy gates has a measured throughput.</p>")
     else:
         if p.available:
-            spot = fmt(p.spot_per_hour, money=True) if p.spot_per_hour is not None else "no spot price given"
-            out.append(f"<p>Priced as <b>{_e(p.gpu)}</b>: on-demand {_e(fmt(p.on_demand_per_hour, money=True))}/h, spot "
+            spot = tables.price(p.spot_per_hour) if p.spot_per_hour is not None else "no spot price given"
+            out.append(f"<p>Priced as <b>{_e(p.gpu)}</b>: on-demand {_e(tables.price(p.on_demand_per_hour))}/h, spot "
                        f"{_e(spot)}/h ({_e(p.source)}). A request is one text.</p>")
             if p.note:
                 out.append(f"<p><i>{_e(p.note)}.</i></p>")
         else:
             out.append(f"<p>No price: {_e(p.source)}. Requests per replica-hour are measured.</p>")
         out.append(_table(_frame(*tables.cost(r)), "qbench qbench-cost"))
-    out.append(f"<details><summary>GPU list prices assumed when no price is given (USD per GPU-hour, as of "
+    out.append(f"<details><summary>List prices assumed when no price is given (USD per GPU-hour, and per vCPU-hour "
+               f"for a run on a CPU, as of "
                f"{_e(gpus.PRICES_AS_OF)})</summary>")
     out.append(_table(_frame(*tables.gpu_prices()), "qbench qbench-gpus"))
     out.append("</details>")
@@ -156,6 +157,7 @@ def comparison_html(r: RunResults) -> list[str]:
             f"<p>{_e(counts_text(r.comparison))}; values are this run's, change is from the saved run; "
             f"&quot;{NOISE}&quot;: the bootstrap 95% interval of this run / saved run includes 1.</p>",
             _table(compare_wide(r.comparison), "qbench qbench-compare")] + (
+        [f"<p><b>Engines differ</b>: {_e(engines)}.</p>"] if (engines := engine_changes(r.comparison)) else []) + (
         [f"<p>Cases in one run only: {_e(extra)}.</p>"] if (extra := unmatched(r.comparison)) else [])
 
 

@@ -5,8 +5,11 @@ transformers and datasets unchanged; the same code takes local paths, which is h
 """
 from __future__ import annotations
 
+import csv
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -73,6 +76,60 @@ def _read_split(dataset: str, split: str):
     return datasets.load_dataset(str(path) if path.is_dir() else dataset, split=split)
 
 
+LINE_FILES = (".jsonl", ".json", ".csv")
+
+
+def _split_file(dataset: str, split: str) -> Path | None:
+    """The one local file a split was read from, when there is one (a file, or a folder's <split>.<ext>)."""
+    path = Path(str(DATA_DIR) if dataset == EMBEDDED else dataset)
+    if path.is_file():
+        return path if path.suffix in LINE_FILES else None
+    found = [path / f"{split}{ext}" for ext in LINE_FILES if (path / f"{split}{ext}").is_file()]
+    return found[0] if len(found) == 1 else None
+
+
+def _line_numbers(path: Path) -> list[int]:
+    """1-based line number where each row starts: JSON lines skip blank lines, CSV skips its header and
+    may span lines inside quotes (csv.reader counts them)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        if path.suffix != ".csv":
+            return [n for n, line in enumerate(fh, 1) if line.strip()]
+        reader = csv.reader(fh)
+        starts, previous = [], 0
+        for record in reader:
+            if record:
+                starts.append(previous + 1)
+            previous = reader.line_num
+        return starts[1:]  # the header
+
+
+def row_places(dataset: str, split: str, rows: int) -> Callable[[Sequence[int]], str]:
+    """A function that names rows (0-based indices of the split) as a person finds them: the lines of the
+    file they came from, or 1-based row numbers where there is no such file (hub, parquet, saved). The
+    file is read only when a message needs it."""
+
+    @functools.cache
+    def lines() -> tuple[Path, list[int]] | None:
+        path = _split_file(dataset, split)
+        if path is None:
+            return None
+        try:
+            found = _line_numbers(path)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return None
+        return (path, found) if len(found) == rows else None  # not the file datasets read: do not guess
+
+    def name(indices: Sequence[int]) -> str:
+        more = " ..." if len(indices) > 10 else ""
+        plural = len(indices) != 1
+        if (where := lines()) is None:
+            return f"{'rows' if plural else 'row'} {', '.join(str(i + 1) for i in indices[:10])}{more}"
+        path, numbers = where
+        return f"{'lines' if plural else 'line'} {', '.join(str(numbers[i]) for i in indices[:10])}{more} of {path.name}"
+
+    return name
+
+
 def load_texts(dataset: str, split: str, text_column: str) -> list[str]:
     """Just the texts of a split (calibration data)."""
     ds = _load_split(dataset, split)
@@ -92,13 +149,14 @@ def load_eval_set(dataset: str, split: str, text_column: str, label_column: str,
     if len(ds) == 0:
         raise DataError(f"dataset {dataset} split {split}: the split is empty")
     texts = ds[text_column]
+    place = row_places(dataset, split, len(texts))
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        raise DataError(f"dataset {dataset} split {split}: column {text_column!r} has non-text values at rows {bad[:5]}")
+        raise DataError(f"dataset {dataset} split {split}: column {text_column!r} has non-text values at {place(bad)}")
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:  # vLLM rejects an empty prompt; better to say so before any engine starts
-        raise DataError(f"dataset {dataset} split {split}: {len(empty)} rows have empty text (rows "
-                        f"{', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}); remove them")
+        raise DataError(f"dataset {dataset} split {split}: {len(empty)} rows have empty text in column "
+                        f"{text_column!r} ({place(empty)}); remove them")
     raw = ds[label_column]
     feature = ds.features[label_column]
     names = getattr(feature, "names", None)
@@ -108,17 +166,21 @@ def load_eval_set(dataset: str, split: str, text_column: str, label_column: str,
     if all(isinstance(v, str) for v in raw):
         unknown = sorted({v for v in raw if v not in label2id})
         if unknown:
+            missing = set(unknown)
+            first = {v: i for i, v in reversed(list(enumerate(raw))) if v in missing}  # earliest row wins
+            named = ", ".join(f"{v!r} ({place([first[v]])})" for v in unknown[:10])
             raise DataError(
-                f"dataset {dataset} split {split}: labels the model does not know: {', '.join(unknown[:10])}"
-                f"{' ...' if len(unknown) > 10 else ''}; the model's labels: {', '.join(labels)}"
+                f"dataset {dataset} split {split}: column {label_column!r} has labels the model does not know: "
+                f"{named}{' ...' if len(unknown) > 10 else ''}; the model's labels: {', '.join(labels)}"
             )
         ids = [label2id[v] for v in raw]
     elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw):
-        out_of_range = sorted({int(v) for v in raw if not 0 <= v < len(labels)})
-        if out_of_range:
+        outside = [i for i, v in enumerate(raw) if not 0 <= v < len(labels)]
+        if outside:
+            out_of_range = sorted({int(raw[i]) for i in outside})
             raise DataError(
-                f"dataset {dataset} split {split}: label ids {out_of_range[:10]} are outside the model's "
-                f"0..{len(labels) - 1}"
+                f"dataset {dataset} split {split}: column {label_column!r} has label ids {out_of_range[:10]} "
+                f"outside the model's 0..{len(labels) - 1} ({place(outside)})"
             )
         ids = [int(v) for v in raw]
     else:

@@ -147,8 +147,8 @@ OPTIONS: tuple[_Option, ...] = (
             _number(float, "a number between 0 and 1", minimum=0, maximum=1, optional=True)),
     _Option("perf_thresholds", "", "allowed regressions, e.g. latency_p95_ms=15%,throughput_samples_per_s=10% (defaults in gates.py)"),
     _Option("gpu_type", "", "GPU to price the run as (A100 40GB, A100 80GB, H100, H200, L4, A10G, T4; default: the detected GPU)", _gpu_type),
-    _Option("price_per_hour", "", "on-demand USD per GPU-hour for cost per request (default: the GPU table's list price)", _optional_positive_float),
-    _Option("spot_price_per_hour", "", "spot USD per GPU-hour for cost per request (default: the GPU table's)", _optional_positive_float),
+    _Option("price_per_hour", "", "on-demand USD per replica-hour (a GPU, or the CPU machine) for cost per request (default: the GPU table's list price; on a CPU, its vCPUs at the CPU list price)", _optional_positive_float),
+    _Option("spot_price_per_hour", "", "spot USD per replica-hour for cost per request (default: the GPU or CPU table's)", _optional_positive_float),
     _Option("peak_tflops", "", "device's dense bf16/fp16 peak TFLOP/s for MFU (default: the detected GPU's; unknown on CPU)", _optional_positive_float),
     _Option("p95_target_ms", "100", "p95 batch latency target that traffic tiers are sized under", _optional_positive_float),
     _Option("compare_run", "", "saved run (results/<run id>/, its qbench.json or benchmark.json) to compare this run with"),
@@ -180,8 +180,9 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("qbench", "qbench: quantized classifier benchmarks")
     for opt in OPTIONS:
         flag = "--qbench-" + opt.name.replace("_", "-")
-        group.addoption(flag, dest="qbench_" + opt.name, default=None,
-                        help=f"{opt.help} (ini: qbench_{opt.name}; default: {opt.default or 'unset'})")
+        text = f"{opt.help} (ini: qbench_{opt.name}; default: {opt.default or 'unset'})"
+        # argparse %-formats every help string ("%(default)s"): a bare "15%" would crash `pytest --help`
+        group.addoption(flag, dest="qbench_" + opt.name, default=None, help=text.replace("%", "%%"))
         parser.addini("qbench_" + opt.name, opt.help, default=opt.default)
 
 
@@ -264,6 +265,9 @@ class Settings:
         if values["sweep"] and values["sweep_max_batch"] < max(values["batch_sizes"]):
             raise pytest.UsageError(f"--qbench-sweep-max-batch {values['sweep_max_batch']} is below the largest "
                                     f"batch size {max(values['batch_sizes'])}, where the sweep starts")
+        if values["calibration_split"] == values["split"]:
+            raise pytest.UsageError(f"--qbench-calibration-split must differ from the evaluated split "
+                                    f"--qbench-split ({values['split']!r}): calibrating on it would flatter accuracy")
         if values["samples"] < 1:
             raise pytest.UsageError("--qbench-samples must be at least 1")
         from .rounds import RoundPlan

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from .config import ConfigError, load_configs
+from .config import ConfigError
 from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
     qbench_config, qbench_engine, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_matrix, qbench_model,
     qbench_pool, qbench_quant_context, qbench_settings, qbench_store,
@@ -27,6 +28,8 @@ from .metrics import CONFIG_METRICS, DERIVED_METRICS
 from .options import Settings, add_options
 from .outputs import ReportState
 from .report import matrix_frame, summary_html
+from .load import DataError
+from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
 from .run import RunStore, git_commit, new_run_id
 from .redact import scrub, scrub_text
 
@@ -52,6 +55,7 @@ class QbenchState:
     matrix_cases: list = field(default_factory=list)  # (config, batch size) of the selected latency tests
     pool: Any = None  # the session's EnginePool while it is alive
     progress: Callable[[str], None] = print  # a line on the terminal, even while a test's output is captured
+    inputs: Inputs | None = None  # model, labels, evaluation split: validated once at session start
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -120,16 +124,66 @@ def _benchmark_json_target(path: Path):
     return open(path, "wb")  # noqa: SIM115  (pytest-benchmark closes it after writing)
 
 
+def _say(config: pytest.Config, line: str) -> None:
+    """One line on the terminal, also before the session header and while output is captured."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(scrub_text(line))
+    else:
+        print(scrub_text(line), file=sys.stderr, flush=True)
+
+
 def _configs(config: pytest.Config) -> list:
     state: QbenchState = config._qbench
     if state.configs is None:
         try:
-            configs = load_configs(state.settings.configs_dir, list(state.settings.configs))
-            # Baselines first: every other config's flip rate is measured against their predictions.
-            state.configs = sorted(configs, key=lambda c: not c.baseline)
+            state.configs, warnings = check_configs(state.settings)
         except ConfigError as exc:
-            raise pytest.UsageError(f"qbench: {exc}") from None
+            _stop(config, f"qbench: {exc}")
+        for warning in warnings:
+            _say(config, f"qbench: warning: {warning}")
+        state.store.warnings.extend(warnings)
     return state.configs
+
+
+def _stop(config: pytest.Config, message: str) -> None:
+    """End the run before it starts: pytest prints a UsageError as one `ERROR:` line and exits 4. Nothing
+    ran, so the run's folder (made at configure for pytest-html and pytest-benchmark) goes, rather than
+    stay behind as an empty run that a later --qbench-perf-baseline or `ls results/` would pick."""
+    store: RunStore = config._qbench.store
+    if store.out_dir is not None and not hasattr(config, "workerinput"):
+        pending = store.out_dir / PENDING_JSON
+        if pending.exists() and not pending.stat().st_size:
+            pending.unlink()
+        try:
+            store.out_dir.rmdir()
+        except OSError:  # something else is in it: leave it
+            pass
+        store.out_dir = None
+    raise pytest.UsageError(scrub_text(message))
+
+
+def _only_collecting(config: pytest.Config) -> bool:
+    option = config.option
+    return bool(option.collectonly or getattr(option, "showfixtures", False)
+                or getattr(option, "show_fixtures_per_test", False))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Validate every input once, before collection and before any engine starts (preflight.py): a bad
+    one ends the run with one line instead of an error per test."""
+    config = session.config
+    state: QbenchState | None = getattr(config, "_qbench", None)
+    if state is None or not _runs_benchmarks(config):
+        return
+    _configs(config)
+    if _only_collecting(config):
+        return
+    try:
+        check_gate_inputs(state.settings)
+        state.inputs = prepare(state.settings, state.store, progress=lambda line: _say(config, line))
+    except (PreflightError, DataError) as exc:
+        _stop(config, f"qbench: {exc}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -180,6 +234,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                           for item in items if "qbench_matrix" in getattr(item, "fixturenames", ())
                           and {"qbench_config", "batch_size"} <= set(getattr(item, "callspec", None).params
                                                                       if hasattr(item, "callspec") else ())]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember what is about to run (after -k/-m deselection), so a stopped run can list what it never reached."""
+    state: QbenchState | None = getattr(session.config, "_qbench", None)
+    if state is None:
+        return
+    configs, cases = {}, {}
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        cfg = params.get("qbench_config")
+        if cfg is None:
+            continue
+        configs[cfg.name] = None
+        if "batch_size" in params:
+            cases[(cfg.name, int(params["batch_size"]))] = None
+    state.store.planned_configs[:] = configs
+    state.store.planned_cases[:] = cases
+
+
+# pytest-benchmark's table and `pytest-benchmark compare --group-by=group` group cases by this name. A
+# config's latency cases share the config's name; one-round measurements (the accuracy pass, a sweep, a
+# load test) and the overhead pairs get a group of their own, so they do not skew the latency columns.
+GROUP_SUFFIX = {"accuracy": "accuracy", "saturation": "sweep", "load": "load", "overhead": "overhead", "residency": "residency",
+                "suite": "overhead"}
+
+
+def benchmark_group(config: str, kind: str | None) -> str:
+    suffix = GROUP_SUFFIX.get(kind or "")
+    return f"{config} {suffix}" if suffix else config
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Regroup a benchmark by the kind its measurement recorded (extra_info "kind"), after the test ran:
+    the measuring code (bench.py, loadtest.py) names the config, pytest-benchmark keeps the name in the
+    record pedantic() made."""
+    yield
+    bench = getattr(item, "funcargs", {}).get("benchmark")
+    stats = getattr(bench, "stats", None)
+    if stats is None:
+        return
+    kind = bench.extra_info.get("kind")
+    group = benchmark_group(str(bench.extra_info.get("config") or stats.group), kind)
+    if kind in GROUP_SUFFIX:
+        bench.group = stats.group = group
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -336,6 +436,8 @@ def _report_summary(tr, state: QbenchState) -> None:
 
         tr.write_line(scrub_text(f"compared with saved run {results.comparison_source} (values are this run's):"))
         tr.write_line(scrub_text(to_text(results.comparison)))
+    if data := results.dataset_text():
+        tr.write_line(scrub_text(f"qbench {data}"))
     tr.write_line(scrub_text(results.headline()))
     for line in results.ceiling_lines():
         tr.write_line(scrub_text(line))

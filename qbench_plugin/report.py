@@ -9,7 +9,7 @@ import html
 
 import pandas as pd
 
-from .run import RunStore
+from .run import RunStore, describe_not_run
 
 MATRIX_COLUMNS = {
     "config": "config",
@@ -129,6 +129,8 @@ def summary_html(store: RunStore) -> list[str]:
     if store.status == "partial":
         head += (f'<p class="qbench-partial" style="color:#b00;font-weight:bold">PARTIAL RUN: '
                  f"{html.escape(store.status_reason or '')}</p>")
+        if missing := describe_not_run(store.not_run()):
+            head += f'<p class="qbench-not-run">Not run: {html.escape(missing)}</p>'
     return [
         STYLE,
         head,

@@ -75,6 +75,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def describe_not_run(not_run: dict[str, list]) -> str:
+    """RunStore.not_run() in words: 'configs a, b; cases c-bs8, c-bs16', or '' when everything ran."""
+    configs = list(not_run.get("configs") or [])
+    cases = [f"{cfg}-bs{bs}" for cfg, bs in not_run.get("cases") or []]
+    return "; ".join(([f"configs {', '.join(configs)}"] if configs else []) + ([f"cases {', '.join(cases)}"] if cases else []))
+
+
 @dataclass
 class ConfigRecord:
     """What was measured once per config: start, memory, accuracy; predictions kept for comparisons."""
@@ -133,7 +140,7 @@ class RunStore:
     out_dir: Path
     settings: dict[str, Any]
     commit: str | None = None
-    status: str = "running"  # running | complete | partial
+    status: str = "running"  # running | complete | partial (stopped early: see status_reason and not_run)
     status_reason: str | None = None
     configs: dict[str, ConfigRecord] = field(default_factory=dict)
     cases: list[CaseRecord] = field(default_factory=list)
@@ -147,6 +154,23 @@ class RunStore:
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare classify loop
     # how the matrix was timed: rounds, block, seed, groups of co-resident engines, each round's order
     measurement: dict[str, Any] = field(default_factory=dict)
+    # what the session collected to run, so that a stopped run can say what it never reached
+    planned_configs: list[str] = field(default_factory=list)
+    planned_cases: list[tuple[str, int]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. broken config files that were not selected
+
+    def not_run(self) -> dict[str, list]:
+        """Planned configs that never started, and latency cases of started configs that never finished.
+
+        Skipped and failed configs are not here: they ran as far as their recorded reason."""
+        started = {name for name, rec in self.configs.items() if rec.status != "pending"}
+        configs = [name for name in self.planned_configs if name not in started]
+        done = {(c.config, c.batch_size) for c in self.cases}
+        ready = {name for name, rec in self.configs.items() if rec.status == "ready"}
+        oom = {cfg: bs for cfg, (bs, _) in self.out_of_memory.items()}  # from there up: failed or skipped, with why
+        cases = [[cfg, bs] for cfg, bs in self.planned_cases
+                 if cfg in ready and (cfg, bs) not in done and bs < oom.get(cfg, bs + 1)]
+        return {"configs": configs, "cases": cases}
 
     def config(self, name: str) -> ConfigRecord:
         return self.configs[name]
@@ -182,6 +206,7 @@ class RunStore:
             "commit": self.commit,
             "status": self.status,
             "status_reason": self.status_reason,
+            "not_run": self.not_run() if self.status == "partial" else {"configs": [], "cases": []},
             "settings": self.settings,
             "configs": {name: rec.summary() for name, rec in self.configs.items()},
             "cases": [case.__dict__ for case in self.cases],
@@ -193,6 +218,7 @@ class RunStore:
             "ceiling": self.ceiling,
             "overhead": self.overhead,
             "measurement": self.measurement,
+            "warnings": self.warnings,
         }
 
     def table(self):

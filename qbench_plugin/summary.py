@@ -20,6 +20,7 @@ from . import gpus
 from .picks import KINDS, Picks, Recommendation, ReferenceLine, balance_scores, recommend  # noqa: F401
 from .config import BenchConfig, Gates
 from .metrics import BY_NAME, CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
+from .run import describe_not_run
 
 TIERS_PER_MIN = (100, 1_000, 10_000)
 DEFAULT_P95_TARGET_MS = 100.0
@@ -237,25 +238,39 @@ def _device_label(device_names: list[str]) -> str:
     return ", ".join(device_names) if device_names else "this machine's CPU (no GPU)"
 
 
-def resolve_pricing(options: ReportOptions, device_names: list[str]) -> Pricing:
+def resolve_pricing(options: ReportOptions, device_names: list[str], cpu_count: int | None = None) -> Pricing:
+    """The hourly price of one replica: given, else the priced-as or detected GPU's list price, else, on a
+    machine without a GPU, its vCPUs at the CPU list price (gpus.CPU); every assumption says so."""
     spec = gpus.by_name(options.gpu_type) if options.gpu_type else gpus.detect(device_names)
-    on_demand = options.price_per_hour if options.price_per_hour is not None else (spec.on_demand_per_hour if spec else None)
-    spot = options.spot_price_per_hour if options.spot_price_per_hour is not None else (spec.spot_per_hour if spec else None)
+    cpu_run = spec is None and not device_names
+    vcpus = cpu_count or 1
+    cpu_on_demand = round(gpus.CPU.on_demand_per_vcpu_hour * vcpus, 6) if cpu_run else None
+    # a given on-demand price is the user's machine, not ours: our CPU spot price would not match it
+    cpu_spot = round(gpus.CPU.spot_per_vcpu_hour * vcpus, 6) if cpu_run and options.price_per_hour is None else None
+    on_demand = options.price_per_hour if options.price_per_hour is not None else (
+        spec.on_demand_per_hour if spec else cpu_on_demand)
+    spot = options.spot_price_per_hour if options.spot_price_per_hour is not None else (
+        spec.spot_per_hour if spec else cpu_spot)
     if on_demand is None and spot is None:
-        return Pricing(None, None, None, f"no price: no known GPU on {_device_label(device_names)} and no "
-                       f"--qbench-gpu-type ({', '.join(gpus.known_names())}) or --qbench-price-per-hour given")
+        return Pricing(None, None, None, f"no known GPU on {_device_label(device_names)} and no --qbench-gpu-type "
+                       f"({', '.join(gpus.known_names())}) or --qbench-price-per-hour given")
     given = [o for o, v in (("--qbench-price-per-hour", options.price_per_hour),
                             ("--qbench-spot-price-per-hour", options.spot_price_per_hour)) if v is not None]
     parts = [f"{' and '.join(given)} as given"] if given else []
     if spec and (options.price_per_hour is None or options.spot_price_per_hour is None):
         parts.append(f"list-price assumption for {spec.name} ({spec.price_source}, as of {gpus.PRICES_AS_OF})")
+    if cpu_run and options.price_per_hour is None:
+        parts.append(f"list-price assumption for a CPU replica: {vcpus} vCPUs (this machine's logical cores) x "
+                     f"${gpus.CPU.on_demand_per_vcpu_hour}/vCPU-hour on-demand, ${gpus.CPU.spot_per_vcpu_hour} spot "
+                     f"({gpus.CPU.price_source}, as of {gpus.PRICES_AS_OF})")
     note = None
     measured_on = gpus.detect(device_names)
-    if measured_on is None or (spec is not None and measured_on != spec):
+    if not cpu_run and (measured_on is None or (spec is not None and measured_on != spec)):
         priced_as = spec.name if spec else "the given price"
         note = (f"throughput was measured on {_device_label(device_names)} but is priced as {priced_as}: "
                 f"the cost of that hardware if it delivered this throughput, not a measurement of it")
-    return Pricing(spec.name if spec else "custom", on_demand, spot, "; ".join(parts), note)
+    name = spec.name if spec else (gpus.CPU.label(vcpus) if cpu_run and options.price_per_hour is None else "custom")
+    return Pricing(name, on_demand, spot, "; ".join(parts), note)
 
 
 @dataclass(frozen=True)
@@ -432,6 +447,10 @@ class RunResults:
     references: list[ReferenceLine] = field(default_factory=list)  # other-engine configs vs the best serving one
     measurement: dict[str, Any] = field(default_factory=dict)  # rounds, seed, groups: how the matrix was timed
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare loop
+    status: str = "complete"  # qbench.json's: complete, or partial when the run stopped early (Ctrl-C)
+    status_reason: str | None = None
+    not_run: dict[str, list] = field(default_factory=dict)  # configs / cases of a stopped run that never ran
+    dataset: dict[str, Any] = field(default_factory=dict)  # qbench.json's: rows, duplicates, truncated rows, ...
 
     @property
     def tie_notes(self) -> list[str]:
@@ -442,12 +461,47 @@ class RunResults:
     def eligible(self) -> pd.DataFrame:
         return self.table[self.table["eligible"]]
 
+    @property
+    def partial(self) -> bool:
+        return self.status == "partial"
+
+    def not_run_text(self) -> str:
+        """'not run: configs a, b; cases c-bs8, c-bs16' for a stopped run; '' when everything ran."""
+        text = describe_not_run(self.not_run)
+        return f"not run: {text}" if text else ""
+
+    def coverage_note(self) -> str | None:
+        """For a stopped run, what its picks cover and what never ran; None for a complete run."""
+        if not self.partial:
+            return None
+        finished = ", ".join(dict.fromkeys(self.table["config"])) or "none"
+        note = f"PARTIAL RUN: covers only the configs that finished latency cases before the run stopped ({finished})"
+        return f"{note}; {self.not_run_text()}" if self.not_run_text() else note
+
+    def dataset_text(self) -> str | None:
+        """The evaluated split in one sentence, truncation first: timings and accuracy are on what the
+        engines saw, and a truncated text is not the text in the file."""
+        d = self.dataset
+        if not d.get("rows"):
+            return None
+        rows, cut = int(d["rows"]), int(d.get("truncated_rows") or 0)
+        text = f"dataset {d.get('source')} split {d.get('split')}: {rows:,} rows"
+        if cut:
+            text += (f", {cut:,} of them ({cut / rows:.1%}) longer than max_model_len {d.get('max_model_len')} tokens "
+                     "and truncated to it (--qbench-truncation truncate; accuracy and timings are on the truncated texts)")
+        else:
+            text += f", none longer than max_model_len {d.get('max_model_len')} tokens"
+        extra = [f"{int(d[k]):,} {what}" for k, what in (("duplicate_rows", "duplicates"), ("non_ascii_rows", "non-ASCII"))
+                 if d.get(k)]
+        return text + (f"; {', '.join(extra)}" if extra else "")
+
     def headline(self) -> str:
         """The terminal's one line."""
         rec = self.recommendations.get("balanced")
+        label = "qbench recommendation" + (f" ({self.coverage_note()})" if self.partial else "")
         if rec is None:
-            return f"qbench recommendation: none ({self.no_recommendation})"
-        line = (f"qbench recommendation: {rec.config} at batch size {rec.batch_size} "
+            return f"{label}: none ({self.no_recommendation})"
+        line = (f"{label}: {rec.config} at batch size {rec.batch_size} "
                 f"({rec.method}, {rec.engine}): p95 {rec.latency_p95_ms:.2f} ms, "
                 f"{rec.throughput_samples_per_s:,.1f} texts/s")
         if rec.accuracy is not None:
@@ -481,7 +535,7 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
     workload = dict(run.get("workload") or {})
     device_names = list(machine.get("gpu_names") or [])
     peak = resolve_peak(options, device_names)
-    pricing = resolve_pricing(options, device_names)
+    pricing = resolve_pricing(options, device_names, machine.get("cpu_count"))
     eligibility = gate_frame(configs, bench_configs, options.gate_overrides)
     eligible_names = set(eligibility.loc[eligibility["eligible"], "config"])
 
@@ -518,4 +572,6 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         loads=[_as_dict(item) for item in loads], gates=[_as_dict(g) for g in run.get("gates") or []],
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),
         overhead=dict(run.get("overhead") or {}), measurement=dict(run.get("measurement") or {}),
+        status=str(run.get("status") or "complete"), status_reason=run.get("status_reason"),
+        not_run=dict(run.get("not_run") or {}), dataset=dict(run.get("dataset") or {}),
     )

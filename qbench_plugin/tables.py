@@ -85,10 +85,20 @@ def cost(r: RunResults) -> Table:
     return header, rows
 
 
+def price(value: float | None) -> str:
+    """USD per hour: cents for GPUs, four decimals for CPUs' fractions of a dollar."""
+    return fmt(value, 2 if value is None or value >= 1 else 4, money=True)
+
+
 def gpu_prices() -> Table:
-    header = ["GPU", "on-demand", "spot", "dense bf16/fp16 peak TFLOP/s", "source"]
-    return header, [[g.name, fmt(g.on_demand_per_hour, money=True), fmt(g.spot_per_hour, money=True),
-                     fmt(g.peak_tflops, 0), g.price_source] for g in gpus.GPUS]
+    """The price table, GPUs per GPU-hour and the CPU per vCPU-hour."""
+    header = ["hardware", "on-demand $/h", "spot $/h", "dense bf16/fp16 peak TFLOP/s", "source"]
+    rows = [[g.name, price(g.on_demand_per_hour), price(g.spot_per_hour), fmt(g.peak_tflops, 0), g.price_source]
+            for g in gpus.GPUS]
+    cpu = gpus.CPU
+    rows.append(["CPU, per vCPU", price(cpu.on_demand_per_vcpu_hour), price(cpu.spot_per_vcpu_hour),
+                 "unknown (give --qbench-peak-tflops)", cpu.price_source])
+    return header, rows
 
 
 def tiers(r: RunResults) -> Table:

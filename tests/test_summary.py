@@ -114,8 +114,18 @@ def test_no_eligible_config_means_no_recommendation_and_says_why():
 
 
 def test_pricing_and_peak():
-    cpu = resolve_pricing(ReportOptions(), [])
-    assert not cpu.available and "--qbench-price-per-hour" in cpu.source
+    # a CPU run is priced as its vCPUs at the CPU list price, labelled as an assumption
+    cpu = resolve_pricing(ReportOptions(), [], cpu_count=2)
+    assert cpu.gpu == "CPU, 2 vCPUs" and cpu.note is None
+    assert cpu.on_demand_per_hour == pytest.approx(2 * gpus.CPU.on_demand_per_vcpu_hour)
+    assert cpu.spot_per_hour == pytest.approx(2 * gpus.CPU.spot_per_vcpu_hour)
+    assert "list-price assumption for a CPU replica: 2 vCPUs" in cpu.source and gpus.PRICES_AS_OF in cpu.source
+    mine = resolve_pricing(ReportOptions(price_per_hour=0.5), [], cpu_count=2)
+    assert (mine.gpu, mine.on_demand_per_hour, mine.spot_per_hour) == ("custom", 0.5, None)
+    assert "assumption" not in mine.source
+    unknown = resolve_pricing(ReportOptions(), ["NVIDIA RTX 9999"])
+    assert not unknown.available and "--qbench-price-per-hour" in unknown.source
+    assert not unknown.source.startswith("no price")  # the log says "No price for this run: " before it
     a100 = resolve_pricing(ReportOptions(gpu_type="A100"), [])
     assert a100.gpu == "A100 40GB" and a100.on_demand_per_hour == gpus.by_name("A100 40GB").on_demand_per_hour
     assert "measured on" in a100.note  # priced as a GPU the run did not use
@@ -283,3 +293,59 @@ def test_memory_ranking_falls_back_when_some_configs_have_no_weights_reading():
     run["configs"]["int8"]["metrics"].update(weights_memory_mib=2.2, memory_rss_peak_mib=900.0)
     text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
     assert "- Memory: lowest peak host memory is int8 (900.0 MiB), highest base (1,100.0 MiB)." in text
+
+
+def test_a_stopped_run_says_so_everywhere_and_lists_what_did_not_run():
+    from qbench_plugin.report import summary_html
+    from qbench_plugin.run import CaseRecord, ConfigRecord, RunStore
+
+    store = RunStore(run_id="r", out_dir=None, settings=RUN["settings"], status="partial", status_reason="interrupted (Ctrl-C)")
+    store.planned_configs[:] = ["base", "int8", "fast"]
+    store.planned_cases[:] = [(c, b) for c in ("base", "int8", "fast") for b in (1, 8)]
+    store.configs["base"] = ConfigRecord("base", "none", "vllm", baseline=True, status="ready",
+                                         metrics={"accuracy": 0.95, "macro_f1": 0.95})
+    store.cases.append(CaseRecord("base", 1, _case("base", 1, 10.0, 100.0)["metrics"]))
+    assert store.not_run() == {"configs": ["int8", "fast"], "cases": [["base", 8]]}
+    run = store.to_json()
+    assert run["not_run"] == {"configs": ["int8", "fast"], "cases": [["base", 8]]}
+    r = build_results(run, machine={"gpu_names": []}, bench_configs={"base": CONFIGS["base"]}, options=ReportOptions())
+    line = r.headline()
+    assert line.startswith("qbench recommendation (PARTIAL RUN: covers only the configs that finished latency "
+                           "cases before the run stopped (base); not run: configs int8, fast; cases base-bs8): base")
+    text = experiment_log(r)
+    assert "**PARTIAL RUN**: interrupted (Ctrl-C)" in text and find_placeholders(text) == []
+    assert "| int8 | - | - | not run | none | the run stopped before this config started |" in text
+    assert "## Recommendations\n\nPARTIAL RUN: covers only" in text
+    html = "".join(summary_html(store))
+    assert "PARTIAL RUN: interrupted (Ctrl-C)" in html and "Not run: configs int8, fast; cases base-bs8" in html
+    # a complete run lists nothing and says nothing of the kind
+    store.status = "complete"
+    done = build_results(store.to_json(), machine={"gpu_names": []}, bench_configs={"base": CONFIGS["base"]},
+                         options=ReportOptions())
+    assert "PARTIAL" not in done.headline() and "PARTIAL" not in experiment_log(done)
+
+
+def test_truncated_rows_are_said_in_the_log():
+    run = dict(RUN, dataset={"source": "d.jsonl", "split": "test", "rows": 200, "truncated_rows": 3,
+                             "max_model_len": 64, "duplicate_rows": 2, "non_ascii_rows": 0})
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    said = ("dataset d.jsonl split test: 200 rows, 3 of them (1.5%) longer than max_model_len 64 tokens and "
+            "truncated to it")
+    assert r.dataset_text().startswith(said) and r.dataset_text().endswith("; 2 duplicates")
+    assert f"Evaluated {said}" in experiment_log(r)
+    clean = build_results(dict(run, dataset=dict(run["dataset"], truncated_rows=0)), machine={"gpu_names": []},
+                          bench_configs=CONFIGS, options=ReportOptions())
+    assert "none longer than max_model_len 64 tokens" in clean.dataset_text()
+
+
+def test_a_cpu_run_has_a_cost_per_request():
+    r = build_results(RUN, machine={"gpu_names": [], "cpu_count": 2}, bench_configs=CONFIGS, options=ReportOptions())
+    hourly = 2 * gpus.CPU.on_demand_per_vcpu_hour
+    row = r.table.set_index(["config", "batch_size"]).loc[("int8", 8)]
+    assert row["cost_per_1m_usd"] == pytest.approx(hourly / (400 * 3600) * 1e6)
+    assert row["spot_cost_per_1k_usd"] == pytest.approx(2 * gpus.CPU.spot_per_vcpu_hour / (400 * 3600) * 1e3)
+    assert r.headline().endswith("per 1M requests (CPU, 2 vCPUs)")
+    text = experiment_log(r)
+    assert "Priced as **CPU, 2 vCPUs**: on-demand $0.0892/h, spot $0.0350/h (list-price assumption" in text
+    assert "on-demand $/1M" in text and "| CPU, per vCPU | $0.0446 | $0.0175 |" in text
+    assert "No price" not in text

@@ -1,0 +1,125 @@
+"""A run's inputs, validated once before any test runs: configs, model, dataset, labels, lengths.
+
+A bad input is a usage error, not a test failure: raised from a session fixture it would repeat for
+every test, and from parametrization once per module. The plugin calls this before collection, so a
+bad input stops the run with one line naming the file, field, label, row or path, before any engine
+starts; the fixtures then take what was validated here instead of loading it again.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import BenchConfig, load_selected
+from .embedded import EMBEDDED, Progress, resolve_model
+from .load import DataError, EvalSet, load_eval_set, model_labels, over_length_rows, row_places
+from .options import Settings
+from .run import RunStore
+from .workload import measure_workload
+
+# a Hugging Face repo id: "name" or "owner/name" of letters, digits, '-', '_', '.' (no leading '.' or '-')
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+class PreflightError(ValueError):
+    """An input that stops the run before it starts; the message is one line naming what is wrong."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model: str  # local path or hub id, the embedded model trained
+    labels: list[str]
+    eval_set: EvalSet
+    over_length: list[int]  # rows longer than max_model_len, truncated by the engines
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def check_configs(settings: Settings) -> tuple[list[BenchConfig], list[str]]:
+    """The selected configs, baselines first, and a warning per broken config file that was not selected."""
+    configs, warnings = load_selected(settings.configs_dir, list(settings.configs))
+    # baselines first: every other config's flip rate is measured against their predictions
+    return sorted(configs, key=lambda c: not c.baseline), warnings
+
+
+def _path_or_hub_id(option: str, value: str) -> Path | None:
+    """The existing path `value` names, None for a hub id; a PreflightError for what is neither, which
+    transformers and datasets would otherwise report as an invalid repo id, pages long."""
+    path = Path(value).expanduser()
+    if path.exists():
+        return path
+    if value.startswith(("/", "./", "../", "~")) or value.count("/") > 1 or not HUB_ID.match(value):
+        raise PreflightError(f"{option} {value}: no such file or directory, and not a hub id (owner/name)")
+    return None
+
+
+def check_model_ref(model: str) -> None:
+    """An existing model folder, 'embedded[:preset]' or something shaped like a hub id."""
+    if model.split(":")[0] == EMBEDDED:
+        return
+    path = _path_or_hub_id("--qbench-model", model)
+    if path is not None and path.is_dir() and not (path / "config.json").is_file():
+        raise PreflightError(f"--qbench-model {model}: folder has no config.json (not a transformers model)")
+
+
+def check_dataset_ref(dataset: str) -> None:
+    if dataset != EMBEDDED:
+        _path_or_hub_id("--qbench-dataset", dataset)
+
+
+def _guard(what: str, action: Callable[[], Any]) -> Any:
+    """Run a loader; a DataError passes as it is, anything else becomes one line naming `what`."""
+    try:
+        return action()
+    except (DataError, PreflightError):
+        raise
+    except Exception as exc:  # noqa: BLE001  (transformers/datasets raise many types, with pages of detail)
+        raise PreflightError(f"{what}: {_first_line(exc)}") from None
+
+
+def check_inputs(settings: Settings, progress: Progress | None = None) -> Inputs:
+    """Model (trained first if embedded), its labels, the evaluated split, and over-length rows."""
+    s = settings
+    check_model_ref(s.model)
+    check_dataset_ref(s.dataset)
+    model = _guard(f"--qbench-model {s.model}", lambda: resolve_model(s.model, s.cache_dir, progress))
+    labels = _guard(f"--qbench-model {s.model}: reading its config", lambda: model_labels(model))
+    eval_set = _guard(f"--qbench-dataset {s.dataset} split {s.split}",
+                      lambda: load_eval_set(s.dataset, s.split, s.text_column, s.label_column, labels))
+    over = _guard(f"--qbench-model {s.model}: tokenizing the split",
+                  lambda: over_length_rows(model, eval_set.texts, s.max_model_len))
+    if over and s.truncation == "reject":
+        place = row_places(s.dataset, s.split, len(eval_set.texts))
+        raise PreflightError(f"dataset {s.dataset} split {s.split}: {len(over)} texts are longer than max_model_len "
+                             f"{s.max_model_len} tokens ({place(over)}); raise --qbench-max-model-len or use "
+                             "--qbench-truncation truncate")
+    return Inputs(model=model, labels=labels, eval_set=eval_set, over_length=over)
+
+
+def prepare(settings: Settings, store: RunStore, progress: Progress | None = None) -> Inputs:
+    """check_inputs, then the split's facts and the workload (tokens per text, parameters) into the run's
+    record, once per run before any engine starts."""
+    s = settings
+    inputs = check_inputs(settings, progress)
+    store.dataset.update(inputs.eval_set.facts, source=s.dataset, split=s.split, truncation=s.truncation,
+                         max_model_len=s.max_model_len, truncated_rows=len(inputs.over_length))
+    store.workload.update(measure_workload(inputs.model, inputs.eval_set.texts, s.max_model_len))
+    return inputs
+
+
+def check_gate_inputs(settings: Settings) -> None:
+    """--qbench-perf-thresholds parses and --qbench-perf-baseline reads (the gatekeeper reads them again)."""
+    from . import gates
+
+    for option, check in (("--qbench-perf-thresholds", lambda: gates.parse_thresholds(settings.perf_thresholds)),
+                          ("--qbench-perf-baseline",
+                           lambda: settings.perf_baseline and gates.load_saved_cases(settings.perf_baseline))):
+        try:
+            check()
+        except ValueError as exc:
+            raise PreflightError(f"{option}: {exc}") from None
