@@ -234,8 +234,8 @@ def load_test(r: RunResults) -> str:
         out += ["", f"### Capacity at p95 <= {r.options.p95_target_ms:g} ms\n",
                 "Per config, the grid point with the highest req/s whose p95 stays at or under the target "
                 "(`--qbench-p95-target-ms`), among points without failed requests"
-                + (" that kept their open-loop schedule" if _open_loop(r) else "") + "; where none does, why:\n"]
-        out += [f"- {c.text()}." for c in r.capacity]
+                + (" that kept their open-loop schedule" if _open_loop(r) else "") + "; where none does, the note "
+                "says why (capacity is never extrapolated):\n", md_table(*tables.capacity(r))]
         out.append("\nThe latency-throughput curve (p95 against req/s, one line per config and request batch "
                    "size) is `load_p95_vs_rps.png`.")
     return "\n".join(out)
