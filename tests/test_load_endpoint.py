@@ -265,3 +265,16 @@ def test_load_table_has_one_row_per_point_in_run_order_and_shows_skips():
     assert rows[0][header.index("req/s")] == "150.0" and rows[0][header.index("p95 (ms)")] == "20.00"
     assert rows[0][header.index("requests (window / run)")] == "1,000 / 1,100"
     assert rows[3][header.index("status")] == "skipped: needs a CUDA GPU" and rows[3][header.index("req/s")] == "-"
+
+
+def test_grid_options_take_lists_and_name_what_they_expect():
+    from qbench_plugin.options import _counts, _rates
+
+    assert _counts("user counts")("10, 20,50,20") == (10, 20, 50)
+    assert _rates("50,100.5") == (50.0, 100.5) and _rates("") == ()
+    with pytest.raises(pytest.UsageError, match="comma-separated user counts"):
+        _counts("user counts")("10,many")
+    with pytest.raises(pytest.UsageError, match="of at least 1"):
+        _counts("batch sizes")("8,0")
+    with pytest.raises(pytest.UsageError, match="positive requests/s"):
+        _rates("50,-1")
