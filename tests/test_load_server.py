@@ -316,6 +316,25 @@ def test_plugin_with_a_rejected_key_fails_without_writing_it(runpod, tmp_path):
     assert wrong not in proc.stdout + proc.stderr and _files_containing(results, wrong) == []
 
 
+def test_plugin_runs_an_open_loop_grid_against_a_remote_vllm_server(server, tmp_path):
+    results = tmp_path / "results"
+    proc = _pytest("benchmarks", "-m", "load", f"--qbench-endpoint={server.url}", "--qbench-load-rate=15,30",
+                   "--qbench-load-users=4", "--qbench-load-batch-size=1", "--qbench-load-duration=4",
+                   "--qbench-load-settle=1", f"--qbench-results-dir={results}", "-rA")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "test_load[endpoint-r15-u4-b1] PASSED" in proc.stdout or \
+        "PASSED benchmarks/test_load.py::test_load[endpoint-r15-u4-b1]" in proc.stdout
+    (run_dir,) = results.iterdir()
+    loads = json.loads((run_dir / "qbench.json").read_text())["loads"]
+    assert [load["point"] for load in loads] == ["r15-u4-b1", "r30-u4-b1"]
+    for load, rate in zip(loads, (15, 30)):
+        assert load["settings"]["rate"] == rate and load["status"] == "passed"
+        assert load["metrics"]["load_rps"] == pytest.approx(rate, rel=0.15)  # the offered rate was held
+    assert "qbench load capacity: endpoint:" in proc.stdout and "req/s offered by 4 users" in proc.stdout
+    log = (run_dir / "EXPERIMENT_LOG.md").read_text()
+    assert "| offered req/s |" in log and "Open loop: the users send on a fixed schedule" in log
+
+
 def test_killing_the_server_mid_run_records_failures_and_the_session_carries_on(server, tmp_path):
     """Last in the module: it kills the shared server."""
     results = tmp_path / "results"
