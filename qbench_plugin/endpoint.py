@@ -4,8 +4,9 @@ Pure functions (no I/O, no numpy, no torch) so that the Locust workers, the endp
 unit tests share one definition of "valid", and a worker on another machine imports this module
 cheaply. Two kinds of endpoint:
 
-* `vllm`: vLLM's OpenAI server, `POST {url}/classify` with `{"model": NAME, "input": [texts]}`,
-  answering `{"data": [{"index", "label", "probs"}, ...]}`.
+* `vllm`: vLLM's OpenAI server, `POST {url}/classify` with `{"model": NAME, "input": [texts],
+  "truncate_prompt_tokens": MAX_MODEL_LEN}` (vLLM keeps a longer text's first tokens, as the in-process
+  engine's tokenizer does; without it vLLM answers HTTP 400 to a text over its max_model_len), answering `{"data": [{"index", "label", "probs"}, ...]}`.
 * `runpod`: a RunPod-style serverless endpoint, `POST {url}/runsync` with
   `{"input": {"prompts": [texts]}}` and a Bearer key, answering `{"status": "COMPLETED",
   "output": ...}` where output is a list of `{"label", "probs"}` or an object holding one under
@@ -41,12 +42,18 @@ class Request:
     body: dict[str, Any]
 
 
-def build_request(kind: str, texts: Sequence[str], model: str | None = None) -> Request:
-    """The HTTP request that classifies `texts` on an endpoint of `kind`."""
+def build_request(kind: str, texts: Sequence[str], model: str | None = None,
+                  truncate: int | None = None) -> Request:
+    """The HTTP request that classifies `texts` on an endpoint of `kind`; `truncate` (vLLM only): the
+    most tokens of a text the server reads (its first ones), so long texts are measured as the
+    in-process matrix measures them instead of being refused. A RunPod worker truncates as it is written to."""
     if kind == "vllm":
         if not model:
             raise ValueError("a vLLM endpoint needs the served model name")
-        return Request("/classify", {"model": model, "input": list(texts)})
+        body: dict[str, Any] = {"model": model, "input": list(texts)}
+        if truncate:
+            body["truncate_prompt_tokens"] = int(truncate)
+        return Request("/classify", body)
     if kind == "runpod":
         return Request("/runsync", {"input": {"prompts": list(texts)}})
     raise ValueError(f"unknown endpoint kind {kind!r}; valid kinds: {', '.join(KINDS)}")

@@ -12,10 +12,10 @@ import time
 import pandas as pd
 from typing import Any, Callable, Iterable, Sequence
 
-from . import gpus, tables
+from . import gpus, loadgrid, tables
 from .compare import NOISE, TOLERATED, counts_text, engine_changes, unmatched, wide as compare_wide
-from .report import LOAD_COLUMNS
-from .summary import RunResults, ceiling_display, memory_column, saturation_points
+from .loadgrid import texts_a_request
+from .summary import LOAD_SOURCE, MATRIX_SOURCE, RunResults, ceiling_display, memory_column, saturation_points
 from .tables import MISSING, STATUS_WORDS, fmt, value
 
 SECTIONS = (
@@ -232,25 +232,39 @@ def load_test(r: RunResults) -> str:
                if selected else "no load test recorded a result in this run")
         return (f"No load-test data: {why}. Load tests (marker `load`, benchmarks/test_load.py) drive an HTTP "
                 "server with concurrent Locust users; run them with `-m load` to fill this section.")
-    rows = []
-    for item in r.loads:
-        row = {"name": item.get("name"), "kind": item.get("kind"), "target": item.get("target"),
-               "status": item.get("status"), "reason": (item.get("reason") or "").splitlines()[0] if item.get("reason") else ""}
-        row.update(item.get("settings") or {})
-        row.update(item.get("metrics") or {})
-        rows.append(row)
-    keys = [k for k in LOAD_COLUMNS if any(k in row for row in rows)]
-    body = [[_loadvalue(row.get(k)) for k in keys] for row in rows]
-    return ("Latency is per request as the load clients saw it (successful requests); req/s is over the whole "
-            "run.\n\n" + md_table([LOAD_COLUMNS[k] for k in keys], body))
+    out = [load_method(r), "", md_table(*tables.load_grid(r))]
+    if r.capacity:
+        out += ["", f"### Capacity at p95 <= {r.options.p95_target_ms:g} ms\n",
+                "Per config, the grid point with the highest req/s whose p95 stays at or under the target "
+                "(`--qbench-p95-target-ms`), among points without failed requests"
+                + (" that kept their open-loop schedule" if _open_loop(r) else "") + "; where none does, the note "
+                "says why (capacity is never extrapolated):\n", md_table(*tables.capacity(r))]
+        out.append("\nThe latency-throughput curve (p95 against req/s, one line per config and request batch "
+                   "size) is `load_p95_vs_rps.png`.")
+    return "\n".join(out)
 
 
-def _loadvalue(value: Any) -> str:
-    if isinstance(value, float):
-        return fmt(value, 2)
-    if value is None or value == "":
-        return "-"
-    return str(value)
+def _open_loop(r: RunResults) -> bool:
+    return "rate" in r.load_table and r.load_table["rate"].notna().any()
+
+
+def load_method(r: RunResults) -> str:
+    """How the load table was measured, from the run's own settings."""
+    s = r.settings
+    settle, window = s.get("load_settle"), s.get("load_duration")
+    text = ("One Locust run per grid point, every point of a config against that config's one server. Each "
+            f"point's figures come from its measured window: {fmt(settle, 1) if settle is not None else 'the settle period'} s "
+            "after Locust started its last user (ramp-up left out), for "
+            f"{fmt(window, 0) if window is not None else 'the run time'} s; 'whole-run req/s' is the whole run, "
+            "ramp-up included. Latency is per request as the clients saw it (successful requests of the window); "
+            "failures count the whole run.")
+    if _open_loop(r):
+        text += (f" Open loop: the users send on a fixed schedule that adds up to the offered req/s, and a request "
+                 f"that left more than {loadgrid.LATE_TOLERANCE_MS:g} ms after its slot is counted as sent late "
+                 f"(a point with more than {loadgrid.MAX_LATE_SHARE:.0%} of its window late missed its schedule).")
+    else:
+        text += " Closed loop: each user sends its next request when the last one is answered."
+    return text
 
 
 def key_findings(r: RunResults) -> str:
@@ -313,21 +327,29 @@ def key_findings(r: RunResults) -> str:
 
 def cost_analysis(r: RunResults) -> str:
     p = r.pricing
-    out = []
-    if tables.best_rows(r).empty:
+    grid = any(c.found for c in r.capacity)
+    matrix = not tables.best_rows(r).empty
+    if not grid and not matrix:
         return ("No cost: no config that passes its accuracy gates has a measured throughput. "
                 "Cost per request is price per hour over requests per hour, so it needs a throughput.")
+    out = []
     if p.available:
         out.append(f"Priced as **{p.gpu}**: on-demand {tables.price(p.on_demand_per_hour)}/h, spot "
                    f"{tables.price(p.spot_per_hour) if p.spot_per_hour is not None else 'no spot price given'}/h "
-                   f"({p.source}). One request is one text; one replica runs fully busy at the measured throughput.")
+                   f"({p.source}). One replica runs fully busy at the measured throughput.")
         if p.note:
             out.append(f"\nNote: {p.note}.")
     else:
         out.append(f"No price for this run: {p.source}. The requests per replica-hour below are measured; "
                    "multiply your hourly price by 1,000 / (requests per hour) for the cost per 1K requests.")
-    out.append("\nEach config that passes its gates, at its highest-throughput batch size:\n")
-    out.append(md_table(*tables.cost(r)))
+    if grid:
+        out.append(f"\nSource: the {LOAD_SOURCE}, each config at its capacity at p95 <= {r.options.p95_target_ms:g} ms "
+                   "(Load test); a request is one HTTP request of that point's batch size:\n")
+        out.append(md_table(*tables.load_cost(r)))
+    if matrix:
+        out.append(f"\nThe {MATRIX_SOURCE} (batches in the process, no HTTP, no queueing){', for comparison' if grid else ''}: "
+                   "each config that passes its gates, at its highest-throughput batch size; one request is one text:\n")
+        out.append(md_table(*tables.cost(r)))
     out.append(f"\nList prices assumed when no price is given (USD per GPU-hour, and per vCPU-hour for a run on a CPU, "
                f"as of {gpus.PRICES_AS_OF}; "
                "assumptions, check your provider):\n")
@@ -359,11 +381,23 @@ def recommendations(r: RunResults) -> str:
 
 def scaling(r: RunResults) -> str:
     t = r.traffic
-    out = [f"Traffic tiers under a p95 target of {t.p95_target_ms:g} ms (option `--qbench-p95-target-ms`); "
-           "a request is one text, replicas run at the measured throughput with no headroom added, and queueing "
-           "is not modelled (p95 is the batch latency).\n"]
+    if t.from_load:
+        out = [f"Traffic tiers under a p95 target of {t.p95_target_ms:g} ms (option `--qbench-p95-target-ms`), "
+               f"sized from the {t.source}: each replica serves its config's capacity at the target (Load test), "
+               "the requests/s its server answered under concurrent load with p95 at or under the target; a request "
+               "is one HTTP request of the capacity point's batch size, and no headroom is added.\n"]
+    else:
+        out = [f"Traffic tiers under a p95 target of {t.p95_target_ms:g} ms (option `--qbench-p95-target-ms`), "
+               f"sized from the {t.source} (no load grid ran): a request is one text, replicas run at the measured "
+               "throughput with no headroom added, and queueing is not modelled (p95 is the batch latency).\n"]
     if t.reason:
         out.append(f"No tier plan: {t.reason}.")
+    elif t.from_load:
+        out.append(f"Serving config: {t.config} at point {t.point} ({texts_a_request(t.batch_size)}, p95 "
+                   f"{fmt(t.latency_p95_ms)} ms, {fmt(t.capacity_per_replica_per_s, 1)} req/s per replica): the "
+                   "highest capacity among configs that did not fail their accuracy gates"
+                   + (f"; note: {t.note}" if t.note else "") + ".\n")
+        out.append(md_table(*tables.tiers(r)))
     else:
         out.append(f"Serving row: {t.config} at batch size {t.batch_size} (p95 {fmt(t.latency_p95_ms)} ms, "
                    f"{fmt(t.capacity_per_replica_per_s, 1)} texts/s per replica): the eligible row with the "

@@ -1,5 +1,5 @@
-"""The report's decision blocks for pytest-html: recommendation, plots, pivots, cost, tiers, MFU, gates,
-and the comparison with a saved run (the load-test table is report.py's).
+"""The report's decision blocks for pytest-html: recommendation, plots, pivots, load capacity, cost, tiers,
+MFU, gates, and the comparison with a saved run (the load-test table is report.py's).
 
 Rendered from the run's one RunResults. Every table goes through DataFrame.to_html(escape=True) and
 every other string through html.escape, since config names, reasons and paths come from files a user
@@ -14,8 +14,9 @@ import pandas as pd
 
 from . import gpus, tables
 from .compare import NOISE, counts_text, engine_changes, unmatched, wide as compare_wide
+from .loadgrid import texts_a_request
 from .plots import Plot
-from .summary import RunResults, ceiling_best, ceiling_display
+from .summary import LOAD_SOURCE, MATRIX_SOURCE, RunResults, ceiling_best, ceiling_display
 from .tables import MISSING, fmt
 
 STYLE = """<style>
@@ -95,21 +96,41 @@ def tables_html(r: RunResults) -> list[str]:
     return out
 
 
+def capacity_html(r: RunResults) -> list[str]:
+    """Load grid: each config's capacity at the p95 target (the load table itself is report.py's)."""
+    if not r.capacity:
+        return []
+    out = [f"<h2>Load capacity at p95 &lt;= {_e(f'{r.options.p95_target_ms:g}')} ms</h2>",
+           "<p>Per config, the load-grid point with the highest req/s whose p95 stays at or under the target, among "
+           "points without failed requests (open loop: that kept their schedule); where none does, why. Not "
+           "extrapolated.</p>",
+           _table(_frame(*tables.capacity(r)), "qbench qbench-capacity")]
+    return out
+
+
 def cost_html(r: RunResults) -> list[str]:
     p = r.pricing
     out = ["<h2>Cost per request</h2>"]
-    if tables.best_rows(r).empty:
+    grid = any(c.found for c in r.capacity)
+    if tables.best_rows(r).empty and not grid:
         out.append("<p>No cost: no config that passes its accuracy gates has a measured throughput.</p>")
     else:
         if p.available:
             spot = tables.price(p.spot_per_hour) if p.spot_per_hour is not None else "no spot price given"
             out.append(f"<p>Priced as <b>{_e(p.gpu)}</b>: on-demand {_e(tables.price(p.on_demand_per_hour))}/h, spot "
-                       f"{_e(spot)}/h ({_e(p.source)}). A request is one text.</p>")
+                       f"{_e(spot)}/h ({_e(p.source)}).</p>")
             if p.note:
                 out.append(f"<p><i>{_e(p.note)}.</i></p>")
         else:
             out.append(f"<p>No price: {_e(p.source)}. Requests per replica-hour are measured.</p>")
-        out.append(_table(_frame(*tables.cost(r)), "qbench qbench-cost"))
+        if grid:
+            out.append(f"<p>Source: the {_e(LOAD_SOURCE)}, each config at its capacity at the p95 target; a request "
+                       "is one HTTP request of that point's batch size.</p>")
+            out.append(_table(_frame(*tables.load_cost(r)), "qbench qbench-load-cost"))
+        if not tables.best_rows(r).empty:
+            out.append(f"<p>The {_e(MATRIX_SOURCE)} (no HTTP, no queueing){', for comparison' if grid else ''}: "
+                       "a request is one text.</p>")
+            out.append(_table(_frame(*tables.cost(r)), "qbench qbench-cost"))
     out.append(f"<details><summary>List prices assumed when no price is given (USD per GPU-hour, and per vCPU-hour "
                f"for a run on a CPU, as of "
                f"{_e(gpus.PRICES_AS_OF)})</summary>")
@@ -120,9 +141,16 @@ def cost_html(r: RunResults) -> list[str]:
 
 def scaling_html(r: RunResults) -> list[str]:
     t = r.traffic
-    out = [f"<h2>Traffic tiers (p95 target {_e(f'{t.p95_target_ms:g}')} ms)</h2>"]
+    out = [f"<h2>Traffic tiers (p95 target {_e(f'{t.p95_target_ms:g}')} ms)</h2>",
+           f"<p>Source: the {_e(t.source)}.</p>"]
     if t.reason:
         out.append(f"<p>No tier plan: {_e(t.reason)}.</p>")
+    elif t.from_load:
+        note = f" Note: {t.note}." if t.note else ""
+        out.append(f"<p>Serving config: {_e(t.config)} at point {_e(t.point)} ({_e(texts_a_request(t.batch_size))}, p95 "
+                   f"{_e(fmt(t.latency_p95_ms))} ms, {_e(fmt(t.capacity_per_replica_per_s, 1))} req/s per replica, "
+                   f"measured on its server under load), no headroom added.{_e(note)}</p>")
+        out.append(_table(_frame(*tables.tiers(r)), "qbench qbench-tiers"))
     else:
         out.append(f"<p>Serving row: {_e(t.config)} at batch size {t.batch_size} (p95 {_e(fmt(t.latency_p95_ms))} ms, "
                    f"{_e(fmt(t.capacity_per_replica_per_s, 1))} texts/s per replica), no headroom added.</p>")
@@ -163,7 +191,8 @@ def comparison_html(r: RunResults) -> list[str]:
 
 def results_html(r: RunResults, plots: Sequence[Plot], files: Sequence[str] = ()) -> list[str]:
     """Everything after the matrix; the headline goes first through headline_html."""
-    blocks = recommendation_html(r) + plots_html(plots, r) + tables_html(r) + cost_html(r) + scaling_html(r)
+    blocks = (recommendation_html(r) + plots_html(plots, r) + tables_html(r) + capacity_html(r) + cost_html(r)
+              + scaling_html(r))
     blocks += ceiling_html(r)
     blocks += comparison_html(r)  # load tests: report.py's load_html, from the store
     if files:

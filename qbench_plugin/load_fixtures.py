@@ -1,10 +1,15 @@
-"""Fixtures of the load tests: which configs get a server, the server itself, or a remote endpoint.
+"""Fixtures of the load tests: which configs get a server, the server itself, or a remote endpoint,
+and the grid points each server runs.
 
 `qbench_load_config` is parametrized over its own (small) list of configs, by default the baseline
 only, because a load test costs a server start plus the run time; the in-process engine fixtures
 keep their list. `qbench_endpoint` starts vLLM's OpenAI server for that config (session scope: one
 server per config, stopped before the next starts), or, with `--qbench-endpoint`, stands for a
 server someone else runs, in which case the configs do not apply and one `endpoint` case runs.
+`qbench_load_point` is parametrized over the load grid (users x request batch size, x offered rate
+in open loop), one test per point (`test_load[cpu_default-u8-b1]`), so a failing point fails alone
+and pytest-benchmark keeps one entry per point, while pytest runs every point of a config against
+that config's one server.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from . import quantize
 from .config import BenchConfig
 from .endpoint import KINDS
 from .engine import EngineSpec, EngineUnavailable, cuda_available, resolve_dtype
+from .loadgrid import LoadPoint, grid_points
 from .loadtest import Endpoint, served_model
 from .redact import env_secret
 from .options import Settings
@@ -40,8 +46,12 @@ def select_load_configs(configs: list[BenchConfig], choice: tuple[str, ...]) -> 
     return [by_name[name] for name in choice]
 
 
+def load_points(settings: Settings) -> list[LoadPoint]:
+    return grid_points(settings.load_users, settings.load_batch_size, settings.load_rate)
+
+
 def parametrize_load(metafunc: pytest.Metafunc, configs: list[BenchConfig], settings: Settings) -> None:
-    """pytest_generate_tests' part for `qbench_load_config` (called from plugin.py)."""
+    """pytest_generate_tests' part for `qbench_load_config` and `qbench_load_point` (called from plugin.py)."""
     if "qbench_load_config" not in metafunc.fixturenames:
         return
     if settings.endpoint:
@@ -50,6 +60,9 @@ def parametrize_load(metafunc: pytest.Metafunc, configs: list[BenchConfig], sett
         params = [pytest.param(cfg, id=cfg.name, marks=[getattr(pytest.mark, m) for m in cfg.markers])
                   for cfg in select_load_configs(configs, settings.load_configs)]
     metafunc.parametrize("qbench_load_config", params, indirect=True, scope="session")
+    if "qbench_load_point" in metafunc.fixturenames:
+        points = load_points(settings)
+        metafunc.parametrize("qbench_load_point", points, ids=[p.id for p in points])
 
 
 @pytest.fixture(scope="session")

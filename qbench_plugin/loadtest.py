@@ -7,12 +7,19 @@ real server (vLLM's OpenAI server started by qbench, or one already running: vLL
 the load comes from Locust users in their own processes, and the numbers come from every request's
 own latency (see locustfile.py), with percentiles from numpy.
 
+A config's server runs every point of the load grid (loadgrid.py), one Locust run per point. Each
+run's headline figures come from its measured window: from `settle_s` after Locust started its last
+user to the moment it stopped, so ramp-up is left out; the whole run's rate is kept as a secondary
+figure. vLLM requests carry `truncate_prompt_tokens` = max_model_len, so a long text is read as the
+in-process matrix reads it (its first max_model_len tokens) instead of being refused.
+
 The API key of a RunPod endpoint stays in the environment: it is read when a request is built, is
 never an argument or a recorded field, and any recorded text is passed through `redact.mask_env_secret` first.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -23,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .endpoint import Classification, InvalidResponse, build_request, parse_response
+from .loadgrid import LATE_TOLERANCE_MS, LoadPoint
 from .metrics import LOAD_METRICS
 from .redact import env_secret, mask_env_secret
 from .run import LoadRecord, RunStore
@@ -31,6 +39,7 @@ from .serve import Server, free_port, log_tail, spawn
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 WORKER_WAIT_S = 60  # how long the master waits for `expect_workers` workers before giving up
 SHUTDOWN_SLACK_S = 120  # past the run time: Locust start, ramp-down and writing its files
+RUN_TIME_SLACK_S = 30  # Locust's --run-time is only a backstop: the locustfile quits when the window ends
 
 
 class LoadError(RuntimeError):
@@ -57,8 +66,11 @@ class Endpoint:
 class LoadSpec:
     users: int
     spawn_rate: float
-    duration_s: int
+    duration_s: float  # the measured window
     batch_size: int
+    settle_s: float = 0.0  # after the last user started, before the window
+    rate: float | None = None  # open loop: requests/s offered in all (each user paced to rate / users)
+    truncate: int | None = None  # vLLM: truncate_prompt_tokens (max_model_len)
     workers: int = 0  # Locust workers started on this machine; 0: one plain Locust process
     expect_workers: int = 0  # workers the master waits for, here or on other machines; 0: `workers`
     master_bind: str = "127.0.0.1:0"  # host:port the master listens on; port 0: a free port
@@ -67,6 +79,11 @@ class LoadSpec:
     @property
     def distributed(self) -> bool:
         return self.workers > 0 or self.expect_workers > 0
+
+    @property
+    def run_time_cap_s(self) -> int:
+        """Locust's --run-time: ramp-up at the spawn rate, settle, window, and slack."""
+        return int(math.ceil(self.users / self.spawn_rate + self.settle_s + self.duration_s)) + RUN_TIME_SLACK_S
 
 
 @dataclass
@@ -83,8 +100,11 @@ class LoadResult:
     def describe(self) -> str:
         m = self.metrics
         text = (f"{m['load_requests']} requests, {m['load_failures']} failed ({m['load_server_errors']} HTTP 5xx, "
-                f"{m['load_connection_errors']} connection errors), {m['load_rps']} req/s, p95 "
-                f"{m['load_latency_p95_ms']} ms")
+                f"{m['load_connection_errors']} connection errors); window of {m['load_duration_s']} s after "
+                f"{m['load_ramp_s']} s of ramp-up: {m['load_window_requests']} requests, {m['load_rps']} req/s, p95 "
+                f"{m['load_latency_p95_ms']} ms; whole run {m['load_run_rps']} req/s")
+        if m.get("load_late_requests"):
+            text += f"; {m['load_late_requests']} sent late (open loop)"
         if self.errors:
             text += "; errors: " + "; ".join(f"{n}x {msg}" for msg, n in list(self.errors.items())[:5])
         return text
@@ -92,36 +112,71 @@ class LoadResult:
 
 # -- summarizing ----------------------------------------------------------------------------------
 
-def summarize(requests: Sequence[Sequence[Any]], batch_size: int) -> dict[str, Any]:
-    """The load metrics from per-request records [start unix ns, latency ns, status, outcome].
+def summarize(requests: Sequence[Sequence[Any]], batch_size: int, window: tuple[int, int] | None = None,
+              ramp_s: float | None = None) -> dict[str, Any]:
+    """The load metrics from per-request records [start unix ns, latency ns, status, outcome(, late ns)].
 
-    Latency percentiles are over successful requests (a refused connection answers in microseconds
-    and would flatter them); rates are over the whole window, first request sent to last answer."""
+    Counts of requests and failures cover the whole run. Rates and latencies come from the measured
+    `window` (unix ns, start and end): the requests answered inside it, per second of it, latency
+    percentiles over its successful requests (a refused connection answers in microseconds and
+    would flatter them). Without a window (Locust never started all its users) those stay None.
+    `load_run_rps` is the whole run's rate, first request sent to last answer."""
     metrics: dict[str, Any] = dict.fromkeys(LOAD_METRICS)
     n = len(requests)
-    metrics.update(load_requests=n, load_failures=0, load_server_errors=0, load_connection_errors=0)
+    metrics.update(load_requests=n, load_failures=0, load_server_errors=0, load_connection_errors=0,
+                   load_ramp_s=None if ramp_s is None else round(ramp_s, 3))
     if n == 0:
         return metrics
     start = np.array([r[0] for r in requests], dtype=np.int64)
     latency = np.array([r[1] for r in requests], dtype=np.int64)
     status = np.array([r[2] for r in requests], dtype=np.int64)
     outcome = np.array([r[3] for r in requests])
+    late = np.array([r[4] if len(r) > 4 and r[4] is not None else 0 for r in requests], dtype=np.int64)
+    end = start + latency
     ok = outcome == "ok"
-    window_s = max(float((start + latency).max() - start.min()) / 1e9, 1e-9)
+    run_s = max(float(end.max() - start.min()) / 1e9, 1e-9)
     metrics.update(
         load_failures=int(n - ok.sum()),
         load_server_errors=int((status >= 500).sum()),
         load_connection_errors=int((outcome == "connection_error").sum()),
-        load_rps=round(n / window_s, 3),
-        load_texts_per_s=round(int(ok.sum()) * batch_size / window_s, 3),
+        load_run_rps=round(n / run_s, 3),
+    )
+    if window is None or window[1] <= window[0]:
+        return metrics
+    w0, w1 = window
+    inside = (end >= w0) & (end <= w1)
+    window_s = (w1 - w0) / 1e9
+    good = inside & ok
+    metrics.update(
+        load_window_requests=int(inside.sum()),
+        load_late_requests=int((inside & (late > LATE_TOLERANCE_MS * 1e6)).sum()),
+        load_rps=round(int(inside.sum()) / window_s, 3),
+        load_texts_per_s=round(int(good.sum()) * batch_size / window_s, 3),
         load_duration_s=round(window_s, 3),
     )
-    if ok.any():
-        ms = latency[ok] / 1e6
+    if good.any():
+        ms = latency[good] / 1e6
         p50, p95, p99 = np.percentile(ms, [50, 95, 99])
         metrics.update(load_latency_mean_ms=round(float(ms.mean()), 3), load_latency_p50_ms=round(float(p50), 3),
                        load_latency_p95_ms=round(float(p95), 3), load_latency_p99_ms=round(float(p99), 3))
     return metrics
+
+
+def measured_window(recorded: dict[str, Any], settle_s: float) -> tuple[tuple[int, int] | None, float | None]:
+    """(window start, end) in unix ns and the ramp-up in s, from the locustfile's record: the window
+    opens `settle_s` after spawning_complete and closes when Locust began to stop (or at the last
+    answer, if it never recorded stopping). None when Locust never started all its users."""
+    spawned, started = recorded.get("spawning_complete_unix_ns"), recorded.get("test_start_unix_ns")
+    ramp_s = (spawned - started) / 1e9 if spawned and started else None
+    if not spawned:
+        return None, ramp_s
+    stop = recorded.get("stopping_unix_ns")
+    if not stop:
+        ends = [r[0] + r[1] for r in recorded.get("requests") or []]
+        stop = max(ends) if ends else None
+    if stop is None:
+        return None, ramp_s
+    return (int(spawned + settle_s * 1e9), int(stop)), ramp_s
 
 
 def read_locust_stats(json_prefix: Path) -> dict[str, Any]:
@@ -152,12 +207,17 @@ def locust_commands(endpoint: Endpoint, spec: LoadSpec, *, texts_file: Path, lab
     """The Locust command lines: [plain run] or [master, worker, worker, ...]. They carry the key's
     environment variable NAME only."""
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
-    main = base + ["--headless", "-u", str(spec.users), "-r", str(spec.spawn_rate), "-t", f"{spec.duration_s}s",
+    main = base + ["--headless", "-u", str(spec.users), "-r", str(spec.spawn_rate), "-t", f"{spec.run_time_cap_s}s",
                    "--host", endpoint.url, "--csv", str(csv_prefix), "--json-file", str(csv_prefix), "--only-summary",
-                   "--stop-timeout", "5",
+                   "--stop-timeout", "5", "--reset-stats",
                    "--qbench-kind", endpoint.kind, "--qbench-texts", str(texts_file),
                    "--qbench-labels", str(labels_file), "--qbench-batch-size", str(spec.batch_size),
-                   "--qbench-timeout", str(spec.timeout_s), "--qbench-requests-out", str(requests_out)]
+                   "--qbench-timeout", str(spec.timeout_s), "--qbench-requests-out", str(requests_out),
+                   "--qbench-settle", f"{spec.settle_s:g}", "--qbench-window", f"{spec.duration_s:g}"]
+    if spec.rate is not None:
+        main += ["--qbench-user-rate", repr(spec.rate / spec.users)]
+    if spec.truncate and endpoint.kind == "vllm":
+        main += ["--qbench-truncate", str(spec.truncate)]
     if endpoint.model:
         main += ["--qbench-model", endpoint.model]
     if endpoint.key_env:
@@ -206,7 +266,7 @@ def run_load(endpoint: Endpoint, spec: LoadSpec, texts: Sequence[str], labels: S
         children.append(spawn("locust", commands[0], log_path=files["locust.log"], env=env))
         for i, cmd in enumerate(commands[1:], 1):
             children.append(spawn(f"locust-worker-{i}", cmd, log_path=out_dir / f"{prefix}-worker{i}.log", env=env))
-        limit = spec.duration_s + SHUTDOWN_SLACK_S + (WORKER_WAIT_S if spec.distributed else 0)
+        limit = spec.run_time_cap_s + SHUTDOWN_SLACK_S + (WORKER_WAIT_S if spec.distributed else 0)
         try:
             exit_code = children[0].proc.wait(timeout=limit)
         except Exception as exc:  # TimeoutExpired; Ctrl-C goes through the finally below
@@ -225,6 +285,7 @@ def run_load(endpoint: Endpoint, spec: LoadSpec, texts: Sequence[str], labels: S
                         f"{files['locust.log']}:\n" + mask_env_secret(log_tail(files["locust.log"]), endpoint.key_env))
     recorded = json.loads(files["requests.json"].read_text(encoding="utf-8"))
     requests = recorded["requests"]
+    window, ramp_s = measured_window(recorded, spec.settle_s)
     outcomes: dict[str, int] = {}
     for r in requests:
         outcomes[r[3]] = outcomes.get(r[3], 0) + 1
@@ -232,35 +293,38 @@ def run_load(endpoint: Endpoint, spec: LoadSpec, texts: Sequence[str], labels: S
                          key=lambda kv: -kv[1]))
     recorded_files = {name: str(path) for name, path in files.items()}
     recorded_files.update(locust_stats_csv=f"{csv_prefix}_stats.csv", locust_stats_json=f"{csv_prefix}.json")
-    return LoadResult(metrics=summarize(requests, spec.batch_size), outcomes=outcomes, errors=errors,
+    return LoadResult(metrics=summarize(requests, spec.batch_size, window, ramp_s), outcomes=outcomes, errors=errors,
                       locust=read_locust_stats(csv_prefix), files=recorded_files, commands=commands,
                       exit_code=exit_code, by_worker=recorded.get("by_worker", {}))
 
 
 # -- the benchmark test's entry point -------------------------------------------------------------
 
-def load_spec(settings: Any) -> LoadSpec:
+def load_spec(settings: Any, point: LoadPoint) -> LoadSpec:
     s = settings
-    return LoadSpec(users=s.load_users, spawn_rate=s.load_spawn_rate, duration_s=s.load_duration,
-                    batch_size=s.load_batch_size, workers=s.load_workers, expect_workers=s.load_expect_workers,
-                    master_bind=s.load_master_bind)
+    return LoadSpec(users=point.users, spawn_rate=s.load_spawn_rate, duration_s=s.load_duration,
+                    batch_size=point.batch_size, settle_s=s.load_settle, rate=point.rate, truncate=s.max_model_len,
+                    workers=s.load_workers, expect_workers=s.load_expect_workers, master_bind=s.load_master_bind)
 
 
-def measure_load(benchmark, endpoint: Endpoint, texts: Sequence[str], labels: Sequence[str], settings: Any,
-                 store: RunStore) -> LoadResult:
-    """One Locust run, recorded as one pytest-benchmark round (its wall time), its metrics in
-    `extra_info` and a LoadRecord in the run's results (JSON and the report's load table)."""
-    spec = load_spec(settings)
+def measure_load(benchmark, endpoint: Endpoint, point: LoadPoint, texts: Sequence[str], labels: Sequence[str],
+                 settings: Any, store: RunStore) -> LoadResult:
+    """One grid point: one Locust run, recorded as one pytest-benchmark round (its wall time), its
+    metrics in `extra_info` and a LoadRecord in the run's results (JSON and the report's load table)."""
+    spec = load_spec(settings, point)
     out_dir = store.out_dir if store.out_dir is not None else Path(tempfile.mkdtemp(prefix="qbench-load-"))
-    record = LoadRecord(name=endpoint.name, target=endpoint.url, kind=endpoint.kind,
-                        settings={"users": spec.users, "spawn_rate": spec.spawn_rate, "duration_s": spec.duration_s,
-                                  "batch_size": spec.batch_size, "workers": spec.workers,
-                                  "expect_workers": spec.expect_workers or spec.workers})
+    record = LoadRecord(name=endpoint.name, target=endpoint.url, kind=endpoint.kind, point=point.id,
+                        settings={"users": spec.users, "rate": spec.rate, "batch_size": spec.batch_size,
+                                  "spawn_rate": spec.spawn_rate, "settle_s": spec.settle_s,
+                                  "duration_s": spec.duration_s, "workers": spec.workers,
+                                  "expect_workers": spec.expect_workers or spec.workers,
+                                  "truncate_prompt_tokens": spec.truncate if endpoint.kind == "vllm" else None})
     if endpoint.server is not None:
         record.info.update(server_command=endpoint.server.command, server_log=str(endpoint.server.log_path))
-    benchmark.group = endpoint.name
+    benchmark.group = f"load {endpoint.name}"
+    prefix = f"load-{endpoint.name}-{point.id}"
     try:
-        result = benchmark.pedantic(run_load, args=(endpoint, spec, texts, labels, out_dir, f"load-{endpoint.name}"),
+        result = benchmark.pedantic(run_load, args=(endpoint, spec, texts, labels, out_dir, prefix),
                                     rounds=1, iterations=1)
     except Exception as exc:
         record.status, record.reason = "error", mask_env_secret(f"{type(exc).__name__}: {exc}", endpoint.key_env)
@@ -269,12 +333,17 @@ def measure_load(benchmark, endpoint: Endpoint, texts: Sequence[str], labels: Se
     metrics = dict(result.metrics)
     metrics["load_server_start_s"] = endpoint.server.start_s if endpoint.server is not None else None
     record.metrics = metrics
-    record.status = "passed" if metrics["load_failures"] == 0 and metrics["load_requests"] else "failed"
+    if metrics["load_failures"] or not metrics["load_requests"]:
+        record.status = "failed"
+    elif not metrics["load_window_requests"]:
+        record.status, record.reason = "failed", "no request was answered inside the measured window"
+    else:
+        record.status = "passed"
     record.info.update(outcomes=result.outcomes, errors=result.errors, locust_totals=result.locust,
                        files=result.files, locust_commands=result.commands, locust_exit_code=result.exit_code,
                        requests_by_worker=result.by_worker)
-    benchmark.extra_info.update(kind="load", config=endpoint.name, target=endpoint.url, endpoint_kind=endpoint.kind,
-                                **record.settings, **metrics)
+    benchmark.extra_info.update(kind="load", config=endpoint.name, point=point.id, target=endpoint.url,
+                                endpoint_kind=endpoint.kind, **record.settings, **metrics)
     store.add_load(record)
     return result
 
@@ -305,7 +374,7 @@ def served_model(url: str, timeout_s: float = 30.0) -> str:
 
 
 def check_endpoint(endpoint: Endpoint, texts: Sequence[str], labels: Sequence[str], batch_size: int,
-                   timeout_s: float = 60.0) -> list[Classification]:
+                   timeout_s: float = 60.0, truncate: int | None = None) -> list[Classification]:
     """Classify `texts` in batches, one request at a time, validating every answer; also check that
     each label is the argmax of its probabilities (the endpoint's label order is the model's)."""
     import httpx
@@ -315,7 +384,7 @@ def check_endpoint(endpoint: Endpoint, texts: Sequence[str], labels: Sequence[st
     with httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout_s, auth=auth) as client:
         for i in range(0, len(texts), batch_size):
             batch = list(texts[i : i + batch_size])
-            req = build_request(endpoint.kind, batch, endpoint.model)
+            req = build_request(endpoint.kind, batch, endpoint.model, truncate=truncate)
             resp = client.post(req.path, json=req.body)
             where = f"{endpoint.url.rstrip('/')}{req.path} (texts {i}..{i + len(batch) - 1})"
             if resp.status_code != 200:

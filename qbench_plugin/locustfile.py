@@ -13,6 +13,19 @@ writes them all to `--qbench-requests-out` when Locust quits. Workers ship their
 master piggybacked on Locust's own stats reports, so worker machines need no shared disk; the
 master likewise sends the texts, labels and model name to every worker before users start.
 
+Measured window: the run's figures should describe full concurrency, so the process that owns the
+run records when Locust started its last user (its `spawning_complete` event), lets `--qbench-settle`
+seconds pass, measures for `--qbench-window` seconds and then quits Locust itself; the record
+carries those times and loadtest.summarize cuts the window from them. qbench also passes
+`--reset-stats`, so Locust's own statistics start at spawning_complete too.
+
+Open loop (`--qbench-user-rate`, requests/s per user): each user sends on a fixed schedule, one slot
+every 1/rate seconds from a random phase, and records how late each request left against its slot
+(a user still waiting for an answer sends late, and catches up after). Locust's constant_pacing /
+constant_throughput would not do here: they anchor every user's schedule to its spawn time (Locust
+starts floor(spawn rate) users at once each second, so the users would fire in bursts), and they
+move the schedule instead of reporting a late request.
+
 Every answer is validated (qbench_plugin.endpoint): a 200 with a wrong body is a failure. The API
 key (RunPod) is read from the environment variable named by `--qbench-key-env` in each process; it
 is never an argument, never sent to workers, and redacted from every recorded message.
@@ -28,7 +41,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, constant, events, task
+import gevent
+from locust import FastHttpUser, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
 from qbench_plugin.endpoint import KINDS, InvalidResponse, auth_headers, build_request, parse_response
@@ -44,11 +58,14 @@ class _State:
     texts: list[str] = []
     labels: list[str] = []
     model: str = ""
-    requests: list[list[Any]] = []  # [start unix ns, latency ns, HTTP status, outcome]
+    requests: list[list[Any]] = []  # [start unix ns, latency ns, HTTP status, outcome, ns late (open loop)]
     errors: Counter = Counter()
     by_worker: Counter = Counter()  # master: records received from each worker
     environment = None
     stopping = False  # requests that end after the stop began are not recorded (Locust drops them too)
+    started_ns: int | None = None  # test_start
+    spawned_ns: int | None = None  # spawning_complete: every user started
+    stopping_ns: int | None = None  # test_stopping: the measured window's end
 
 
 STATE = _State()
@@ -66,6 +83,14 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--qbench-key-env", default="", help="NAME of the environment variable holding the API key")
     parser.add_argument("--qbench-timeout", type=float, default=60.0, help="seconds before a request times out")
     parser.add_argument("--qbench-requests-out", default="", help="write every request's record here (JSON)")
+    parser.add_argument("--qbench-truncate", type=int, default=0,
+                        help="vLLM: truncate_prompt_tokens (the server reads at most this many tokens a text; 0: not sent)")
+    parser.add_argument("--qbench-user-rate", type=float, default=0.0,
+                        help="open loop: requests/s each user sends on a fixed schedule (0: closed loop, back to back)")
+    parser.add_argument("--qbench-settle", type=float, default=0.0,
+                        help="seconds after the last user started before the measured window")
+    parser.add_argument("--qbench-window", type=float, default=0.0,
+                        help="seconds of the measured window, after which Locust quits (0: until its --run-time)")
 
 
 def load_texts(path: str) -> list[str]:
@@ -120,11 +145,30 @@ def _on_test_stopping(environment, **_kw) -> None:
     # While Locust stops it writes its files and reports, and a request still in flight then is
     # timed against a busy event loop: its latency would be the client's, not the server's.
     STATE.stopping = True
+    if STATE.stopping_ns is None:
+        STATE.stopping_ns = time.time_ns()
+
+
+@events.spawning_complete.add_listener
+def _on_spawning_complete(user_count, **_kw) -> None:
+    env = STATE.environment
+    if env is None or isinstance(env.runner, WorkerRunner) or STATE.spawned_ns is not None:
+        return  # the master (or the one plain process) owns the window
+    STATE.spawned_ns = time.time_ns()
+    opts = env.parsed_options
+    if opts.qbench_window > 0:
+        gevent.spawn_later(opts.qbench_settle + opts.qbench_window, _end_window, env)
+
+
+def _end_window(environment) -> None:
+    """The measured window is over: stop and quit, as Locust's own --run-time limit does."""
+    environment.runner.quit()
 
 
 @events.test_start.add_listener
 def _on_test_start(environment, **_kw) -> None:
     STATE.stopping = False
+    STATE.started_ns, STATE.spawned_ns, STATE.stopping_ns = time.time_ns(), None, None
     if isinstance(environment.runner, WorkerRunner):
         return  # texts, labels and model come from the master (SETUP_MESSAGE), sent before any spawn
     opts = environment.parsed_options
@@ -161,23 +205,25 @@ def _on_quit(exit_code, **_kw) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     record = {"kind": opts.qbench_kind, "batch_size": opts.qbench_batch_size, "model": STATE.model,
-              "fields": ["start_unix_ns", "latency_ns", "status", "outcome"], "requests": STATE.requests,
+              "user_rate": opts.qbench_user_rate or None, "settle_s": opts.qbench_settle,
+              "window_s": opts.qbench_window or None, "test_start_unix_ns": STATE.started_ns,
+              "spawning_complete_unix_ns": STATE.spawned_ns, "stopping_unix_ns": STATE.stopping_ns,
+              "fields": ["start_unix_ns", "latency_ns", "status", "outcome", "late_ns"], "requests": STATE.requests,
               "errors": {redact(k): v for k, v in STATE.errors.items()}, "by_worker": dict(STATE.by_worker)}
     tmp.write_text(json.dumps(record), encoding="utf-8")
     os.replace(tmp, out)  # atomic: a reader never sees half a file
 
 
-def _record(started_ns: int, latency_ns: int, status: int, outcome: str, message: str) -> None:
-    STATE.requests.append([started_ns, latency_ns, status, outcome])
+def _record(started_ns: int, latency_ns: int, status: int, outcome: str, message: str, late_ns: int) -> None:
+    STATE.requests.append([started_ns, latency_ns, status, outcome, late_ns])
     if message:
         key = message if message in STATE.errors or len(STATE.errors) < MAX_MESSAGES else "other"
         STATE.errors[key] += 1
 
 
 class ClassifyUser(FastHttpUser):
-    """Sends batches of texts back to back (no think time): a closed-loop load of `-u` clients."""
-
-    wait_time = constant(0)
+    """Sends batches of texts back to back (closed loop: `-u` clients, no think time), or on a fixed
+    schedule of `--qbench-user-rate` requests/s (open loop: `-u` bounds the requests in flight)."""
 
     def __init__(self, environment):
         opts = environment.parsed_options
@@ -187,6 +233,21 @@ class ClassifyUser(FastHttpUser):
         self.batch_size = opts.qbench_batch_size
         self.headers = {"Content-Type": "application/json", **auth_headers(self.kind, env_secret(_key_env()))}
         self.position = random.randrange(max(len(STATE.texts), 1))
+        self.truncate = opts.qbench_truncate or None
+        self.interval = 1.0 / opts.qbench_user_rate if opts.qbench_user_rate > 0 else None
+        self.due = 0.0  # open loop: perf_counter time of the next slot
+
+    def on_start(self) -> None:
+        if self.interval is not None:
+            # a random phase spreads the users' slots over the interval, so requests arrive evenly
+            phase = random.uniform(0.0, self.interval)
+            self.due = time.perf_counter() + phase
+            time.sleep(phase)  # gevent-patched: yields to other users
+
+    def wait_time(self) -> float:
+        if self.interval is None:
+            return 0.0
+        return max(0.0, self.due - time.perf_counter())
 
     def _next_batch(self) -> list[str]:
         texts = STATE.texts
@@ -199,7 +260,11 @@ class ClassifyUser(FastHttpUser):
         if not STATE.texts:
             raise RuntimeError("no texts: the master's setup message did not arrive")
         texts = self._next_batch()
-        req = build_request(self.kind, texts, STATE.model or None)
+        req = build_request(self.kind, texts, STATE.model or None, truncate=self.truncate)
+        late_ns = 0
+        if self.interval is not None:  # how late against its slot; the next slot follows on schedule
+            late_ns = max(0, int((time.perf_counter() - self.due) * 1e9))
+            self.due += self.interval
         started_ns = time.time_ns()
         t0 = time.perf_counter_ns()
         with self.client.post(req.path, json=req.body, headers=self.headers, name=f"{self.kind} {req.path}",
@@ -212,7 +277,7 @@ class ClassifyUser(FastHttpUser):
             else:
                 resp.failure(message)
         if not STATE.stopping:
-            _record(started_ns, latency_ns, status, outcome, message)
+            _record(started_ns, latency_ns, status, outcome, message, late_ns)
         if outcome == "connection_error":
             time.sleep(CONNECTION_ERROR_PAUSE_S)  # gevent-patched: yields to other users
 

@@ -44,18 +44,24 @@ METRICS: tuple[Metric, ...] = (
     Metric("tokens_per_s", "tokens/s", True, "derived", "throughput x mean tokens per text"),
     Metric("achieved_tflops", "TFLOP/s", True, "derived", "2 x non-embedding parameters x tokens/s"),
     Metric("mfu", "ratio", True, "derived", "model FLOPs utilization: achieved_tflops / peak_tflops"),
-    # Load tests (benchmarks/test_load.py): one Locust run against an HTTP endpoint.
-    Metric("load_requests", "requests", True, "load", "requests sent during the Locust run"),
-    Metric("load_failures", "requests", False, "load", "requests that failed: connection error, HTTP error, or an invalid answer"),
-    Metric("load_server_errors", "requests", False, "load", "requests answered with HTTP 5xx"),
-    Metric("load_connection_errors", "requests", False, "load", "requests that got no HTTP answer (refused, reset, timed out)"),
-    Metric("load_rps", "requests/s", True, "load", "requests per second, first request sent to last answer"),
-    Metric("load_texts_per_s", "texts/s", True, "load", "texts classified successfully per second over the same window"),
-    Metric("load_latency_mean_ms", "ms", False, "load", "mean request latency of successful requests (client side)"),
-    Metric("load_latency_p50_ms", "ms", False, "load", "median request latency of successful requests"),
-    Metric("load_latency_p95_ms", "ms", False, "load", "95th percentile request latency of successful requests"),
-    Metric("load_latency_p99_ms", "ms", False, "load", "99th percentile request latency of successful requests"),
-    Metric("load_duration_s", "s", False, "load", "seconds from the first request sent to the last answer"),
+    # Load tests (benchmarks/test_load.py): one Locust run per grid point against an HTTP endpoint. Its
+    # measured window starts `settle` seconds after Locust started its last user (spawning_complete) and
+    # ends when Locust stops; the load_run_* figures cover the whole run, ramp-up included.
+    Metric("load_requests", "requests", True, "load", "requests recorded over the whole Locust run, ramp-up included"),
+    Metric("load_failures", "requests", False, "load", "requests of the whole run that failed: connection error, HTTP error, or an invalid answer"),
+    Metric("load_server_errors", "requests", False, "load", "requests of the whole run answered with HTTP 5xx"),
+    Metric("load_connection_errors", "requests", False, "load", "requests of the whole run that got no HTTP answer (refused, reset, timed out)"),
+    Metric("load_window_requests", "requests", True, "load", "requests answered inside the measured window"),
+    Metric("load_late_requests", "requests", False, "load", "open loop: requests of the window sent more than 10 ms after their slot (failures of the schedule); 0 in closed loop"),
+    Metric("load_rps", "requests/s", True, "load", "requests answered per second in the measured window (after ramp-up and settle)"),
+    Metric("load_texts_per_s", "texts/s", True, "load", "texts classified successfully per second in the measured window"),
+    Metric("load_latency_mean_ms", "ms", False, "load", "mean request latency of the window's successful requests (client side)"),
+    Metric("load_latency_p50_ms", "ms", False, "load", "median request latency of the window's successful requests"),
+    Metric("load_latency_p95_ms", "ms", False, "load", "95th percentile request latency of the window's successful requests"),
+    Metric("load_latency_p99_ms", "ms", False, "load", "99th percentile request latency of the window's successful requests"),
+    Metric("load_duration_s", "s", False, "load", "seconds of the measured window"),
+    Metric("load_ramp_s", "s", False, "load", "seconds from Locust's start to its last user started (spawning_complete), outside the window"),
+    Metric("load_run_rps", "requests/s", True, "load", "requests per second over the whole run, first request sent to last answer (ramp-up included; secondary)"),
     Metric("load_server_start_s", "s", False, "load", "seconds until the server qbench started answered /health (None: remote)"),
 )
 BASELINE_METRICS = ("accuracy_delta", "macro_f1_delta", "flip_rate", "max_abs_prob_diff")

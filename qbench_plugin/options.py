@@ -27,6 +27,32 @@ def _int_csv(value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _counts(what: str) -> Callable[[str], tuple[int, ...]]:
+    """Comma-separated whole numbers of at least 1 (a load-grid axis)."""
+
+    def convert(value: str) -> tuple[int, ...]:
+        try:
+            counts = tuple(int(part) for part in _csv(value))
+        except ValueError:
+            raise pytest.UsageError(f"expected comma-separated {what}, got {value!r}") from None
+        if not counts or any(c < 1 for c in counts):
+            raise pytest.UsageError(f"expected comma-separated {what} of at least 1, got {value!r}")
+        return tuple(dict.fromkeys(counts))
+
+    return convert
+
+
+def _rates(value: str) -> tuple[float, ...]:
+    """Comma-separated positive requests/s, or empty (closed loop)."""
+    try:
+        rates = tuple(float(part) for part in _csv(value))
+    except ValueError:
+        raise pytest.UsageError(f"expected comma-separated requests/s, got {value!r}") from None
+    if any(not r > 0 for r in rates):
+        raise pytest.UsageError(f"expected positive requests/s, got {value!r}")
+    return tuple(dict.fromkeys(rates))
+
+
 def _number(cast: Callable[[str], float], what: str, minimum: float | None = None, maximum: float | None = None,
             above: float | None = None, optional: bool = False) -> Callable[[str], Any]:
     """A converter for a numeric option that names the option's expectation when the value misses it."""
@@ -50,6 +76,7 @@ _optional_ratio = _number(float, "a number between 0 and 1", minimum=0, maximum=
 _count = _number(int, "a whole number of at least 1", minimum=1)
 _rate = _number(float, "a positive number", above=0)
 _positive_int = _number(int, "a non-negative integer", minimum=0)
+_seconds = _number(float, "a number of seconds of at least 0", minimum=0)
 _optional_positive_float = _number(float, "a positive number", above=0, optional=True)
 
 
@@ -150,12 +177,17 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("price_per_hour", "", "on-demand USD per replica-hour (a GPU, or the CPU machine) for cost per request (default: the GPU table's list price; on a CPU, its vCPUs at the CPU list price)", _optional_positive_float),
     _Option("spot_price_per_hour", "", "spot USD per replica-hour for cost per request (default: the GPU or CPU table's)", _optional_positive_float),
     _Option("peak_tflops", "", "device's dense bf16/fp16 peak TFLOP/s for MFU (default: the detected GPU's; unknown on CPU)", _optional_positive_float),
-    _Option("p95_target_ms", "100", "p95 batch latency target that traffic tiers are sized under", _optional_positive_float),
+    _Option("p95_target_ms", "100", "p95 latency target that traffic tiers are sized under: per request from the "
+            "load grid when it ran (its capacity at the target), else per batch from the in-process matrix", _optional_positive_float),
     _Option("compare_run", "", "saved run (results/<run id>/, its qbench.json or benchmark.json) to compare this run with"),
-    _Option("load_users", "10", "load tests: concurrent Locust users", _count),
-    _Option("load_spawn_rate", "2", "load tests: users started per second", _rate),
-    _Option("load_duration", "20", "load tests: seconds of load (Locust's run time)", _count),
-    _Option("load_batch_size", "8", "load tests: texts per request", _count),
+    _Option("load_users", "10", "load tests: concurrent Locust users, comma-separated (a grid axis; open loop: "
+            "the most requests in flight)", _counts("user counts")),
+    _Option("load_spawn_rate", "10", "load tests: users started per second (ramp-up is left out of the measured window)", _rate),
+    _Option("load_duration", "20", "load tests: seconds of each grid point's measured window", _count),
+    _Option("load_batch_size", "8", "load tests: texts per request, comma-separated (a grid axis)", _counts("batch sizes")),
+    _Option("load_rate", "", "load tests: open loop: requests/s to offer, comma-separated (a grid axis; users send on "
+            "a schedule; empty: closed loop, each user sends when answered)", _rates),
+    _Option("load_settle", "2", "load tests: seconds between the last user started and a point's measured window", _seconds),
     _Option("load_configs", "baseline", "load tests: configs that get a server: baseline, all, or comma-separated names", _csv),
     _Option("load_workers", "0", "load tests: Locust workers to start on this machine (0: one plain Locust process)", _positive_int),
     _Option("load_expect_workers", "0", "load tests: workers the Locust master waits for, on any machine (0: --qbench-load-workers)", _positive_int),
@@ -220,10 +252,12 @@ class Settings:
     peak_tflops: float | None
     p95_target_ms: float | None
     compare_run: str
-    load_users: int
+    load_users: tuple[int, ...]
     load_spawn_rate: float
     load_duration: int
-    load_batch_size: int
+    load_batch_size: tuple[int, ...]
+    load_rate: tuple[float, ...]
+    load_settle: float
     load_configs: tuple[str, ...]
     load_workers: int
     load_expect_workers: int

@@ -1,4 +1,4 @@
-"""The report's four plots, drawn once per run as PNG bytes: written to results/<run id>/ and embedded
+"""The report's plots (the matrix's four, and the load grid's latency-throughput curve), drawn once per run as PNG bytes: written to results/<run id>/ and embedded
 in the HTML report as data URIs, so the report reads offline.
 
 matplotlib's object API with the Agg canvas (no pyplot): no global backend state, no display needed,
@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from .loadgrid import texts_a_request
 from .summary import RunResults, memory_column
 
 DPI = 100
@@ -133,12 +134,51 @@ def pareto_plot(pareto: pd.DataFrame) -> Plot:
     return Plot("pareto_front", "Accuracy / p95 / memory Pareto front", _png(fig))
 
 
+def load_plot(load: pd.DataFrame, capacity: list, p95_target_ms: float) -> Plot:
+    """Load grid: p95 request latency against req/s, one line per (config, request batch size) through
+    its points in rising load, each point labelled with its users (or offered rate); the p95 target
+    dashed, each config's capacity at it ringed."""
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    colors = _colors(list(dict.fromkeys(load["config"])))
+    styles = ["-o", "--s", ":^", "-.D", "-v", "--P"]
+    sizes = sorted(int(b) for b in load["batch_size"].dropna().unique())
+    for (config, batch), rows in load.groupby(["config", "batch_size"], sort=False):
+        rows = rows.sort_values(["rate", "users"] if rows["rate"].notna().any() else ["users"])
+        ax.plot(rows["load_rps"], rows["load_latency_p95_ms"], styles[sizes.index(int(batch)) % len(styles)],
+                color=colors[config], label=f"{config}, {texts_a_request(int(batch))}")
+        for _, row in rows.iterrows():
+            label = f"{row['rate']:g}/s" if pd.notna(row.get("rate")) else f"u{int(row['users'])}"
+            ax.annotate(label, (row["load_rps"], row["load_latency_p95_ms"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    found = [c for c in capacity if c.found]
+    if found:
+        ax.scatter([c.rps for c in found], [c.latency_p95_ms for c in found], s=180, facecolors="none",
+                   edgecolors="black", linewidths=1.5, label="capacity at the target", zorder=3)
+    if p95_target_ms <= 1.5 * float(load["load_latency_p95_ms"].max()):
+        ax.axhline(p95_target_ms, color="gray", linestyle="--", linewidth=1, label=f"p95 target {p95_target_ms:g} ms")
+    else:  # far above every point: drawing it would flatten the curve
+        ax.plot([], [], " ", label=f"p95 target {p95_target_ms:g} ms (above every point)")
+    ax.set_xlabel("requests/s (measured window)")
+    ax.set_ylabel("p95 request latency (ms)")
+    ax.set_title("Latency against throughput under load (p95 vs req/s, per config)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return Plot("load_p95_vs_rps", "Load grid: p95 latency against requests/s, per config", _png(fig))
+
+
 def make_plots(results: RunResults) -> list[Plot]:
-    """All four, or none when no latency case finished (the report says so instead)."""
+    """The matrix's four (none when no latency case finished: the report says so instead), and the load
+    grid's curve when a grid point was measured."""
     table = results.table
-    if table.empty:
-        return []
-    plots = [latency_plot(table), throughput_plot(table), p95_heatmap(table)]
-    if not results.pareto.empty:
-        plots.append(pareto_plot(results.pareto))
+    plots = []
+    if not table.empty:
+        plots = [latency_plot(table), throughput_plot(table), p95_heatmap(table)]
+        if not results.pareto.empty:
+            plots.append(pareto_plot(results.pareto))
+    load = results.load_table
+    if not load.empty and "load_rps" in load:
+        measured = load.dropna(subset=["load_rps", "load_latency_p95_ms"])
+        if not measured.empty:
+            plots.append(load_plot(measured, results.capacity, results.options.p95_target_ms))
     return plots

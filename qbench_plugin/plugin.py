@@ -407,10 +407,12 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         tr.write_line(scrub_text(line))
     for load in state.store.loads:
         m = load.metrics
-        line = f"load {load.name} ({load.kind} {load.target}): {load.status}"
+        line = f"load {load.name}{f' {load.point}' if load.point else ''} ({load.kind} {load.target}): {load.status}"
         if m.get("load_requests") is not None:
             line += (f", {m['load_requests']} requests, {m['load_failures']} failed, {m['load_rps']} req/s, "
                      f"p95 {m['load_latency_p95_ms']} ms")
+            if m.get("load_late_requests"):
+                line += f", {m['load_late_requests']} sent late"
         if load.reason:
             line += f" ({load.reason.splitlines()[0]})"
         tr.write_line(scrub_text(line))
@@ -439,6 +441,8 @@ def _report_summary(tr, state: QbenchState) -> None:
     if data := results.dataset_text():
         tr.write_line(scrub_text(f"qbench {data}"))
     tr.write_line(scrub_text(results.headline()))
+    for capacity in results.capacity:
+        tr.write_line(scrub_text(f"qbench load capacity: {capacity.text()}"))
     for line in results.ceiling_lines():
         tr.write_line(scrub_text(line))
 

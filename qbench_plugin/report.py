@@ -9,6 +9,7 @@ import html
 
 import pandas as pd
 
+from .loadgrid import display, load_table
 from .run import RunStore, describe_not_run
 
 MATRIX_COLUMNS = {
@@ -72,51 +73,21 @@ table.qbench td:first-child { text-align: left; }
 </style>"""
 
 
-LOAD_COLUMNS = {
-    "name": "config",
-    "kind": "endpoint",
-    "target": "URL",
-    "status": "status",
-    "users": "users",
-    "batch_size": "batch size",
-    "duration_s": "run time (s)",
-    "workers": "workers",
-    "load_requests": "requests",
-    "load_failures": "failures",
-    "load_server_errors": "HTTP 5xx",
-    "load_rps": "req/s",
-    "load_texts_per_s": "texts/s",
-    "load_latency_p50_ms": "p50 (ms)",
-    "load_latency_p95_ms": "p95 (ms)",
-    "load_latency_p99_ms": "p99 (ms)",
-    "load_server_start_s": "server start (s)",
-    "reason": "reason",
-}
-
-
 def load_frame(store: RunStore) -> pd.DataFrame:
-    """One row per load test: the endpoint, the load profile, and what the clients saw."""
-    rows = []
-    for load in store.loads:
-        row = {"name": load.name, "kind": load.kind, "target": load.target, "status": load.status,
-               "reason": (load.reason or "").splitlines()[0] if load.reason else ""}
-        row.update(load.settings)
-        row.update(load.metrics)
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=list(LOAD_COLUMNS))
-    # counts stay whole numbers even when a skipped row leaves them empty (NaN makes them floats)
-    for column in ("users", "batch_size", "duration_s", "workers", "load_requests", "load_failures",
-                   "load_server_errors"):
-        frame[column] = frame[column].map(lambda v: "-" if pd.isna(v) else int(v)).astype(object)
-    return frame.rename(columns=LOAD_COLUMNS)
+    """One row per load-grid point: the config, the point, and what the clients saw (loadgrid.display)."""
+    header, rows = display(load_table([load.summary() for load in store.loads]))
+    return pd.DataFrame(rows, columns=header)
 
 
 def load_html(store: RunStore) -> list[str]:
-    """The load-test table (latencies are per request, client side, successful requests only)."""
+    """The load-test table (latencies are per request, client side, successful requests of each window)."""
     if not store.loads:
         return []
     return ["<h2>Load tests: Locust against the HTTP server</h2>",
-            "<p>Per-request latency seen by the clients (successful requests); req/s over the whole run.</p>",
+            "<p>One row per (config, request batch size, users): per-request latency seen by the clients "
+            "(successful requests) and req/s, both from each point's measured window, after Locust's ramp-up and a "
+            "settle period; failures count the whole run, and whole-run req/s includes the ramp-up. Capacity at the "
+            "p95 target and the latency-throughput plot are further down.</p>",
             _table(load_frame(store), "qbench qbench-load")]
 
 

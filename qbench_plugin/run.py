@@ -119,14 +119,16 @@ class CaseRecord:
 
 @dataclass
 class LoadRecord:
-    """One load test (benchmarks/test_load.py): the endpoint, the load profile, what came back."""
+    """One load-grid point (benchmarks/test_load.py), or a config whose server could not run: the
+    endpoint, the load profile, what came back."""
 
     name: str  # the config whose server was loaded, or "endpoint" (--qbench-endpoint)
     target: str  # URL
     kind: str  # vllm | runpod
     status: str = "pending"  # passed | failed (some requests failed) | skipped | error
     reason: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)  # users, spawn rate, duration, batch size, workers
+    settings: dict[str, Any] = field(default_factory=dict)  # users, rate, batch size, spawn rate, settle, duration, workers
+    point: str | None = None  # the load-grid point (loadgrid.LoadPoint.id); None: the config's server never ran
     metrics: dict[str, Any] = field(default_factory=dict)  # metrics.LOAD_METRICS
     info: dict[str, Any] = field(default_factory=dict)  # commands, files, outcomes, errors by message
 

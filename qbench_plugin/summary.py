@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from . import gates as gate_rules
-from . import gpus
+from . import gpus, loadgrid
 from .picks import KINDS, Picks, Recommendation, ReferenceLine, balance_scores, recommend  # noqa: F401
 from .config import BenchConfig, Gates
 from .metrics import BY_NAME, CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
@@ -319,15 +319,26 @@ class Tier:
     spot_per_hour: float | None
 
 
+MATRIX_SOURCE = "in-process matrix"
+LOAD_SOURCE = "server load grid"
+
+
 @dataclass(frozen=True)
 class TrafficPlan:
     p95_target_ms: float
     config: str | None
-    batch_size: int | None
-    capacity_per_replica_per_s: float | None
+    batch_size: int | None  # texts per batch (matrix) or per HTTP request (load grid)
+    capacity_per_replica_per_s: float | None  # texts/s (matrix) or HTTP requests/s (load grid)
     latency_p95_ms: float | None
     tiers: tuple[Tier, ...]
     reason: str | None  # why there is no plan
+    source: str = MATRIX_SOURCE  # where the capacity comes from
+    point: str | None = None  # load grid: the capacity's point (loadgrid.LoadPoint.id)
+    note: str | None = None  # load grid: e.g. the serving config's accuracy was not measured in this run
+
+    @property
+    def from_load(self) -> bool:
+        return self.source == LOAD_SOURCE
 
 
 def replicas_needed(requests_per_min: float, capacity_per_s: float) -> int:
@@ -351,14 +362,46 @@ def traffic_plan(eligible: pd.DataFrame, p95_target_ms: float, pricing: Pricing,
     best = meeting.sort_values(["throughput_samples_per_s", "latency_p95_ms", "config"],
                                ascending=[False, True, True], kind="stable").iloc[0]
     capacity = float(best["throughput_samples_per_s"])
+    return TrafficPlan(p95_target_ms, str(best["config"]), int(best["batch_size"]), capacity,
+                       float(best["latency_p95_ms"]), _tiers(capacity, pricing, tiers), None)
+
+
+def _tiers(capacity: float, pricing: Pricing, tiers: Iterable[int]) -> tuple[Tier, ...]:
     out = []
     for rpm in tiers:
         n = replicas_needed(rpm, capacity)
         out.append(Tier(rpm, n, rpm / 60.0 / (n * capacity),
                         n * pricing.on_demand_per_hour if pricing.on_demand_per_hour is not None else None,
                         n * pricing.spot_per_hour if pricing.spot_per_hour is not None else None))
-    return TrafficPlan(p95_target_ms, str(best["config"]), int(best["batch_size"]), capacity,
-                       float(best["latency_p95_ms"]), tuple(out), None)
+    return tuple(out)
+
+
+def load_traffic_plan(capacities: Iterable[loadgrid.Capacity], eligibility: pd.DataFrame,
+                      configs: Mapping[str, Mapping[str, Any]], p95_target_ms: float, pricing: Pricing,
+                      tiers: Iterable[int] = TIERS_PER_MIN) -> TrafficPlan:
+    """Tiers from the server's capacity at the target (loadgrid.capacities): the config with the highest
+    requests/s under the target, among configs that did not fail their accuracy gates. A request is one
+    HTTP request of the capacity point's batch size. A config whose accuracy this run did not measure
+    (a load-only run) may serve, with a note saying so."""
+    accuracy_measured = {name for name, rec in configs.items() if rec.get("status") == "ready"
+                         and (rec.get("metrics") or {}).get("accuracy") is not None}
+    blocked = {row["config"]: row["why_not"] for _, row in eligibility.iterrows()
+               if not row["eligible"] and row["config"] in accuracy_measured}
+    capacities = list(capacities)
+    found = [c for c in capacities if c.found and c.config not in blocked]
+    if not found:
+        why = "; ".join(c.text() for c in capacities if c.config not in blocked)
+        if blocked:
+            why = "; ".join(filter(None, [why, "not eligible: " + ", ".join(
+                f"{name} ({reason})" for name, reason in blocked.items())]))
+        return TrafficPlan(p95_target_ms, None, None, None, None, (), f"no load-grid capacity: {why}",
+                           source=LOAD_SOURCE)
+    best = max(found, key=lambda c: (c.rps, -c.latency_p95_ms))
+    note = None
+    if best.config not in accuracy_measured:
+        note = f"{best.config}'s accuracy was not measured in this run, so its accuracy gates were not checked"
+    return TrafficPlan(p95_target_ms, best.config, best.batch_size, best.rps, best.latency_p95_ms,
+                       _tiers(best.rps, pricing, tiers), None, source=LOAD_SOURCE, point=best.point, note=note)
 
 
 # -- aggregate tables --------------------------------------------------------------------------------
@@ -447,6 +490,8 @@ class RunResults:
     references: list[ReferenceLine] = field(default_factory=list)  # other-engine configs vs the best serving one
     measurement: dict[str, Any] = field(default_factory=dict)  # rounds, seed, groups: how the matrix was timed
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare loop
+    load_table: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per load-grid point (loadgrid)
+    capacity: list[loadgrid.Capacity] = field(default_factory=list)  # per loaded config, at the p95 target
     status: str = "complete"  # qbench.json's: complete, or partial when the run stopped early (Ctrl-C)
     status_reason: str | None = None
     not_run: dict[str, list] = field(default_factory=dict)  # configs / cases of a stopped run that never ran
@@ -563,15 +608,22 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         deployment = deployment_settings(win, configs.get(win.config, {}), bench_configs.get(win.config), settings)
     if loads is None:
         loads = run.get("loads") or []
+    loads = [_as_dict(item) for item in loads]
+    capacity = loadgrid.capacities(loads, options.p95_target_ms)
+    if capacity:  # a load grid ran: size the tiers by what the server delivered
+        traffic = load_traffic_plan(capacity, eligibility, configs, options.p95_target_ms, pricing)
+    else:
+        traffic = traffic_plan(table[serving], options.p95_target_ms, pricing)
     return RunResults(
         run_id=str(run.get("run_id")), commit=run.get("commit"), settings=settings, machine=dict(machine),
         workload=workload, configs=configs, options=options, table=table, eligibility=eligibility,
         pivots=pivots(table), method_stats=method_stats(table), recommendations=recs, no_recommendation=no_rec,
         deployment=deployment, pricing=pricing, peak=peak, references=picks.references,
-        traffic=traffic_plan(table[serving], options.p95_target_ms, pricing), pareto=pareto_front(table),
-        loads=[_as_dict(item) for item in loads], gates=[_as_dict(g) for g in run.get("gates") or []],
+        traffic=traffic, pareto=pareto_front(table),
+        loads=loads, gates=[_as_dict(g) for g in run.get("gates") or []],
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),
         overhead=dict(run.get("overhead") or {}), measurement=dict(run.get("measurement") or {}),
         status=str(run.get("status") or "complete"), status_reason=run.get("status_reason"),
         not_run=dict(run.get("not_run") or {}), dataset=dict(run.get("dataset") or {}),
+        load_table=loadgrid.load_table(loads), capacity=capacity,
     )

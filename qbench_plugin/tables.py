@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import gpus
-from .summary import KINDS, RunResults
+from . import gpus, loadgrid
+from .summary import KINDS, RunResults, cost_per_requests
 
 MISSING = "not measured"
 STATUS_WORDS = {"ready": "ran", "skipped": "skipped", "failed": "failed", "pending": "not run"}
@@ -122,3 +122,41 @@ def mfu(r: RunResults) -> Table:
              fmt(row["mfu"], 3, pct=True) if pd.notna(row["mfu"]) else "peak unknown"]
             for _, row in r.table.iterrows()]
     return ["config", "batch size", "tokens/s", "achieved TFLOP/s", "MFU"], rows
+
+
+def load_grid(r: RunResults) -> Table:
+    """One row per (config, request batch size, users[, offered rate]) of the load grid."""
+    return loadgrid.display(r.load_table)
+
+
+def capacity(r: RunResults) -> Table:
+    """Each loaded config's highest requests/s at p95 <= the target, with the point it came from."""
+    header = ["config", "req/s", "texts/s", "p95 (ms)", "point", "users", "batch size", "offered req/s", "note"]
+    rows = []
+    for c in r.capacity:
+        if c.found:
+            rows.append([c.config, fmt(c.rps, 1), fmt(c.texts_per_s, 1), fmt(c.latency_p95_ms), c.point, c.users,
+                         c.batch_size, fmt(c.rate, 1) if c.rate is not None else "closed loop", "-"])
+        else:
+            rows.append([c.config, "none", "-", "-", "-", "-", "-", "-", c.reason])
+    return header, rows
+
+
+def load_cost(r: RunResults) -> Table:
+    """Cost per request at each config's server-measured capacity (a request: one HTTP request of the
+    capacity point's batch size)."""
+    p = r.pricing
+    header = ["config", "point", "texts a request", "req/s", "texts/s", "requests per replica-hour"]
+    if p.available:
+        header += ["on-demand $/1K requests", "on-demand $/1M requests", "spot $/1K requests", "spot $/1M requests"]
+    rows = []
+    for c in (c for c in r.capacity if c.found):
+        line = [c.config, c.point, c.batch_size, fmt(c.rps, 1), fmt(c.texts_per_s, 1), fmt(c.rps * 3600, 0)]
+        if p.available:
+            spot = p.spot_per_hour is not None
+            line += [fmt(cost_per_requests(c.rps, p.on_demand_per_hour, 1_000), 6, money=True),
+                     fmt(cost_per_requests(c.rps, p.on_demand_per_hour, 1_000_000), 4, money=True),
+                     fmt(cost_per_requests(c.rps, p.spot_per_hour, 1_000), 6, money=True) if spot else "no spot price",
+                     fmt(cost_per_requests(c.rps, p.spot_per_hour, 1_000_000), 4, money=True) if spot else "no spot price"]
+        rows.append(line)
+    return header, rows

@@ -9,6 +9,11 @@
 #                                       hf_reference, the load test, into OUT/
 #   bash scripts/h200.sh aa OUT         prepare, then the published A/A pair: the GPU matrix twice, the
 #                                       second gated against the first, and qbench compare of the two
+#   bash scripts/h200.sh load OUT [CONFIGS] [pytest args...]   the seed's load grid (after prepare): CONFIGS
+#                                       (default fp16_baseline,gptq_4bit) x users 10,20,50 x 1,8,32 texts a
+#                                       request, one server per config, 4 Locust workers, into OUT/ (about
+#                                       35 s a point: 18 points and two server starts take ~12 minutes, so
+#                                       run it detached, as the matrix was)
 #
 # With a machine to yourself, one command does all of it (the stages only split it into calls of
 # under 10 minutes, the device tool's limit):
@@ -34,6 +39,14 @@ case "$stage" in
     timeout -s INT -k 30 "${QBENCH_TIME_LIMIT:-560}" python3 -m pytest benchmarks -m gpu -rs \
       --qbench-model "$MODEL" --qbench-configs "$configs" --qbench-quant-python "$QUANT_PYTHON" \
       --qbench-results-dir "$out" "$@" 2>&1 | tee "$out/pytest.log" | grep -v " INFO \|^INFO" ;;
+  load)
+    out=$1; shift
+    configs=${1:-fp16_baseline,gptq_4bit}; shift || true
+    mkdir -p "$out"
+    timeout -s INT -k 30 "${QBENCH_TIME_LIMIT:-1800}" python3 -m pytest benchmarks -m "load and gpu" -rs \
+      --qbench-model "$MODEL" --qbench-load-configs "$configs" --qbench-quant-python "$QUANT_PYTHON" \
+      --qbench-load-users 10,20,50 --qbench-load-batch-size 1,8,32 --qbench-load-workers 4 \
+      --qbench-results-dir "$out" "$@" 2>&1 | tee "$out/pytest-load.log" | grep -v " INFO \|^INFO" ;;
   all)
     out=$1; shift
     bash "$0" prepare
@@ -49,5 +62,5 @@ case "$stage" in
     bash "$0" matrix "$out/b" "$configs" -m "gpu and not load" --qbench-perf-baseline "$(ls -d "$out"/a/2*/)" "$@" || true
     python3 -m qbench_plugin.cli compare "$(ls -d "$out"/a/2*/)" "$(ls -d "$out"/b/2*/)" --csv "$out/compare.csv" \
       | tee "$out/compare.txt" ;;
-  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...]" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...]" >&2; exit 2 ;;
 esac

@@ -149,48 +149,108 @@ def test_ctrl_c_while_the_server_starts_stops_it(tmp_path):
     assert _server_processes(logs[0]) == [], "server processes outlived the interrupted run"
 
 
-def test_plugin_serves_the_baseline_config_and_records_the_load(tmp_path):
+def test_plugin_runs_the_load_grid_against_one_server_start_and_reports_capacity(tmp_path):
     results = tmp_path / "results"
     # one in-process case first: its engine must be closed before the server starts
     proc = _pytest("benchmarks", "-m", "not gpu", "-k", "test_load or test_endpoint_answers or test_latency",
                    "--qbench-configs=cpu_default", "--qbench-batch-sizes=1", "--qbench-samples=3", "--qbench-rounds=3",
-                   "--qbench-load-duration=5", "--qbench-load-users=4", f"--qbench-results-dir={results}", "-rs")
+                   "--qbench-load-users=2,4", "--qbench-load-batch-size=1,4", "--qbench-load-duration=3",
+                   "--qbench-load-settle=1", "--qbench-p95-target-ms=1000", f"--qbench-results-dir={results}", "-rs")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    assert "3 passed" in proc.stdout
+    assert "6 passed" in proc.stdout  # latency, endpoint check, 4 grid points
     (run_dir,) = results.iterdir()
     written = json.loads((run_dir / "qbench.json").read_text())
     engine_config = written["configs"]["cpu_default"]
     assert engine_config["info"]["memory_peaks"] == "before the load tests"
     assert engine_config["metrics"]["memory_rss_peak_mib"] > 0
-    (load,) = written["loads"]
-    assert load["name"] == "cpu_default" and load["status"] == "passed" and load["kind"] == "vllm"
-    assert load["metrics"]["load_requests"] > 0 and load["metrics"]["load_server_start_s"] > 1
-    server_log = Path(load["info"]["server_log"])
-    assert server_log.parent == run_dir and "GET /health HTTP/1.1\" 200" in server_log.read_text()
-    assert "vllm.entrypoints.openai.api_server" in load["info"]["server_command"]
+    loads = written["loads"]
+    assert [load["point"] for load in loads] == ["u2-b1", "u4-b1", "u2-b4", "u4-b4"]
+    assert all(load["name"] == "cpu_default" and load["status"] == "passed" and load["kind"] == "vllm" for load in loads)
+    # one server start for the whole grid: one URL, one start time, one server log that started once
+    assert len({load["target"] for load in loads}) == 1
+    assert len({load["metrics"]["load_server_start_s"] for load in loads}) == 1
+    assert loads[0]["metrics"]["load_server_start_s"] > 1
+    server_log = Path(loads[0]["info"]["server_log"])
+    assert list(run_dir.glob("server-*.log")) == [server_log]
+    assert server_log.read_text().count("Application startup complete") == 1
+    assert "GET /health HTTP/1.1\" 200" in server_log.read_text()
+    assert "vllm.entrypoints.openai.api_server" in loads[0]["info"]["server_command"]
     assert _server_processes(server_log) == [], "the server outlived the session"
+    for load in loads:
+        m = load["metrics"]
+        assert load["settings"]["settle_s"] == 1 and load["settings"]["truncate_prompt_tokens"] == 256
+        assert m["load_window_requests"] > 0 and m["load_duration_s"] == pytest.approx(3, abs=0.5)
+        assert m["load_texts_per_s"] == pytest.approx(m["load_rps"] * load["settings"]["batch_size"], rel=0.01)
     bench = json.loads((run_dir / "benchmark.json").read_text())
-    (case,) = [b for b in bench["benchmarks"] if b["name"] == "test_load[cpu_default]"]
-    assert set(LOAD_METRICS) <= set(case["extra_info"]) and case["extra_info"]["kind"] == "load"
+    cases = {b["name"]: b for b in bench["benchmarks"] if b["extra_info"].get("kind") == "load"}
+    assert sorted(cases) == sorted(f"test_load[cpu_default-{p}]" for p in ("u2-b1", "u4-b1", "u2-b4", "u4-b4"))
+    assert all(set(LOAD_METRICS) <= set(c["extra_info"]) for c in cases.values())
+    # capacity at the (generous) target: the highest req/s of the four points
+    best = max(loads, key=lambda load: load["metrics"]["load_rps"])
+    assert f"qbench load capacity: cpu_default: {best['metrics']['load_rps']:,.1f} req/s" in proc.stdout
+    assert f"from point {best['point']}" in proc.stdout
     html = (run_dir / "report.html").read_text()
-    assert "qbench-load" in html and "req/s" in html and "p95 (ms)" in html
+    assert "qbench-load" in html and html.count("<td>cpu_default</td>") >= 4 and "qbench-capacity" in html
+    assert 'id="qbench-plot-load_p95_vs_rps"' in html and (run_dir / "load_p95_vs_rps.png").stat().st_size > 0
+    log = (run_dir / "EXPERIMENT_LOG.md").read_text()
+    assert "### Capacity at p95 <= 1000 ms" in log and f"| cpu_default | {best['metrics']['load_rps']:,.1f} |" in log
+    assert "sized from the server load grid" in log
 
 
 # -- Locust against the shared server -----------------------------------------------------------
 
-def test_ten_users_for_twenty_seconds_without_failures(server, texts, labels, tmp_path):
+def test_ten_users_ramping_up_are_left_out_of_the_measured_window(server, texts, labels, tmp_path):
+    # issue 18's case: 10 users at 2 a second spend ~4.5 s below full concurrency
     ep = Endpoint("cpu_default", server.url, "vllm", model=server.model)
-    result = run_load(ep, LoadSpec(users=10, spawn_rate=2, duration_s=20, batch_size=8), texts, labels, tmp_path)
+    spec = LoadSpec(users=10, spawn_rate=2, duration_s=20, batch_size=8, settle_s=2, truncate=256)
+    result = run_load(ep, spec, texts, labels, tmp_path)
     m = result.metrics
-    print("10 users, 20 s:", result.describe())
+    print("10 users, 20 s window:", result.describe())
     assert m["load_failures"] == 0, result.describe()
-    assert m["load_requests"] >= 20 and m["load_rps"] > 0 and m["load_duration_s"] > 15
+    assert 4.0 <= m["load_ramp_s"] <= 8.0 and m["load_duration_s"] == pytest.approx(20, abs=1.0)
+    recorded = json.loads(Path(result.files["requests.json"]).read_text())
+    window_start = recorded["spawning_complete_unix_ns"] + 2e9
+    before = [r for r in recorded["requests"] if r[0] + r[1] < window_start]
+    assert len(before) > 10  # the ramp-up and settle were loaded, and are not in the window
+    assert m["load_window_requests"] == sum(1 for r in recorded["requests"] if r[0] + r[1] >= window_start)
+    assert m["load_requests"] == m["load_window_requests"] + len(before)
     assert 0 < m["load_latency_p50_ms"] <= m["load_latency_p95_ms"] <= m["load_latency_p99_ms"]
-    assert m["load_texts_per_s"] == pytest.approx(m["load_requests"] * 8 / m["load_duration_s"], rel=0.01)
-    # Locust's own count also holds the requests in flight when it stopped (ours leaves those out)
-    assert m["load_requests"] <= result.locust["requests"] <= m["load_requests"] + 2 * 10
+    assert m["load_texts_per_s"] == pytest.approx(m["load_window_requests"] * 8 / m["load_duration_s"], rel=0.01)
+    # Locust's own statistics restart at spawning_complete (--reset-stats): they count the requests answered
+    # from then on, plus those its users still complete while it stops (a quarter second, a few a user on a
+    # loaded machine), which ours leaves out
+    after_spawn = sum(1 for r in recorded["requests"] if r[0] + r[1] >= recorded["spawning_complete_unix_ns"])
+    assert after_spawn - 2 <= result.locust["requests"] <= after_spawn * 1.02 + 2 * 10
     assert result.locust["failures"] == 0
     assert result.exit_code == 0
+
+
+def test_open_loop_holds_a_rate_the_server_can_serve_and_counts_late_requests_at_one_it_cannot(
+        server, texts, labels, tmp_path):
+    ep = Endpoint("cpu_default", server.url, "vllm", model=server.model)
+    spec = LoadSpec(users=4, spawn_rate=10, duration_s=8, batch_size=1, settle_s=1, rate=40.0, truncate=256)
+    held = run_load(ep, spec, texts, labels, tmp_path / "held").metrics
+    print("open loop, 40 req/s offered:", held)
+    assert held["load_failures"] == 0 and held["load_rps"] == pytest.approx(40, rel=0.1)
+    assert held["load_late_requests"] <= 0.01 * held["load_window_requests"]
+    # 2 users each at 500 req/s: every answer takes longer than its 2 ms slot, so requests leave late
+    over = run_load(ep, LoadSpec(users=2, spawn_rate=10, duration_s=4, batch_size=8, settle_s=1, rate=1000.0,
+                                 truncate=256), texts, labels, tmp_path / "over").metrics
+    print("open loop, 1000 req/s offered:", over)
+    assert over["load_failures"] == 0 and over["load_rps"] < 500
+    assert over["load_late_requests"] > 0.5 * over["load_window_requests"]
+
+
+def test_long_texts_are_read_as_the_matrix_reads_them_not_refused(server, texts, labels, tmp_path):
+    # a text far over max_model_len (256 tokens): the in-process matrix truncates it at 256 tokens
+    long_texts = [" ".join(texts[:80]), texts[0] + " " + "please " * 400]
+    ep = Endpoint("cpu_default", server.url, "vllm", model=server.model)
+    with pytest.raises(EndpointError, match="HTTP 400"):
+        check_endpoint(ep, long_texts, labels, batch_size=2)
+    assert len(check_endpoint(ep, long_texts, labels, batch_size=2, truncate=256)) == 2
+    spec = LoadSpec(users=2, spawn_rate=10, duration_s=3, batch_size=2, settle_s=0, truncate=256)
+    result = run_load(ep, spec, long_texts + texts[:6], labels, tmp_path)
+    assert result.metrics["load_failures"] == 0 and result.metrics["load_window_requests"] > 0, result.describe()
 
 
 def test_master_and_two_workers_on_loopback(server, texts, labels, tmp_path):
@@ -232,13 +292,15 @@ def test_plugin_against_a_runpod_endpoint_never_writes_the_key(runpod, tmp_path)
     results = tmp_path / "results"
     env = dict(os.environ, **{KEY_ENV: FAKE_KEY})
     proc = _pytest("benchmarks", "-m", "load", f"--qbench-endpoint={runpod.url}", "--qbench-endpoint-kind=runpod",
-                   f"--qbench-endpoint-key-env={KEY_ENV}", "--qbench-load-duration=4", "--qbench-load-users=4",
-                   f"--qbench-results-dir={results}", "-l", "-rA", env=env)
+                   f"--qbench-endpoint-key-env={KEY_ENV}", "--qbench-load-duration=3", "--qbench-load-users=2,4",
+                   "--qbench-load-settle=0", f"--qbench-results-dir={results}", "-l", "-rA", env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "test_load[endpoint-u2-b8] PASSED" in proc.stdout or "PASSED benchmarks/test_load.py::test_load[endpoint-u2-b8]" in proc.stdout
     (run_dir,) = results.iterdir()
-    (load,) = json.loads((run_dir / "qbench.json").read_text())["loads"]
-    assert load["kind"] == "runpod" and load["status"] == "passed" and load["name"] == "endpoint"
-    assert runpod.authorized > load["metrics"]["load_requests"]  # the key did reach the endpoint
+    loads = json.loads((run_dir / "qbench.json").read_text())["loads"]
+    assert [load["point"] for load in loads] == ["u2-b8", "u4-b8"]  # a remote endpoint runs the same grid
+    assert all(load["kind"] == "runpod" and load["status"] == "passed" and load["name"] == "endpoint" for load in loads)
+    assert runpod.authorized > sum(load["metrics"]["load_requests"] for load in loads)  # the key reached the endpoint
     assert FAKE_KEY not in proc.stdout + proc.stderr and _files_containing(results, FAKE_KEY) == []
 
 
@@ -252,6 +314,25 @@ def test_plugin_with_a_rejected_key_fails_without_writing_it(runpod, tmp_path):
     assert proc.returncode == 1 and "2 failed" in proc.stdout, proc.stdout[-4000:]
     assert "HTTP 401" in proc.stdout
     assert wrong not in proc.stdout + proc.stderr and _files_containing(results, wrong) == []
+
+
+def test_plugin_runs_an_open_loop_grid_against_a_remote_vllm_server(server, tmp_path):
+    results = tmp_path / "results"
+    proc = _pytest("benchmarks", "-m", "load", f"--qbench-endpoint={server.url}", "--qbench-load-rate=15,30",
+                   "--qbench-load-users=4", "--qbench-load-batch-size=1", "--qbench-load-duration=4",
+                   "--qbench-load-settle=1", f"--qbench-results-dir={results}", "-rA")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "test_load[endpoint-r15-u4-b1] PASSED" in proc.stdout or \
+        "PASSED benchmarks/test_load.py::test_load[endpoint-r15-u4-b1]" in proc.stdout
+    (run_dir,) = results.iterdir()
+    loads = json.loads((run_dir / "qbench.json").read_text())["loads"]
+    assert [load["point"] for load in loads] == ["r15-u4-b1", "r30-u4-b1"]
+    for load, rate in zip(loads, (15, 30)):
+        assert load["settings"]["rate"] == rate and load["status"] == "passed"
+        assert load["metrics"]["load_rps"] == pytest.approx(rate, rel=0.15)  # the offered rate was held
+    assert "qbench load capacity: endpoint:" in proc.stdout and "req/s offered by 4 users" in proc.stdout
+    log = (run_dir / "EXPERIMENT_LOG.md").read_text()
+    assert "| offered req/s |" in log and "Open loop: the users send on a fixed schedule" in log
 
 
 def test_killing_the_server_mid_run_records_failures_and_the_session_carries_on(server, tmp_path):
@@ -280,5 +361,5 @@ def test_killing_the_server_mid_run_records_failures_and_the_session_carries_on(
     html = (run_dir / "report.html").read_text()
     assert "qbench-load" in html and ">failed<" in html
     bench = json.loads((run_dir / "benchmark.json").read_text())
-    (case,) = [b for b in bench["benchmarks"] if b["name"] == "test_load[endpoint]"]
+    (case,) = [b for b in bench["benchmarks"] if b["name"] == "test_load[endpoint-u4-b8]"]
     assert case["extra_info"]["load_failures"] == m["load_failures"]

@@ -8,14 +8,14 @@ import math
 import pandas as pd
 import pytest
 
-from qbench_plugin import gpus
+from qbench_plugin import gpus, tables
 from qbench_plugin.config import BenchConfig
 from qbench_plugin.explog import SECTIONS, experiment_log, find_placeholders
 from qbench_plugin.htmlblocks import headline_html, results_html
 from qbench_plugin.plots import make_plots
 from qbench_plugin.summary import (
     ReportOptions, balance_scores, build_results, cost_per_requests, passes_accuracy_gates, replicas_needed,
-    resolve_peak, resolve_pricing, traffic_plan,
+    LOAD_SOURCE, resolve_peak, resolve_pricing, traffic_plan,
 )
 
 
@@ -272,7 +272,6 @@ def test_a_tied_pick_names_the_tie_and_goes_to_less_memory_then_accuracy():
 def test_log_and_html_show_the_same_decision_tables():
     import html
 
-    from qbench_plugin import tables
     from qbench_plugin.explog import md_table
 
     r = build_results(RUN, machine={"gpu_names": []}, bench_configs=CONFIGS,
@@ -349,3 +348,82 @@ def test_a_cpu_run_has_a_cost_per_request():
     assert "Priced as **CPU, 2 vCPUs**: on-demand $0.0892/h, spot $0.0350/h (list-price assumption" in text
     assert "on-demand $/1M" in text and "| CPU, per vCPU | $0.0446 | $0.0175 |" in text
     assert "No price" not in text
+
+
+
+def _point(config, users, batch, rps, p95, failures=0):
+    return {"name": config, "kind": "vllm", "target": "http://127.0.0.1:1", "point": f"u{users}-b{batch}",
+            "status": "failed" if failures else "passed",
+            "settings": {"users": users, "batch_size": batch, "rate": None, "settle_s": 2, "duration_s": 20},
+            "metrics": {"load_requests": int(rps * 25), "load_failures": failures, "load_window_requests": int(rps * 20),
+                        "load_late_requests": 0, "load_rps": rps, "load_texts_per_s": rps * batch,
+                        "load_latency_p50_ms": p95 / 2, "load_latency_p95_ms": p95, "load_latency_p99_ms": p95 * 1.3,
+                        "load_run_rps": rps * 0.9, "load_duration_s": 20.0}}
+
+
+# fast fails its accuracy gate but has the most capacity; int8's best under 100 ms is u8-b1 (120 req/s)
+LOADS = [_point("base", 2, 1, 50.0, 30.0), _point("base", 8, 1, 80.0, 140.0),
+         _point("int8", 2, 1, 70.0, 25.0), _point("int8", 8, 1, 120.0, 90.0), _point("int8", 8, 8, 40.0, 99.0),
+         _point("fast", 8, 1, 500.0, 20.0)]
+
+
+def test_tiers_and_cost_come_from_the_load_grid_when_it_ran():
+    run = dict(RUN, loads=LOADS)
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
+                      options=ReportOptions(price_per_hour=3.6, p95_target_ms=100.0))
+    caps = {c.config: c for c in r.capacity}
+    assert (caps["int8"].rps, caps["int8"].point) == (120.0, "u8-b1") and caps["base"].point == "u2-b1"
+    plan = r.traffic
+    assert plan.source == LOAD_SOURCE and (plan.config, plan.point, plan.batch_size) == ("int8", "u8-b1", 1)
+    assert plan.capacity_per_replica_per_s == 120.0 and plan.note is None  # int8's accuracy was measured
+    assert [t.replicas for t in plan.tiers] == [1, 1, 2]  # 1.67, 16.7, 166.7 req/s over 120 req/s
+    log = experiment_log(r)
+    assert "sized from the server load grid" in log and "Serving config: int8 at point u8-b1" in log
+    assert "| int8 | 120.0 | 120.0 | 90.00 | u8-b1 | 8 | 1 | closed loop | - |" in log
+    assert "| base | 50.0 | 50.0 | 30.00 | u2-b1 |" in log  # base's u8 point (140 ms) is over the target
+    assert caps["int8"].text() == ("int8: 120.0 req/s (120.0 texts/s) at p95 90.00 ms <= 100 ms, from point u8-b1 "
+                                   "(8 users, 1 text a request)")
+    cost = tables.load_cost(r)
+    int8_row = next(row for row in cost[1] if row[0] == "int8")
+    assert int8_row[cost[0].index("on-demand $/1M requests")] == f"${3.6 / (120 * 3600) * 1e6:,.4f}"
+    assert find_placeholders(log) == []
+    plots = make_plots(r)
+    assert [p.name for p in plots][-1] == "load_p95_vs_rps" and len(plots) == 5
+
+
+def test_a_load_only_run_sizes_tiers_from_configs_whose_accuracy_it_did_not_measure_and_says_so():
+    run = {"run_id": "r", "settings": {"load_settle": 2, "load_duration": 20}, "configs": {}, "cases": [],
+           "loads": LOADS[:2]}
+    r = build_results(run, machine={}, bench_configs={}, options=ReportOptions(p95_target_ms=100.0))
+    assert r.traffic.config == "base" and "accuracy was not measured" in r.traffic.note
+    log = experiment_log(r)
+    assert "2 s after Locust started its last user" in log and find_placeholders(log) == []
+    assert [p.name for p in make_plots(r)] == ["load_p95_vs_rps"]
+
+
+def test_no_grid_point_under_the_target_means_no_tiers_not_an_extrapolation():
+    run = dict(RUN, loads=LOADS[:2])
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions(p95_target_ms=20.0))
+    assert r.traffic.source == LOAD_SOURCE and r.traffic.tiers == ()
+    assert "no capacity at p95 <= 20 ms" in r.traffic.reason and "not extrapolated" in r.traffic.reason
+    # the in-process matrix has rows under 20 ms, but a grid ran: its capacity rules
+    assert "No tier plan: no load-grid capacity" in experiment_log(r)
+
+
+def test_log_and_html_show_the_same_load_tables():
+    import html
+
+    from qbench_plugin.explog import md_table
+
+    run = dict(RUN, loads=LOADS)
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
+                      options=ReportOptions(price_per_hour=3.6, p95_target_ms=100.0))
+    log, page = experiment_log(r), "".join(results_html(r, []))
+    for build in (tables.capacity, tables.load_cost, tables.tiers):
+        header, rows = build(r)
+        assert rows, build.__name__
+        assert md_table(header, rows) in log
+        assert all(f"<th>{html.escape(h)}</th>" in page for h in header)
+        assert all(f"<td>{html.escape(str(cell))}</td>" in page for cell in rows[0])
+    header, rows = tables.load_grid(r)
+    assert md_table(header, rows) in log and len(rows) == len(LOADS)
