@@ -112,8 +112,8 @@ def pareto_plot(pareto: pd.DataFrame) -> Plot:
     mem = str(pareto["memory_metric"].iloc[0]) if not pareto.empty else memory_column(pareto)
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     colors = _colors(sorted(pareto["config"].unique()))
-    mem_label = {"gpu_memory_peak_mib": "peak GPU memory (MiB)", "memory_rss_peak_mib": "peak RSS of the process tree (MiB)",
-                 "memory_rss_mib": "RSS of the process tree once ready (MiB)"}.get(mem, mem)
+    mem_label = {"weights_memory_mib": "weights in memory (MiB)", "memory_rss_peak_mib": "peak host memory of the engine (MiB)",
+                 "memory_rss_mib": "host memory of the engine once ready (MiB)"}.get(mem, mem)
     for i, (x, label) in enumerate((("latency_p95_ms", "p95 batch latency (ms)"), (mem, mem_label))):
         ax = fig.add_subplot(1, 2, i + 1)
         for config, rows in pareto.groupby("config"):

@@ -158,3 +158,15 @@ def test_unreadable_perf_baseline_and_thresholds_name_their_option(tmp_path):
     assert "--qbench-perf-baseline: " in out and "no-such-run: saved run not found" in out
     _, out, _ = _stopped(tmp_path, "--qbench-perf-thresholds=latency_p95_ms=lots")
     assert "--qbench-perf-thresholds: " in out and "'lots'" in out
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--qbench-rounds=1"], "--qbench-rounds 1: at least 2 rounds are needed"),
+    (["--qbench-samples=50", "--qbench-rounds=7"], "--qbench-samples 50 does not split into --qbench-rounds 7"),
+])
+def test_rounds_that_cannot_be_timed_are_one_line(tmp_path, args, said):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-m", "not gpu",
+                           f"--qbench-results-dir={tmp_path}", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4 and len(out.strip().splitlines()) <= 2 and said in out, out[-2000:]

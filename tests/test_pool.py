@@ -1,0 +1,78 @@
+"""The pool's grouping logic on stand-in engines (pure orchestration, no engine claimed): an engine
+that cannot start beside the others for memory is measured in a later group, with its reason, never
+dropped; a config that fails for another reason fails alone."""
+import numpy as np
+import pytest
+
+from qbench_plugin import pool as pool_module
+from qbench_plugin import quantize
+from qbench_plugin.config import BenchConfig
+from qbench_plugin.matrix import Matrix
+from qbench_plugin.rounds import RoundPlan
+from qbench_plugin.run import RunStore
+
+
+class _StandIn:
+    name = "vllm"
+
+    def __init__(self, config):
+        self.config, self.engine_kwargs = config, {}
+
+    def classify(self, texts):
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    def weights_memory_bytes(self):
+        return None
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def pool(monkeypatch, tmp_path):
+    resident: set[str] = set()
+    started: list[tuple[str, frozenset]] = []
+
+    def start_engine(spec, labels, extra=None):
+        name = spec.config.name
+        started.append((name, frozenset(resident)))
+        if name == "big" and resident - {"big"}:
+            raise RuntimeError("CUDA out of memory: tried to allocate 20 GiB")
+        if name == "broken":
+            raise ValueError("no such checkpoint")
+        resident.add(name)
+        engine = _StandIn(name)
+        engine.close = lambda: resident.discard(name)
+        return engine
+
+    monkeypatch.setattr(pool_module, "start_engine", start_engine)
+    monkeypatch.setattr(quantize, "prepare", lambda spec, ctx: quantize.Prepared(model=spec.model))
+    monkeypatch.setattr(quantize, "weights_bytes", lambda path: None)
+    configs = [BenchConfig(name=n, baseline=n == "a") for n in ("a", "big", "b", "broken")]
+    store = RunStore(run_id="t", out_dir=tmp_path, settings={})
+    engines = pool_module.EnginePool(configs, model="m", labels=["x", "y"], max_model_len=16, default_engine="vllm",
+                                     store=store, quant=None)
+    engines.started = started
+    return engines
+
+
+def test_an_engine_that_does_not_fit_is_measured_in_a_later_group(pool):
+    cases = [(n, bs) for n in ("a", "big", "b") for bs in (1, 4)]
+    matrix = Matrix(pool, cases, ["t1", "t2", "t3"], RoundPlan.from_samples(10, 5, 1, 0), pool.store,
+                    is_out_of_memory=lambda exc: False)
+    assert matrix.timing(("a", 1)).samples_ns
+    design = pool.store.measurement
+    assert design["groups"] == [["a", "b"], ["big"]]
+    assert "could not start beside a, b: RuntimeError: CUDA out of memory" in design["not_resident"]["big"]
+    assert len(matrix.timing(("big", 4)).samples_ns) == 10  # measured, in its own group
+    assert {c.config for c in pool.store.cases} == {"a", "b", "big"}
+    assert pool.store.configs["broken"].status == "failed" and "no such checkpoint" in pool.store.configs["broken"].reason
+    # big started alone the second time: the first group was closed first
+    assert ("big", frozenset()) in pool.started
+
+
+def test_interleave_off_keeps_one_engine_at_a_time(pool):
+    pool.co_resident = False
+    for name in ("a", "b"):
+        pool.get(pool.members.get(name).config if name in pool.members else BenchConfig(name=name))
+        assert pool.resident() == [name]
