@@ -1,8 +1,8 @@
 """Does an idle resident engine slow the active one? The matrix keeps every engine up to interleave
 them, so this is the price of that design, measured rather than assumed.
 
-For the baseline config at the smallest batch size: blocks with the other vLLM engines resident and
-idle, paired with blocks where their processes are stopped (SIGSTOP, so they cannot run a thread),
+For the baseline config and every in-process (transformers) config, at the smallest batch size:
+blocks with the vLLM engines resident and idle, paired with blocks where their processes are stopped (SIGSTOP, so they cannot run a thread),
 the order alternating pair by pair. The ratio is the median of paired ratios (stopped / resident
 time) with its bootstrap 95% interval; below 1 means the idle neighbours cost the active engine. It
 fails when the whole interval lies below TARGET: then interleaving itself would distort the matrix."""
@@ -19,8 +19,9 @@ TARGET = 0.95  # stopped / resident: idle neighbours may cost at most 5%
 @pytest.mark.slow
 def test_idle_engines_cost(benchmark, qbench_engine, qbench_pool, qbench_config, qbench_settings, qbench_eval,
                            qbench_store):
-    if not qbench_config.baseline:
-        pytest.skip("measured once per run, on the baseline config")
+    in_process = not qbench_pool.members[qbench_config.name].memory.pids
+    if not (qbench_config.baseline or in_process):
+        pytest.skip("measured on the baseline config and on in-process engines (which share the pytest process)")
     others = [n for n in qbench_pool.resident() if n != qbench_config.name and qbench_pool.members[n].memory.pids]
     if not others:
         pytest.skip("no other engine with processes of its own is resident")
@@ -52,7 +53,9 @@ def test_idle_engines_cost(benchmark, qbench_engine, qbench_pool, qbench_config,
              "stopped_p50_ms": latency_stats(times["stopped"], batch_size)["latency_p50_ms"],
              "target": TARGET, "verdict": "slower with idle engines" if high < 1 else
              "faster with idle engines" if low > 1 else "no measurable cost"}
-    qbench_store.measurement["idle_engines"] = found
+    qbench_store.measurement.setdefault("idle_engines_by_config", {})[qbench_config.name] = found
+    if qbench_config.baseline:
+        qbench_store.measurement["idle_engines"] = found
     qbench_store.save()
     benchmark.extra_info.update(kind="residency", **found)
     assert high >= TARGET, (f"idle resident engines ({', '.join(others)}) slow {qbench_config.name}: stopped / "

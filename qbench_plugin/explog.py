@@ -497,6 +497,20 @@ def measurement_design(r: RunResults) -> str:
         out.extend(f"- {name}: {why}" for name, why in (m.get("not_resident") or {}).items())
     elif groups:
         out.append(f"Every engine was resident for the whole matrix: {', '.join(groups[0])}.")
+    idle = m.get("idle_engines_by_config") or ({m["idle_engines"]["config"]: m["idle_engines"]}
+                                                if m.get("idle_engines") else {})
+    if idle:
+        out.append("\nIdle engines (`benchmarks/test_residency.py`): each config below timed with the other vLLM "
+                   "engines resident and idle, against the same engines stopped (SIGSTOP), in alternating block pairs; "
+                   "stopped / resident time below 1 means the idle engines cost it time:\n")
+        out.extend(f"- {x['config']} at batch size {x['batch_size']}, beside {', '.join(x['idle_engines'])}: "
+                   f"{x['stopped_over_resident']:.3f} (95% interval {x['ci95'][0]:.3f}-{x['ci95'][1]:.3f}, "
+                   f"{x['pairs']} pairs): {x['verdict']}" for x in idle.values())
+    if m.get("run_noise") is not None:
+        out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%} (the device's A/A figure, "
+                   "or `--qbench-run-noise`).")
+    if m.get("interrupted"):
+        out.append(f"\nInterrupted: {m['interrupted']}; the cases keep those whole rounds.")
     return "\n".join(out)
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from .measure import mib
 from .redact import scrub, scrub_text
 
 

@@ -17,9 +17,9 @@ import pandas as pd
 
 from . import gates as gate_rules
 from . import gpus, loadgrid
-from .picks import KINDS, Picks, Recommendation, ReferenceLine, balance_scores, recommend  # noqa: F401
+from .picks import KINDS, Recommendation, ReferenceLine, balance_scores, recommend  # noqa: F401  (KINDS: tables.py)
 from .config import BenchConfig, Gates
-from .metrics import BY_NAME, CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
+from .metrics import CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
 from .run import describe_not_run
 
 TIERS_PER_MIN = (100, 1_000, 10_000)
