@@ -491,10 +491,13 @@ def measurement_design(r: RunResults) -> str:
            "minutes is inside them. Two configs of this run are compared round by round (paired); two runs are "
            "compared with each run's rounds resampled on its own.\n"]
     if len(groups) > 1:
-        out.append("Not every engine could be resident at once; each group below was interleaved within itself and "
-                   "the groups ran one after another, so comparisons across groups are not interleaved:\n")
+        out.append("Not every engine could be resident at once; each group below was interleaved within itself, and "
+                   "the first group's rounds were split in halves around the others (A B A), so comparisons across "
+                   "groups are not paired round by round but drift that grew over the run hit them alike on average:\n")
         out.extend(f"- group {i + 1}: {', '.join(g)}" for i, g in enumerate(groups))
         out.extend(f"- {name}: {why}" for name, why in (m.get("not_resident") or {}).items())
+        if m.get("visits"):
+            out.append(f"- order: {'; '.join(m['visits'])}")
     elif groups:
         out.append(f"Every engine was resident for the whole matrix: {', '.join(groups[0])}.")
     idle = m.get("idle_engines_by_config") or ({m["idle_engines"]["config"]: m["idle_engines"]}

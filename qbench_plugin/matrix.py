@@ -2,9 +2,10 @@
 
 The first latency test that asks for its case triggers the whole matrix (rounds.py) over the engines
 the pool holds; every latency test then reports its own case (pytest-benchmark entry, gates). When
-not every engine could be resident at once, each group of engines that could is measured in its own
-rounds, one group after another, and the run records the groups and why: comparisons across groups
-are then not interleaved.
+not every engine could be resident at once, each group of engines that could is interleaved within
+itself, and the groups run in an A B A order: the first group's rounds are split in halves around the
+others (its engines restarted for the second half), so drift that grows over the run hits the first
+group and the rest alike on average. The run records the groups, the order and why.
 """
 from __future__ import annotations
 
@@ -51,21 +52,40 @@ class Matrix:
         return self.timings.get(case)
 
     def _measure_groups(self) -> None:
-        while True:
-            resident = self.pool.start()
-            self._measure_group([c for c in self.cases if c[0] in resident and c not in self.timings], resident)
-            waiting = self.pool.waiting()
-            if not waiting or not any(c[0] in waiting for c in self.cases):
-                return
-            self.pool.close_all(f"closed after its group's rounds, to start {', '.join(waiting)}")
+        first = self.pool.start()
+        first_cases = [c for c in self.cases if c[0] in first and c not in self.timings]
 
-    def _measure_group(self, todo: list[Case], resident: list[str]) -> None:
+        def waiting() -> list[str]:
+            names = self.pool.waiting()
+            return names if any(c[0] in names for c in self.cases) else []
+
+        if not waiting():
+            self._measure_group(first_cases, first)
+            return
+        half, visits = self.plan.rounds // 2, self.store.measurement.setdefault("visits", [])
+        self._measure_group(first_cases, first, range(half))
+        visits.append(f"group 1, rounds 1-{half}")
+        while waiting():
+            names = waiting()
+            self.pool.close_all(f"closed after its group's rounds, to start {', '.join(names)}")
+            resident = self.pool.start(names)
+            self._measure_group([c for c in self.cases if c[0] in resident and c not in self.timings], resident)
+            visits.append(f"group {len(self.store.measurement['groups'])}, rounds 1-{self.plan.rounds}")
+        self.pool.close_all("closed to restart the first group for its second half of rounds")
+        again = self.pool.reopen(first)
+        self._record(self.timings[c] for c in first_cases if c[0] not in again)  # could not restart: first half only
+        self._measure_group([c for c in first_cases if c[0] in again], again, range(half, self.plan.rounds), group=0)
+        visits.append(f"group 1 again (restarted), rounds {half + 1}-{self.plan.rounds}")
+
+    def _measure_group(self, todo: list[Case], resident: list[str], rounds: range | None = None,
+                       group: int | None = None) -> None:
         if not todo:
             return
         design = self.store.measurement
-        group = len(design["groups"])
-        design["groups"].append(sorted({c[0] for c in todo}))
-        design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(todo)])
+        if group is None:
+            group = len(design["groups"])
+            design["groups"].append(sorted({c[0] for c in todo}))
+            design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(todo)])
         self.progress(f"qbench: timing {len(todo)} cases in {self.plan.rounds} rounds of {self.plan.block} "
                       f"batches each, order shuffled per round (seed {self.plan.seed})")
         def after_round(index: int) -> None:
@@ -75,13 +95,25 @@ class Matrix:
         try:
             found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
                                is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
-                               between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress)
+                               between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress,
+                               rounds=rounds)
         except RoundsInterrupted as stopped:
             design["interrupted"] = f"Ctrl-C after {stopped.rounds_done} of {self.plan.rounds} rounds"
-            self._record(stopped.timings.values(), status="partial")  # the whole rounds that finished are kept
+            self._record(self._merged(stopped.timings).values(), status="partial")  # whole rounds are kept
             raise
+        found = self._merged(found)
         self.timings.update(found)
-        self._record(found.values())
+        if rounds is None or rounds.stop == self.plan.rounds:  # a first half waits for its second
+            self._record(found.values())
+
+    def _merged(self, found: dict[Case, CaseTiming]) -> dict[Case, CaseTiming]:
+        """A second visit's samples appended to the first's (the first group's halves)."""
+        for case, timing in found.items():
+            before = self.timings.get(case)
+            if before is not None and before is not timing:
+                timing.samples_ns[:0], timing.rounds[:0] = before.samples_ns, before.rounds
+                timing.error = timing.error or before.error
+        return found
 
     def _record(self, timings, status: str = "passed") -> None:
         for t in timings:

@@ -321,6 +321,23 @@ class EnginePool:
             raise RuntimeError(f"config {cfg.name}: engine failed to start: {member.record.reason}")
         return member.engine
 
+    def reopen(self, names: list[str]) -> list[str]:
+        """Start these closed engines again, together, as they first started (shares included); the
+        first start's cold start and memory stay the configs' figures. Returns those resident."""
+        members = [self.members[n] for n in names if self.members[n].engine is None and self.members[n].closed_reason]
+        kept = {m.config.name: {k: m.record.metrics.get(k) for k in ("cold_start_s", "memory_rss_mib",
+                                                                      "gpu_memory_used_mib")} for m in members}
+        for member in members:
+            member.record.status = "pending"
+        before = len(self.groups)
+        self.start([m.config.name for m in members])
+        del self.groups[before:]  # the same group again, not a new one
+        for member in members:
+            member.record.metrics.update(kept[member.config.name])
+            member.record.info["restarted"] = f"after: {member.closed_reason}"
+            member.closed_reason = None
+        return [n for n in names if self.members[n].engine is not None]
+
     def _restart(self, member: Member) -> None:
         """A config closed earlier (a later group, a sweep) is needed again: start it alone; the
         first start's figures (cold start, memory) stay the config's."""

@@ -67,8 +67,10 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
                is_out_of_memory: Callable[[BaseException], bool], group: int = 0,
                between_blocks: Callable[[str], None] = lambda config: None,
                after_round: Callable[[int], None] = lambda index: None,
-               progress: Callable[[str], None] = lambda line: None) -> dict[Case, CaseTiming]:
-    """Time every case in `plan.rounds` interleaved rounds; a case that raises stops alone (an
+               progress: Callable[[str], None] = lambda line: None,
+               rounds: range | None = None) -> dict[Case, CaseTiming]:
+    """Time every case in `plan.rounds` interleaved rounds (or only the round indices in `rounds`,
+    each with its own order from the plan); a case that raises stops alone (an
     out-of-memory one also stops its config's larger batch sizes). Ctrl-C keeps the rounds that
     finished: it raises RoundsInterrupted carrying every case's samples up to the last whole round."""
     timings = {case: CaseTiming(*case, group=group) for case in cases}
@@ -103,7 +105,8 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
             stop(case, exc)
     began = time.perf_counter()
     try:
-        _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_round, progress, began)
+        _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_round, progress, began,
+                range(plan.rounds) if rounds is None else rounds)
     except KeyboardInterrupt:
         done = min((max(t.rounds) + 1 if t.rounds else 0) for t in timings.values() if t.error is None) \
             if any(t.error is None for t in timings.values()) else 0
@@ -122,8 +125,10 @@ class RoundsInterrupted(KeyboardInterrupt):
         self.timings, self.rounds_done = timings, rounds_done
 
 
-def _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_round, progress, began) -> None:
+def _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_round, progress, began, which) -> None:
     for index, order in enumerate(plan.orders(list(cases))):
+        if index not in which:
+            continue
         for case in order:
             if case in stopped:
                 continue

@@ -69,6 +69,12 @@ def test_an_engine_that_does_not_fit_is_measured_in_a_later_group(pool):
     assert pool.store.configs["broken"].status == "failed" and "no such checkpoint" in pool.store.configs["broken"].reason
     # big started alone the second time: the first group was closed first
     assert ("big", frozenset()) in pool.started
+    # A B A: the first group's rounds split around big's, its engines restarted for the second half
+    assert design["visits"] == ["group 1, rounds 1-2", "group 2, rounds 1-5", "group 1 again (restarted), rounds 3-5"]
+    a1 = matrix.timing(("a", 1))
+    assert a1.rounds == sorted(a1.rounds) and set(a1.rounds) == set(range(5)) and len(a1.samples_ns) == 10
+    assert [n for n, _ in pool.started].count("a") == 2 and pool.store.configs["a"].info["restarted"]
+    assert len(pool.store.cases) == 6  # each case once, with both halves
 
 
 def test_interleave_off_keeps_one_engine_at_a_time(pool):
