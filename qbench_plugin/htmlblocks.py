@@ -189,12 +189,21 @@ def comparison_html(r: RunResults) -> list[str]:
         [f"<p>Cases in one run only: {_e(extra)}.</p>"] if (extra := unmatched(r.comparison)) else [])
 
 
+def measurement_html(r: RunResults) -> list[str]:
+    """How the matrix was timed (rounds, seed, groups, idle engines): the experiment log's section."""
+    from .explog import measurement_design
+
+    paragraphs = [p.strip() for p in measurement_design(r).split("\n\n") if p.strip()]
+    return ["<h2>How it was measured</h2>"] + [f"<p>{_e(p)}</p>".replace("\n", "<br>") for p in paragraphs]
+
+
 def results_html(r: RunResults, plots: Sequence[Plot], files: Sequence[str] = ()) -> list[str]:
     """Everything after the matrix; the headline goes first through headline_html."""
     blocks = (recommendation_html(r) + plots_html(plots, r) + tables_html(r) + capacity_html(r) + cost_html(r)
               + scaling_html(r))
     blocks += ceiling_html(r)
     blocks += comparison_html(r)  # load tests: report.py's load_html, from the store
+    blocks += measurement_html(r)
     if files:
         blocks.append("<p>Also written next to this report: " + ", ".join(f"<code>{_e(f)}</code>" for f in files) + "</p>")
     return blocks

@@ -35,6 +35,7 @@ log = logging.getLogger("qbench")
 GPU_SHARE_TOTAL = 0.85  # of device memory, split between co-resident vLLM engines (HF models take the rest)
 KV_CACHE_CAP_BYTES = 4 * 2**30
 MEMORY_WORDS = ("out of memory", "memory", "cache blocks", "kv cache")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # engines started in threads share this process
 
 
 def is_memory_error(exc: BaseException) -> bool:
@@ -434,5 +435,3 @@ def _compression_ratio(source: str, prepared: quantize.Prepared) -> float | None
     before, after = quantize.weights_bytes(source), quantize.weights_bytes(prepared.model)
     return round(before / after, 3) if before and after else None
 
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # engines started in threads share this process

@@ -427,3 +427,19 @@ def test_log_and_html_show_the_same_load_tables():
         assert all(f"<td>{html.escape(str(cell))}</td>" in page for cell in rows[0])
     header, rows = tables.load_grid(r)
     assert md_table(header, rows) in log and len(rows) == len(LOADS)
+
+
+def test_the_measurement_design_is_in_the_log_and_the_html():
+    from qbench_plugin.htmlblocks import measurement_html
+
+    run = dict(RUN, measurement={"design": "interleaved rounds", "rounds": 10, "block": 5, "warmup": 5, "seed": 1234,
+                                 "groups": [["a", "b"], ["big"]], "not_resident": {"big": "could not start beside a, b"},
+                                 "visits": ["group 1, rounds 1-5", "group 2, rounds 1-10", "group 1 again (restarted), rounds 6-10"],
+                                 "seconds": 12.5, "run_noise": 0.25})
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    text, html = experiment_log(r), "".join(measurement_html(r))
+    for said in ("10 rounds of 5", "seed 1234", "A B A", "big: could not start beside a, b",
+                 "order: group 1, rounds 1-5; group 2", "Run-to-run noise allowed by this run's perf gates: 25%"):
+        assert said in text and said.replace("'", "&#x27;") in html, said
+    assert "No latency matrix was timed" in experiment_log(build_results(RUN, machine={"gpu_names": []},
+                                                                         bench_configs=CONFIGS, options=ReportOptions()))
