@@ -49,7 +49,9 @@ def _faster(data: dict, factor: float) -> dict:
 def failing_run(saved_run):
     tmp, run_dir, saved = saved_run
     faster = tmp / "faster.json"
-    faster.write_text(json.dumps(_faster(json.loads((run_dir / "benchmark.json").read_text()), 3.0)))
+    # 10x: a 2-core machine under load ran the same case 2.7x slower in one CI session, and the gate
+    # allows the device's run-to-run noise on top; the regression must be beyond both
+    faster.write_text(json.dumps(_faster(json.loads((run_dir / "benchmark.json").read_text()), 10.0)))
     storage = saved.parent
     (storage / "0002_faster.json").write_text(json.dumps(_faster(json.loads(saved.read_text()), 3.0)))
     return _pytest("-k", "latency or accuracy", "--qbench-min-accuracy=0.999", f"--qbench-perf-baseline={faster}",
