@@ -315,7 +315,7 @@ class EnginePool:
         if member.engine is None and member.record.status == "ready" and member.closed_reason:
             if not self.co_resident:
                 self.close_all(f"one engine at a time (--qbench-interleave off), to restart {cfg.name}")
-            self._restart(member)
+            self.reopen([cfg.name])
         if member.record.status == "skipped":
             raise EngineUnavailable(member.record.reason or "skipped")
         if member.engine is None:
@@ -338,15 +338,6 @@ class EnginePool:
             member.record.info["restarted"] = f"after: {member.closed_reason}"
             member.closed_reason = None
         return [n for n in names if self.members[n].engine is not None]
-
-    def _restart(self, member: Member) -> None:
-        """A config closed earlier (a later group, a sweep) is needed again: start it alone; the
-        first start's figures (cold start, memory) stay the config's."""
-        kept = {k: member.record.metrics.get(k) for k in ("cold_start_s", "memory_rss_mib", "gpu_memory_used_mib")}
-        self._start(member, 1)
-        member.record.metrics.update(kept)
-        member.record.info["restarted"] = f"after: {member.closed_reason}"
-        member.closed_reason = None
 
     # -- memory ------------------------------------------------------------------------------------
 
