@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .uncertainty import Timed, ratio_interval, run_noise_for, widen
+from .probe import probe_seconds
+from .uncertainty import Timed, host_ratio, ratio_interval, run_noise_for, widen
 from .metrics import BY_NAME
 
 COMPARE_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s",
@@ -73,7 +74,9 @@ def load_run(path: str | Path) -> tuple[str, pd.DataFrame]:
         label, frame, record = str(path), frame_from_benchmarks(data), data.get("qbench") or {}
     else:
         raise CompareError(f"{path}: neither a qbench.json nor a pytest-benchmark JSON")
-    frame.attrs["device"] = (record.get("measurement") or {}).get("device")  # None: recorded before rounds
+    measurement = record.get("measurement") or {}
+    frame.attrs["device"] = measurement.get("device")  # None: recorded before rounds
+    frame.attrs["host_probe"] = probe_seconds(measurement.get("host_probe"))  # None: recorded before the probe
     return label, frame
 
 
@@ -135,45 +138,63 @@ def frame_from_benchmarks(data: Mapping[str, Any]) -> pd.DataFrame:
     return _rows_frame(rows, "benchmark JSON")
 
 
-def _verdict(metric: str, a: float, b: float, interval: tuple[float, float] | None = None) -> str:
+def _verdict(metric: str, a: float, b: float, interval: tuple[float, float] | None = None,
+             ratio: float | None = None) -> str:
+    """ratio: B/A as the interval sees it (on the hosts' scale when normalized), which decides the
+    direction when it differs from the raw values'."""
     if a == b:
         return "same"
     if interval is not None and interval[0] <= 1 <= interval[1]:
         return NOISE
     if metric in MEMORY_TOLERANCE and abs(b - a) <= MEMORY_TOLERANCE[metric] * abs(a):
         return TOLERATED
-    return "better" if (b > a) == BY_NAME[metric].higher_is_better else "worse"
+    grew = ratio > 1 if ratio is not None else b > a
+    return "better" if grew == BY_NAME[metric].higher_is_better else "worse"
 
 
 def _interval(metric: str, batch_size: int, a_ns: Any, b_ns: Any, a_rounds: Any = None,
-              b_rounds: Any = None, run_noise: float = 0.0, paired: bool = False) -> tuple[float, float] | None:
-    """95% interval of B/A for a latency or throughput metric, resampling each run's rounds on its
-    own (both runs' between-round spread), widened by the run-to-run noise; None when either run
-    kept too few rounds."""
+              b_rounds: Any = None, run_noise: float = 0.0, paired: bool = False,
+              hosts: tuple[list[float], list[float]] | None = None) -> tuple[float, float, float] | None:
+    """B/A and its 95% interval for a latency or throughput metric, resampling each run's rounds on
+    its own (both runs' between-round spread), on each run's host scale when both ran the host probe
+    (hosts: B's, A's), widened by the run-to-run noise; None when either run kept too few rounds."""
     if metric not in NOISE_TESTED or not isinstance(a_ns, list) or not isinstance(b_ns, list):
         return None
-    found = widen(ratio_interval(Timed.of(b_ns, batch_size, _labels(b_rounds)),
-                                 Timed.of(a_ns, batch_size, _labels(a_rounds)), metric, paired=paired), run_noise)
-    return found[1:] if found else None
+    return widen(ratio_interval(Timed.of(b_ns, batch_size, _labels(b_rounds)),
+                                Timed.of(a_ns, batch_size, _labels(a_rounds)), metric, paired=paired,
+                                hosts=hosts), run_noise)
 
 
 def _labels(rounds: Any) -> list[int] | None:
     return list(rounds) if isinstance(rounds, list) and rounds else None
 
 
-def run_noise(a: pd.DataFrame, b: pd.DataFrame, given: float | None = None) -> float:
-    """The run-to-run allowance of a comparison: given, else the larger of the two runs' devices'."""
+def run_noise(a: pd.DataFrame, b: pd.DataFrame, given: float | None = None, normalized: bool = False) -> float:
+    """The run-to-run allowance of a comparison: given, else the larger of the two runs' devices' (what
+    is left of an A/A pair's shift after the host probe when normalized)."""
     if given is not None:
         return given
-    return max(run_noise_for(a.attrs.get("device")), run_noise_for(b.attrs.get("device")))
+    return max(run_noise_for(a.attrs.get("device"), normalized), run_noise_for(b.attrs.get("device"), normalized))
 
 
-def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None, paired: bool = False) -> pd.DataFrame:
+def host_probes(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[float], list[float]] | None:
+    """(B's, A's) per-round host-probe seconds when both runs have them, on one device kind."""
+    pa, pb = a.attrs.get("host_probe"), b.attrs.get("host_probe")
+    if not pa or not pb or (a.attrs.get("device") == "cpu") != (b.attrs.get("device") == "cpu"):
+        return None  # a GPU probe has a launch component a CPU one lacks
+    return pb, pa
+
+
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None, paired: bool = False,
+                   normalize: bool = True) -> pd.DataFrame:
     """Long form, one row per (case, metric): a, b, b - a, (b - a) / a and the verdict for b.
 
     paired: a and b are two configs of one run, timed in the same interleaved rounds; their speed is
-    compared round by round and no run-to-run allowance applies."""
-    noise = 0.0 if paired else run_noise(a, b, noise)
+    compared round by round and no run-to-run allowance applies. normalize: two runs that both ran
+    the host probe (probe.py) are compared on their hosts' scale, with the smaller allowance that is
+    left of an A/A pair after it; the a and b columns stay as measured."""
+    hosts = host_probes(a, b) if normalize and not paired else None
+    noise = 0.0 if paired else run_noise(a, b, noise, normalized=hosts is not None)
     merged = a.merge(b, on=["config", "batch_size"], how="outer", suffixes=("_a", "_b"), indicator=True)
     merged = merged.sort_values(["config", "batch_size"], kind="stable")
     rows = []
@@ -192,9 +213,10 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None,
             elif not (has_a and has_b):
                 verdict = "measured in A only" if has_a else "measured in B only"
             else:
-                interval = _interval(metric, int(row["batch_size"]), row[SAMPLES + "_a"], row[SAMPLES + "_b"],
-                                     row[ROUNDS + "_a"], row[ROUNDS + "_b"], noise, paired)
-                verdict = _verdict(metric, float(va), float(vb), interval)
+                found = _interval(metric, int(row["batch_size"]), row[SAMPLES + "_a"], row[SAMPLES + "_b"],
+                                  row[ROUNDS + "_a"], row[ROUNDS + "_b"], noise, paired, hosts)
+                interval = found[1:] if found else None
+                verdict = _verdict(metric, float(va), float(vb), interval, found[0] if found else None)
             delta = float(vb) - float(va) if has_a and has_b else math.nan
             pct = delta / float(va) if has_a and has_b and float(va) != 0 else math.nan
             rows.append({"case": case, "config": row["config"], "batch_size": int(row["batch_size"]),
@@ -205,6 +227,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None,
                          "ci_high": interval[1] if interval else math.nan, "verdict": verdict})
     out = pd.DataFrame(rows, columns=LONG_COLUMNS)
     out.attrs["run_noise"] = noise
+    out.attrs["host_ratio"] = host_ratio(*hosts) if hosts else None
     return out
 
 
@@ -223,10 +246,11 @@ def engine_changes(long: pd.DataFrame) -> str | None:
         " (its deltas compare two engines, not two runs of one)"
 
 
-def compare_paths(a: str | Path, b: str | Path, noise: float | None = None) -> tuple[str, str, pd.DataFrame]:
+def compare_paths(a: str | Path, b: str | Path, noise: float | None = None,
+                  normalize: bool = True) -> tuple[str, str, pd.DataFrame]:
     label_a, frame_a = load_run(a)
     label_b, frame_b = load_run(b)
-    return label_a, label_b, compare_frames(frame_a, frame_b, noise)
+    return label_a, label_b, compare_frames(frame_a, frame_b, noise, normalize=normalize)
 
 
 def compare_configs(path: str | Path, config_a: str, config_b: str) -> tuple[str, str, pd.DataFrame]:
@@ -257,7 +281,14 @@ def shift_text(long: pd.DataFrame) -> str:
     parts = ", ".join(f"{SHORT[m]} x{v:.3f}" for m, v in shift.items())
     noise = long.attrs.get("run_noise")
     allowance = f"; run-to-run noise allowed: {noise:.0%}" if noise is not None else ""
-    return f"whole-run shift B/A (median over cases): {parts}{allowance}"
+    line = f"whole-run shift B/A (median over cases): {parts}{allowance}"
+    host = long.attrs.get("host_ratio")
+    if host:
+        line += (f"\nhost probe B/A: x{host[0]:.3f} (95% interval {host[1]:.3f}-{host[2]:.3f}; above 1: B's host was "
+                 "slower); speed verdicts are on each run's host scale")
+    elif noise is not None and noise > 0:
+        line += "\nno host probe in both runs: speed verdicts are on the raw figures"
+    return line
 
 
 def cell(row: Mapping[str, Any]) -> str:

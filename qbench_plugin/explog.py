@@ -510,8 +510,17 @@ def measurement_design(r: RunResults) -> str:
                    f"{x['stopped_over_resident']:.3f} (95% interval {x['ci95'][0]:.3f}-{x['ci95'][1]:.3f}, "
                    f"{x['pairs']} pairs): {x['verdict']}" for x in idle.values())
     if m.get("run_noise") is not None:
-        out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%} (the device's A/A figure, "
-                   "or `--qbench-run-noise`).")
+        normalized = m.get("run_noise_normalized")
+        scaled = (f"; {normalized:.0%} when both runs ran the host probe and are judged on their hosts' scale"
+                  if normalized is not None else "")
+        out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%}{scaled} (the device's "
+                   "A/A figures, or `--qbench-run-noise`).")
+    probe = m.get("host_probe") or {}
+    if probe.get("seconds"):
+        ms = [1e3 * x for x in probe["seconds"]]
+        out.append(f"\nHost probe (a fixed workload of {', '.join(probe.get('components', []))}, once per round; "
+                   f"probe.py): median {sorted(ms)[len(ms) // 2]:.2f} ms over {len(ms)} rounds, "
+                   f"{min(ms):.2f}-{max(ms):.2f} ms. Comparisons with another run divide each run's speed by it.")
     if m.get("interrupted"):
         out.append(f"\nInterrupted: {m['interrupted']}; the cases keep those whole rounds.")
     return "\n".join(out)

@@ -18,6 +18,7 @@ from .options import Settings
 from .pool import EnginePool
 from .rounds import RoundPlan
 from .run import RunStore
+from .probe import probe_seconds
 from .uncertainty import run_noise_for
 
 
@@ -72,9 +73,14 @@ def qbench_gatekeeper(qbench_settings: Settings, qbench_store: RunStore) -> gate
         raise pytest.UsageError(f"qbench: {exc}") from None
     overrides = {"min_accuracy": s.min_accuracy, "max_accuracy_drop": s.max_accuracy_drop,
                  "max_flip_rate": s.max_flip_rate}
-    noise = s.run_noise if s.run_noise is not None else run_noise_for(_device_name())
-    qbench_store.measurement["run_noise"] = noise
-    return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise)
+    device = _device_name()
+    noise = s.run_noise if s.run_noise is not None else run_noise_for(device)
+    normalized = s.run_noise if s.run_noise is not None else run_noise_for(device, normalized=True)
+    qbench_store.measurement.update(run_noise=noise, run_noise_normalized=normalized)
+    saved_probe = gates.load_saved_probe(s.perf_baseline) if s.perf_baseline else None
+    return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise,
+                            normalized_noise=normalized, saved_probe=saved_probe,
+                            current_probe=lambda: probe_seconds(qbench_store.measurement.get("host_probe")))
 
 
 def _device_name() -> str:

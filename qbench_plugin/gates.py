@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from .config import Gates
 from .metrics import BY_NAME
+from .probe import probe_seconds
 from .uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, Timed, ratio_interval, widen
 
 # metric -> allowed relative change in the worse direction (0.10: 10 % slower / less / more memory)
@@ -129,14 +130,28 @@ def timed_of(extra: Mapping[str, Any]) -> Timed:
     return Timed.of(samples, int(extra.get("batch_size") or 1), rounds)
 
 
+def load_saved_probe(path: str | Path) -> list[float] | None:
+    """The saved run's per-round host-probe seconds (probe.py), or None when it has none."""
+    path = Path(path)
+    try:
+        data = json.loads((path / "benchmark.json" if path.is_dir() else path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # load_saved_cases has already said what is wrong with the file
+    record = data.get("qbench") if isinstance(data, dict) else None
+    return probe_seconds(((record or {}).get("measurement") or {}).get("host_probe"))
+
+
 def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dict[str, Any] | None,
-               thresholds: dict[str, float], run_noise: float = 0.0) -> list[GateResult]:
+               thresholds: dict[str, float], run_noise: float = 0.0,
+               hosts: tuple[list[float], list[float]] | None = None) -> list[GateResult]:
     """Compare one case with the same case of a saved run, metric by metric.
 
     The interval of current/saved resamples each run's rounds on its own (uncertainty.py), so both
     runs' between-round spread is in it, and is widened by the machine's A/A-measured run-to-run
     noise (a whole session's speed moves, every config alike); a case regresses only when the whole
-    interval lies beyond the threshold in the worse direction."""
+    interval lies beyond the threshold in the worse direction. hosts: (current's, saved's) host-probe
+    seconds per round; with them both runs are judged on their host's scale (run_noise is then the
+    smaller allowance left after it)."""
     case = f"{config}-bs{batch_size}"
     if saved is None:
         return [GateResult("perf_regression", config, None, None, None,
@@ -148,10 +163,11 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
                            f"at least {MIN_ROUNDS} rounds ({MIN_SAMPLES} unlabelled batches) each are needed to decide",
                            case)]
     results = []
+    scale = " on both runs' host-probe scale" if hosts else ""
     for metric, threshold in thresholds.items():
         if metric not in DEFAULT_PERF_THRESHOLDS and metric != "latency_mean_ms":
             continue
-        ratio, low, high = widen(ratio_interval(cur, old, metric, paired=False), run_noise)
+        ratio, low, high = widen(ratio_interval(cur, old, metric, paired=False, hosts=hosts), run_noise)
         higher_is_better = BY_NAME[metric].higher_is_better
         # regression only when the whole interval is beyond the threshold in the worse direction
         if higher_is_better:
@@ -160,8 +176,8 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
             regressed, change = low > 1 + threshold, ratio - 1
         word = "worse" if change > 0 else "better"
         msg = (f"case {case}: {metric} {abs(change):.1%} {word} than the saved run "
-               f"(ratio {ratio:.3f}, {CONFIDENCE:.0%} CI {low:.3f}-{high:.3f} over rounds and run-to-run noise "
-               f"{run_noise:.0%}; allowed {threshold:.0%} worse)")
+               f"(ratio {ratio:.3f}{scale}, {CONFIDENCE:.0%} CI "
+               f"{low:.3f}-{high:.3f} over rounds and run-to-run noise {run_noise:.0%}; allowed {threshold:.0%} worse)")
         results.append(GateResult("perf_regression:" + metric, config, not regressed, ratio, threshold,
                                   ("REGRESSION " if regressed else "") + msg, case))
     return results
@@ -177,9 +193,14 @@ class GateKeeper:
     """Holds a run's gate settings, evaluates gates as cases finish and keeps every verdict."""
 
     def __init__(self, overrides: dict[str, float | None], saved_cases: dict | None, thresholds: dict[str, float],
-                 record: Callable[[GateResult], None], run_noise: float = 0.0):
+                 record: Callable[[GateResult], None], run_noise: float = 0.0,
+                 normalized_noise: float | None = None, saved_probe: list[float] | None = None,
+                 current_probe: Callable[[], list[float] | None] = lambda: None):
         self.overrides = overrides
         self.run_noise = run_noise
+        # with both runs' host probes the gate judges on the hosts' scale and allows what is left
+        self.normalized_noise = run_noise if normalized_noise is None else normalized_noise
+        self.saved_probe, self.current_probe = saved_probe, current_probe
         self.saved_cases = saved_cases
         self.thresholds = thresholds
         self._record = record
@@ -199,4 +220,7 @@ class GateKeeper:
         if self.saved_cases is None:
             return []
         saved = self.saved_cases.get((config, batch_size))
-        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, self.run_noise))
+        current = self.current_probe()
+        hosts = (current, self.saved_probe) if current and self.saved_probe else None
+        noise = self.normalized_noise if hosts else self.run_noise
+        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, noise, hosts))

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from .measure import latency_stats
 from .pool import EnginePool
+from .probe import HostProbe, record_round
 from .rounds import Case, CaseTiming, RoundPlan, RoundsInterrupted, run_rounds
 from .run import CaseRecord, RunStore
 from .uncertainty import Timed, case_intervals
@@ -27,6 +28,7 @@ class Matrix:
         self.store, self.is_out_of_memory, self.progress = store, is_out_of_memory, progress
         self.timings: dict[Case, CaseTiming] | None = None
         self._all_measured = False
+        self._probe: HostProbe | None = None
 
     def timing(self, case: Case) -> CaseTiming | None:
         """The case's timing; the first call measures every case (interleaved), or with
@@ -88,8 +90,13 @@ class Matrix:
             design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(todo)])
         self.progress(f"qbench: timing {len(todo)} cases in {self.plan.rounds} rounds of {self.plan.block} "
                       f"batches each, order shuffled per round (seed {self.plan.seed})")
+        if self._probe is None:
+            self._probe = HostProbe(cuda=self.pool.device == "cuda")
+            design["host_probe"] = {}
+
         def after_round(index: int) -> None:
             design["rounds_done"] = index + 1
+            record_round(design["host_probe"], self._probe, index)  # after the round: no engine is working
             self.store.save()
 
         try:

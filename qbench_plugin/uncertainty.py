@@ -95,11 +95,15 @@ def case_interval(timed: Timed, metric: str, resamples: int = RESAMPLES, seed: i
 
 
 def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: int = RESAMPLES,
-                   seed: int = 0) -> tuple[float, float, float] | None:
+                   seed: int = 0, hosts: tuple[Sequence[float], Sequence[float]] | None = None
+                   ) -> tuple[float, float, float] | None:
     """metric(b) / metric(a) with its CONFIDENCE interval, or None when either side has too few rounds.
 
     paired: both cases were timed in the same rounds of one run; each resample draws the same rounds
-    for both, so drift that hit both alike cancels. Otherwise each side's rounds are drawn apart."""
+    for both, so drift that hit both alike cancels. Otherwise each side's rounds are drawn apart.
+    hosts: (b's, a's) host-probe seconds per round (probe.py), for two runs: each run's speed is put
+    on its host's scale first (a host 1.2x slower makes its latencies count 1.2x less), and the
+    probes' own rounds are resampled too, so their noise is in the interval."""
     if not (a.decidable and b.decidable):
         return None
     stat_a, stat_b = statistic(metric, a.batch_size), statistic(metric, b.batch_size)
@@ -115,7 +119,30 @@ def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: 
         num = _resampled(blocks_b, rng.integers(0, len(blocks_b), size=(resamples, len(blocks_b))), stat_b)
         den = _resampled(blocks_a, rng.integers(0, len(blocks_a), size=(resamples, len(blocks_a))), stat_a)
     point = float(stat_b((b.samples_ns / 1e6)[None, :])[0] / stat_a((a.samples_ns / 1e6)[None, :])[0])
-    return (point, *_interval(num / den))
+    ratios = num / den
+    if hosts is not None and not paired:
+        host_b, host_a = (np.asarray(h, dtype=np.float64) for h in hosts)
+        if host_b.size >= 2 and host_a.size >= 2:
+            # a time (latency) on a host 1.2x slower counts 1.2x less; a rate counts 1.2x more
+            power = 1.0 if metric == "throughput_samples_per_s" else -1.0
+            slower = host_b[rng.integers(0, host_b.size, (resamples, host_b.size))].mean(axis=1) / \
+                host_a[rng.integers(0, host_a.size, (resamples, host_a.size))].mean(axis=1)
+            point *= float(host_b.mean() / host_a.mean()) ** power
+            ratios = ratios * slower ** power
+    return (point, *_interval(ratios))
+
+
+def host_ratio(b: Sequence[float], a: Sequence[float], resamples: int = RESAMPLES,
+               seed: int = 0) -> tuple[float, float, float] | None:
+    """How much slower b's host was than a's: mean probe seconds b / a, with its interval over the
+    probes' rounds; None when either side has fewer than two rounds."""
+    pb, pa = np.asarray(b, dtype=np.float64), np.asarray(a, dtype=np.float64)
+    if pb.size < 2 or pa.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    ratios = pb[rng.integers(0, pb.size, (resamples, pb.size))].mean(axis=1) / \
+        pa[rng.integers(0, pa.size, (resamples, pa.size))].mean(axis=1)
+    return (float(pb.mean() / pa.mean()), *_interval(ratios))
 
 
 # Run-to-run noise: how far a whole session's speed moves between two runs of the same code on one
@@ -129,11 +156,19 @@ RUN_NOISE = {"NVIDIA H200": 0.20, "cpu": 0.25}
 DEFAULT_RUN_NOISE = 0.25  # an unmeasured machine gets the largest allowance seen
 
 
-def run_noise_for(device: str | None) -> float:
-    """The A/A-measured run-to-run allowance of a device (a GPU name, or "cpu")."""
+# What is left of an A/A pair's shift once each run is put on its host's scale (probe.py): the
+# largest |normalized B/A - 1| over an A/A pair's cases, rounded up to the next 5% (figures: README,
+# "How qbench measures").
+NORMALIZED_RUN_NOISE = {"NVIDIA H200": 0.10, "cpu": 0.10}
+
+
+def run_noise_for(device: str | None, normalized: bool = False) -> float:
+    """The A/A-measured run-to-run allowance of a device (a GPU name, or "cpu"); normalized: the
+    allowance left when both runs are on their host probe's scale."""
+    table = NORMALIZED_RUN_NOISE if normalized else RUN_NOISE
     if not device:
         return DEFAULT_RUN_NOISE
-    for name, noise in RUN_NOISE.items():
+    for name, noise in table.items():
         if name.lower() in device.lower():
             return noise
     return DEFAULT_RUN_NOISE

@@ -9,6 +9,10 @@
 #                                       hf_reference, the load test, into OUT/
 #   bash scripts/h200.sh aa OUT         prepare, then the published A/A pair: the GPU matrix twice, the
 #                                       second gated against the first, and qbench compare of the two
+#   bash scripts/h200.sh aab OUT        the host-probe check: fp16_baseline, gptq_4bit, int8_w8a8 and
+#                                       hf_reference at bs 1,8,32 three times (A, A again, then B with every
+#                                       engine 25% slower by construction: tests/plugins/slowed_engine.py),
+#                                       A' and B gated against A, qbench compare of both pairs
 #   bash scripts/h200.sh load OUT [CONFIGS] [pytest args...]   the seed's load grid (after prepare): CONFIGS
 #                                       (default fp16_baseline,gptq_4bit) x users 10,20,50 x 1,8,32 texts a
 #                                       request, one server per config, 4 Locust workers, into OUT/ (about
@@ -27,7 +31,7 @@ stage=${1:-}; shift || true
 case "$stage" in
   prepare)
     python3 -c "from qbench_plugin.embedded import resolve_model; print(resolve_model('$MODEL'))"
-    for cfg in gptq_4bit awq_4bit int8_w8a8; do
+    for cfg in ${QBENCH_PREPARE_CONFIGS:-gptq_4bit awq_4bit int8_w8a8}; do
       python3 -m qbench_plugin.cli quantize "configs/$cfg.json" --model "$MODEL" --quant-python "$QUANT_PYTHON"
     done ;;
   matrix)
@@ -62,5 +66,19 @@ case "$stage" in
     bash "$0" matrix "$out/b" "$configs" -m "gpu and not load" --qbench-perf-baseline "$(ls -d "$out"/a/2*/)" "$@" || true
     python3 -m qbench_plugin.cli compare "$(ls -d "$out"/a/2*/)" "$(ls -d "$out"/b/2*/)" --csv "$out/compare.csv" \
       | tee "$out/compare.txt" ;;
-  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...]" >&2; exit 2 ;;
+  aab)
+    out=$1; shift
+    configs=fp16_baseline,gptq_4bit,int8_w8a8,hf_reference
+    QBENCH_PREPARE_CONFIGS="gptq_4bit int8_w8a8" bash "$0" prepare
+    args=(-m "gpu and not load" -k "latency or accuracy" --qbench-batch-sizes 1,8,32)
+    bash "$0" matrix "$out/a" "$configs" "${args[@]}" "$@"
+    base=$(ls -d "$out"/a/2*/)
+    bash "$0" matrix "$out/a2" "$configs" "${args[@]}" --qbench-perf-baseline "$base" "$@" || true
+    PYTHONPATH="tests/plugins:${PYTHONPATH:-}" bash "$0" matrix "$out/b" "$configs" "${args[@]}" -p slowed_engine \
+      --qbench-perf-baseline "$base" "$@" || true
+    for run in a2 b; do
+      python3 -m qbench_plugin.cli compare "$base" "$(ls -d "$out/$run"/2*/)" --csv "$out/compare-a-$run.csv" \
+        | tee "$out/compare-a-$run.txt"
+    done ;;
+  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...]" >&2; exit 2 ;;
 esac

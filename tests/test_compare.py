@@ -130,3 +130,30 @@ def test_a_config_on_two_engines_is_said(tmp_path):
     assert "base ran on vllm in A and on hf in B (its deltas compare two engines" in to_text(long)
     same = compare_paths(tmp_path / "a.json", tmp_path / "a.json")[2]
     assert "ran on" not in to_text(same)
+
+
+def _probed(run, seconds, device="cpu"):
+    run = copy.deepcopy(run)
+    run["measurement"] = {"device": device, "host_probe": {"version": 1, "components": ["interpreter", "cpu_matmul"],
+                                                           "rounds": list(range(len(seconds))), "seconds": seconds}}
+    return run
+
+
+def test_a_run_on_a_slower_host_is_judged_on_its_hosts_scale(tmp_path, capsys):
+    """B is 1.3x slower in every case and its host probe 1.3x slower too: within noise, not worse; the
+    same B on an unchanged host is worse; --raw (and a run without a probe) judges the raw figures."""
+    probe = [0.012, 0.0121, 0.0119, 0.0122, 0.012, 0.0118]
+    a = _write(tmp_path / "a.json", _probed(_with_samples(RUN, "a", 1, 1.0), probe))
+    slow_host = _write(tmp_path / "b.json", _probed(_with_samples(RUN, "b", 2, 1.3), [1.3 * s for s in probe]))
+    same_host = _write(tmp_path / "c.json", _probed(_with_samples(RUN, "c", 3, 1.3), probe))
+    scaled = compare_paths(a, slow_host)[2].set_index(["case", "metric"])
+    assert scaled.loc[("base-bs1", "latency_p50_ms"), "verdict"] == "within noise"
+    assert compare_paths(a, same_host)[2].set_index(["case", "metric"]).loc[
+        ("base-bs1", "latency_p50_ms"), "verdict"] == "worse"
+    raw = compare_paths(a, slow_host, noise=0.0, normalize=False)[2].set_index(["case", "metric"])
+    assert raw.loc[("base-bs1", "latency_p50_ms"), "verdict"] == "worse"
+    assert main(["compare", str(a), str(slow_host), "--csv", str(tmp_path / "c.csv")]) == 0
+    assert "host probe B/A: x1.300" in capsys.readouterr().out
+    unprobed = _write(tmp_path / "d.json", _with_samples(RUN, "d", 2, 1.3))
+    assert main(["compare", str(a), str(unprobed), "--csv", str(tmp_path / "d.csv")]) == 0
+    assert "no host probe in both runs" in capsys.readouterr().out

@@ -99,3 +99,28 @@ def test_half_written_saved_run_is_detected(tmp_path):
     path.write_text(json.dumps({"benchmarks": []}))
     with pytest.raises(ValueError, match="no qbench latency cases"):
         load_saved_cases(tmp_path)
+
+
+def _rounds(rng, scale=1.0, rounds=10, block=6):
+    return {"latency_samples_ns": _samples(rng, n=rounds * block, scale=scale),
+            "latency_sample_rounds": [i // block for i in range(rounds * block)]}
+
+
+def test_gate_judges_on_the_hosts_scale_when_both_runs_ran_the_probe():
+    """Current run 1.3x slower on a host the probe finds 1.3x slower: passes at the small normalized
+    allowance; the same slowdown on an unchanged host fails, though the raw allowance would pass it."""
+    rng = np.random.default_rng(11)
+    saved, current = _rounds(rng), _rounds(rng, scale=1.3)
+    probe = [0.012 * f for f in (1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01, 0.99)]
+    seen = []
+
+    def keeper(current_probe, run_noise=0.25):
+        return GateKeeper({}, {("c", 8): saved}, {"latency_p50_ms": 0.10}, seen.append, run_noise=run_noise,
+                          normalized_noise=0.05, saved_probe=probe, current_probe=lambda: current_probe)
+
+    (passed,) = keeper([1.3 * p for p in probe]).check_latency("c", 8, current)
+    assert passed.passed and "host-probe scale" in passed.message
+    with pytest.raises(GateFailure, match="REGRESSION case c-bs8"):
+        keeper(probe).check_latency("c", 8, current)
+    (raw,) = keeper(None).check_latency("c", 8, current)  # no probe in this run: the raw allowance
+    assert raw.passed and "host-probe" not in raw.message

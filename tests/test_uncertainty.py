@@ -86,3 +86,47 @@ def test_round_plan_orders_are_seeded_permutations():
 def test_round_plan_refuses_what_cannot_be_timed(samples, rounds, message):
     with pytest.raises(ValueError, match=message):
         RoundPlan.from_samples(samples, rounds, 5, 0)
+
+
+def _probe(rng, slower=1.0, jitter=0.05):
+    """ROUNDS host-probe totals (s) of a host `slower` times slower than the reference."""
+    return (0.012 * slower * rng.lognormal(0.0, jitter, size=ROUNDS)).tolist()
+
+
+def test_a_host_shift_is_taken_out_when_both_runs_ran_the_probe():
+    """A/A on two hosts, B's 1.25x slower in everything: raw, B is called slower; on the hosts' scale not."""
+    rng = np.random.default_rng(3)
+    (a_ns, a_r), (b_ns, b_r) = _run(rng, drift=0.05), _run(rng, scale=1.25, drift=0.05)
+    a, b = Timed.of(a_ns, 8, a_r), Timed.of(b_ns, 8, b_r)
+    raw = ratio_interval(b, a, "latency_p50_ms", paired=False)
+    scaled = ratio_interval(b, a, "latency_p50_ms", paired=False, hosts=(_probe(rng, 1.25), _probe(rng)))
+    assert raw[1] > 1.1
+    assert scaled[1] <= 1 <= scaled[2] and abs(scaled[0] - 1) < 0.05
+    thr = ratio_interval(b, a, "throughput_samples_per_s", paired=False, hosts=(_probe(rng, 1.25), _probe(rng)))
+    assert thr[1] <= 1 <= thr[2]  # a rate is scaled the other way
+
+
+def test_a_slower_b_on_the_same_host_stays_slower_after_the_probe():
+    rng = np.random.default_rng(4)
+    (a_ns, a_r), (b_ns, b_r) = _run(rng, drift=0.05), _run(rng, scale=1.25, drift=0.05)
+    scaled = ratio_interval(Timed.of(b_ns, 8, b_r), Timed.of(a_ns, 8, a_r), "latency_p50_ms", paired=False,
+                            hosts=(_probe(rng), _probe(rng)))
+    assert scaled[1] > 1.1
+
+
+def test_a_noisy_probe_widens_the_interval():
+    rng = np.random.default_rng(5)
+    (a_ns, a_r), (b_ns, b_r) = _run(rng, drift=0.05), _run(rng, drift=0.05)
+    a, b = Timed.of(a_ns, 8, a_r), Timed.of(b_ns, 8, b_r)
+    steady = ratio_interval(b, a, "latency_p50_ms", paired=False, hosts=(_probe(rng), _probe(rng)))
+    noisy = ratio_interval(b, a, "latency_p50_ms", paired=False,
+                           hosts=(_probe(rng, jitter=0.4), _probe(rng, jitter=0.4)))
+    assert noisy[2] - noisy[1] > 1.5 * (steady[2] - steady[1])
+
+
+def test_the_probe_does_not_touch_paired_comparisons():
+    rng = np.random.default_rng(6)
+    (a_ns, a_r), (b_ns, b_r) = _run(rng), _run(rng)
+    a, b = Timed.of(a_ns, 8, a_r), Timed.of(b_ns, 8, b_r)
+    assert ratio_interval(b, a, "latency_p50_ms", paired=True) == \
+        ratio_interval(b, a, "latency_p50_ms", paired=True, hosts=(_probe(rng, 2.0), _probe(rng)))
