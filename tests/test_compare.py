@@ -6,6 +6,7 @@ import pandas as pd
 
 from qbench_plugin.cli import main
 from qbench_plugin.compare import compare_paths, load_run, to_text
+from qbench_plugin.probe import VERSION as PROBE_VERSION
 
 RUN = {
     "run_id": "run-a", "settings": {}, "commit": None,
@@ -134,7 +135,7 @@ def test_a_config_on_two_engines_is_said(tmp_path):
 
 def _probed(run, seconds, device="cpu"):
     run = copy.deepcopy(run)
-    run["measurement"] = {"device": device, "host_probe": {"version": 1, "components": ["interpreter", "cpu_matmul"],
+    run["measurement"] = {"device": device, "host_probe": {"version": PROBE_VERSION, "components": ["interpreter", "cpu_matmul"],
                                                            "rounds": list(range(len(seconds))), "seconds": seconds}}
     return run
 
