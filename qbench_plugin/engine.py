@@ -199,6 +199,10 @@ class HfEngine:
         model = AutoModelForSequenceClassification.from_pretrained(spec.model, **kwargs)
         if "quantization_config" not in kwargs:  # bitsandbytes places its own weights
             model = model.to(spec.device)
+        else:  # quantized at load: the head must have been skipped, whatever the architecture calls it
+            from .heads import check_loaded_head
+
+            check_loaded_head(model)
         self.model = model.eval()
 
     def weights_memory_bytes(self) -> int | None:
