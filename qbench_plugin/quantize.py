@@ -26,6 +26,7 @@ from .engine import EngineSpec, EngineUnavailable
 from .heads import Head, classification_head
 from .heads import head_is_unquantized as _head_is_unquantized
 from .machine import _version
+from .redact import child_env
 
 WORKER = Path(__file__).with_name("quantize_worker.py")
 BNB_4BIT_TYPES = ("nf4", "fp4")
@@ -323,6 +324,16 @@ def worker_command(python: Path, model: str, recipe: QuantRecipe, out: Path, cal
             "--max-length", str(recipe.max_length), "--ignore", ",".join(classification_head(model).linears)]
 
 
+def _run_child(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run the worker in its own environment (not ours: PYTHONPATH and VIRTUAL_ENV would mix the two).
+    The environment is made inside the call and an OSError is raised afresh, so no frame of a traceback
+    holds a copy of it for `pytest -l` to print."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=child_env(drop=("PYTHONPATH", "VIRTUAL_ENV")))
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot start the quantization worker ({cmd[0]}): {exc.strerror}") from None
+
+
 def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path) -> None:
     python = ctx.quant_python
     if python is None or not Path(python).exists():
@@ -342,8 +353,7 @@ def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path
         log.warning("qbench: making a %s %s checkpoint with llm-compressor (%d calibration texts) ...",
                     recipe.method, recipe.scheme, len(texts))
         started = time.perf_counter()
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = _run_child(cmd)
         seconds = time.perf_counter() - started
         (tmp / "quantize.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
         if proc.returncode != 0:
