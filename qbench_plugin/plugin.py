@@ -181,7 +181,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         check_gate_inputs(state.settings)
-        state.inputs = prepare(state.settings, state.store, progress=lambda line: _say(config, line))
+        state.inputs = prepare(state.settings, state.store, progress=lambda line: _say(config, line),
+                               configs=state.configs)
     except (PreflightError, DataError) as exc:
         _stop(config, f"qbench: {exc}")
 
