@@ -114,7 +114,8 @@ def qbench_matrix(pytestconfig: pytest.Config, qbench_pool: EnginePool, qbench_s
     s = qbench_settings
     plan = RoundPlan(rounds=s.rounds, block=s.samples // s.rounds, warmup=s.warmup, seed=state.seed)
     return Matrix(qbench_pool, state.matrix_cases, qbench_eval.texts, plan, qbench_store,
-                  is_out_of_memory=is_out_of_memory, progress=state.progress)
+                  is_out_of_memory=is_out_of_memory, progress=state.progress,
+                  token_counts=state.inputs.token_counts if state.inputs else None)
 
 
 @pytest.fixture(scope="session")

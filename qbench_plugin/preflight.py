@@ -7,6 +7,8 @@ starts; the fixtures then take what was validated here instead of loading it aga
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from .load import (DataError, EvalSet, load_eval_set, load_texts, model_labels, 
                    row_places, same_rows_for_every_split)
 from .options import Settings
 from .run import RunStore
-from .workload import measure_workload
+from .workload import measure_workload, token_counts
 
 # a Hugging Face repo id: "name" or "owner/name" of letters, digits, '-', '_', '.' (no leading '.' or '-')
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
@@ -34,6 +36,7 @@ class Inputs:
     labels: list[str]
     eval_set: EvalSet
     over_length: list[int]  # rows longer than max_model_len, truncated by the engines
+    token_counts: tuple[int, ...] | None = None  # per row, truncated (None: could not be counted)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -144,8 +147,13 @@ def prepare(settings: Settings, store: RunStore, progress: Progress | None = Non
     calibration = check_calibration(settings, configs or (), inputs.eval_set.texts)
     store.dataset.update(inputs.eval_set.facts, source=s.dataset, split=s.split, truncation=s.truncation,
                          max_model_len=s.max_model_len, truncated_rows=len(inputs.over_length), **calibration)
-    store.workload.update(measure_workload(inputs.model, inputs.eval_set.texts, s.max_model_len))
-    return inputs
+    try:
+        counts = tuple(token_counts(inputs.model, inputs.eval_set.texts, s.max_model_len))
+    except Exception as exc:  # noqa: BLE001  (measure_workload records why; MFU falls back or is missing)
+        logging.getLogger("qbench").warning("qbench: could not count tokens per text: %s", exc)
+        counts = None
+    store.workload.update(measure_workload(inputs.model, inputs.eval_set.texts, s.max_model_len, counts))
+    return dataclasses.replace(inputs, token_counts=counts)
 
 
 def check_gate_inputs(settings: Settings) -> None:
