@@ -33,7 +33,7 @@ GPUS: tuple[GpuSpec, ...] = (
     GpuSpec("H100", 6.88, 2.50, 989.0, "AWS p5.48xlarge / 8 (SXM)", r"h100(?!.*(pcie|nvl))", ("H100 SXM", "H100-80GB")),
     GpuSpec("H100 PCIe", 2.49, None, 756.0, "Lambda 1x H100 PCIe on-demand (no public spot price)", r"h100.*pcie",
             ("H100-PCIe",)),
-    GpuSpec("H100 NVL", 6.98, 1.61, 835.0, "Azure NC40ads H100 v5 (1x H100 NVL); spot seen in Southeast Asia",
+    GpuSpec("H100 NVL", 6.98, 1.61, 835.0, "Azure NC40ads H100 v5 (1x H100 NVL); spot: a 2026 Southeast Asia quote",
             r"h100.*nvl", ("H100-NVL",)),
     GpuSpec("H200", 10.60, 3.80, 989.0, "AWS p5en.48xlarge / 8", r"h200(?!.*nvl)"),  # H200 NVL: not priced
     GpuSpec("L4", 0.80, 0.32, 121.0, "AWS g6.xlarge", r"\bl4\b"),
