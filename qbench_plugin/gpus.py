@@ -18,7 +18,7 @@ PRICES_AS_OF = "2025-06"
 class GpuSpec:
     name: str
     on_demand_per_hour: float  # USD per GPU-hour, list price (assumption)
-    spot_per_hour: float  # USD per GPU-hour, typical spot/preemptible price (assumption)
+    spot_per_hour: float | None  # USD per GPU-hour, typical spot/preemptible price (assumption); None: none listed
     peak_tflops: float  # dense bf16 (fp16 where the GPU has no bf16) tensor-core TFLOP/s
     price_source: str
     pattern: str  # matched against nvidia-smi / torch device names, case-insensitive
@@ -28,8 +28,14 @@ class GpuSpec:
 GPUS: tuple[GpuSpec, ...] = (
     GpuSpec("A100 40GB", 4.10, 1.50, 312.0, "AWS p4d.24xlarge / 8", r"a100(?!.*80)", ("A100", "A100-40GB", "A100 40")),
     GpuSpec("A100 80GB", 5.12, 2.00, 312.0, "AWS p4de.24xlarge / 8", r"a100.*80", ("A100-80GB", "A100 80")),
-    GpuSpec("H100", 6.88, 2.50, 989.0, "AWS p5.48xlarge / 8 (SXM)", r"h100", ("H100 SXM", "H100-80GB")),
-    GpuSpec("H200", 10.60, 3.80, 989.0, "AWS p5en.48xlarge / 8", r"h200"),
+    # three H100 parts share the name: the SXM board (most clouds' 8-GPU instances) and the PCIe and NVL
+    # cards, which run at lower clocks and power; their device names say "PCIe" or "NVL"
+    GpuSpec("H100", 6.88, 2.50, 989.0, "AWS p5.48xlarge / 8 (SXM)", r"h100(?!.*(pcie|nvl))", ("H100 SXM", "H100-80GB")),
+    GpuSpec("H100 PCIe", 2.49, None, 756.0, "Lambda 1x H100 PCIe on-demand (no public spot price)", r"h100.*pcie",
+            ("H100-PCIe",)),
+    GpuSpec("H100 NVL", 6.98, 1.61, 835.0, "Azure NC40ads H100 v5 (1x H100 NVL); spot: a 2026 Southeast Asia quote",
+            r"h100.*nvl", ("H100-NVL",)),
+    GpuSpec("H200", 10.60, 3.80, 989.0, "AWS p5en.48xlarge / 8", r"h200(?!.*nvl)"),  # H200 NVL: not priced
     GpuSpec("L4", 0.80, 0.32, 121.0, "AWS g6.xlarge", r"\bl4\b"),
     GpuSpec("A10G", 1.01, 0.40, 70.0, "AWS g5.xlarge (peak: AWS's figure; not in NVIDIA's datasheets)", r"a10g"),
     GpuSpec("T4", 0.53, 0.21, 65.0, "AWS g4dn.xlarge (fp16; no bf16)", r"\bt4\b"),

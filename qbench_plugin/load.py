@@ -76,6 +76,23 @@ def _read_split(dataset: str, split: str):
     return datasets.load_dataset(str(path) if path.is_dir() else dataset, split=split)
 
 
+def same_rows_for_every_split(dataset: str) -> str | None:
+    """Why every split name of `dataset` reads the same rows (one file; one saved Dataset, not a
+    DatasetDict), or None when splits are separate. Then no split can calibrate without being the
+    evaluated rows."""
+    path = Path(str(DATA_DIR) if dataset == EMBEDDED else dataset)
+    if path.is_file():
+        return "is one file"
+    if path.is_dir() and (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
+        return "is one saved Dataset (no splits)"
+    return None
+
+
+def normalized(text: str) -> str:
+    """A text as compared across calibration and evaluation: case and runs of whitespace do not count."""
+    return " ".join(text.split()).casefold()
+
+
 LINE_FILES = (".jsonl", ".json", ".csv")
 
 

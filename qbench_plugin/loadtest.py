@@ -32,7 +32,7 @@ import numpy as np
 from .endpoint import Classification, InvalidResponse, build_request, parse_response
 from .loadgrid import LATE_TOLERANCE_MS, LoadPoint
 from .metrics import LOAD_METRICS
-from .redact import env_secret, mask_env_secret
+from .redact import child_env, env_secret, mask_env_secret
 from .run import LoadRecord, RunStore
 from .serve import Server, free_port, log_tail, spawn
 
@@ -260,12 +260,14 @@ def run_load(endpoint: Endpoint, spec: LoadSpec, texts: Sequence[str], labels: S
         master_port = port or free_port(host if host not in ("0.0.0.0", "") else "127.0.0.1")
     commands = locust_commands(endpoint, spec, texts_file=files["texts.json"], labels_file=files["labels.json"],
                                csv_prefix=csv_prefix, requests_out=files["requests.json"], master_port=master_port)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     children = []
     try:
-        children.append(spawn("locust", commands[0], log_path=files["locust.log"], env=env))
+        # the environment goes straight into each call: bound here, `pytest -l` would print it with
+        # this frame's locals when Locust fails
+        children.append(spawn("locust", commands[0], log_path=files["locust.log"], env=child_env(PYTHONUNBUFFERED="1")))
         for i, cmd in enumerate(commands[1:], 1):
-            children.append(spawn(f"locust-worker-{i}", cmd, log_path=out_dir / f"{prefix}-worker{i}.log", env=env))
+            children.append(spawn(f"locust-worker-{i}", cmd, log_path=out_dir / f"{prefix}-worker{i}.log",
+                                  env=child_env(PYTHONUNBUFFERED="1")))
         limit = spec.run_time_cap_s + SHUTDOWN_SLACK_S + (WORKER_WAIT_S if spec.distributed else 0)
         try:
             exit_code = children[0].proc.wait(timeout=limit)

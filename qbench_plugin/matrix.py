@@ -23,8 +23,9 @@ from .uncertainty import Timed, case_intervals
 class Matrix:
     def __init__(self, pool: EnginePool, cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan,
                  store: RunStore, *, is_out_of_memory: Callable[[BaseException], bool],
-                 progress: Callable[[str], None] = lambda line: None):
+                 progress: Callable[[str], None] = lambda line: None, token_counts: Sequence[int] | None = None):
         self.pool, self.cases, self.texts, self.plan = pool, list(dict.fromkeys(cases)), list(texts), plan
+        self.token_counts = token_counts  # per text: each case's MFU counts the tokens it timed
         self.store, self.is_out_of_memory, self.progress = store, is_out_of_memory, progress
         self.timings: dict[Case, CaseTiming] | None = None
         self._all_measured = False
@@ -103,7 +104,7 @@ class Matrix:
             found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
                                is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
                                between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress,
-                               rounds=rounds)
+                               rounds=rounds, token_counts=self.token_counts)
         except RoundsInterrupted as stopped:
             design["interrupted"] = f"Ctrl-C after {stopped.rounds_done} of {self.plan.rounds} rounds"
             self._record(self._merged(stopped.timings).values(), status="partial")  # whole rounds are kept
@@ -119,6 +120,7 @@ class Matrix:
             before = self.timings.get(case)
             if before is not None and before is not timing:
                 timing.samples_ns[:0], timing.rounds[:0] = before.samples_ns, before.rounds
+                timing.tokens[:0] = before.tokens
                 timing.error = timing.error or before.error
         return found
 
@@ -129,6 +131,8 @@ class Matrix:
             if not t.samples_ns or t.error:
                 continue
             stats = latency_stats(t.samples_ns, t.batch_size)
+            if t.tokens and len(t.tokens) == len(t.samples_ns):
+                stats["timed_tokens_per_text"] = sum(t.tokens) / (len(t.samples_ns) * t.batch_size)
             intervals = case_intervals(Timed.of(t.samples_ns, t.batch_size, t.rounds))
             self.store.cases.append(CaseRecord(config=t.config, batch_size=t.batch_size, metrics=stats,
                                                samples_ns=list(t.samples_ns), sample_rounds=list(t.rounds),

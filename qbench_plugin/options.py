@@ -164,6 +164,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("truncation", "truncate", "texts longer than max_model_len: truncate (counted in the report) or reject"),
     _Option("cache_dir", "", "cache for trained and quantized models (default: $QBENCH_CACHE_DIR or ~/.cache/qbench)"),
     _Option("calibration_split", "train", "dataset split that calibrates GPTQ/AWQ/int8 (never the evaluated one)"),
+    _Option("calibration_dataset", "", "where the calibration split is read: hub id, folder or file (default: "
+            "--qbench-dataset; required when that is one file or one saved Dataset, whose every split is the same rows)"),
     _Option("quant_python", ".venv-quant/bin/python", "python of the llm-compressor environment (relative to the rootdir)"),
     _Option("min_accuracy", "", "gate: minimum accuracy, for every config (overrides the configs' gates)", _optional_ratio),
     _Option("max_accuracy_drop", "", "gate: largest accuracy drop vs the baseline config, for every config", _optional_ratio),
@@ -239,6 +241,7 @@ class Settings:
     truncation: str
     cache_dir: Path | None
     calibration_split: str
+    calibration_dataset: str
     quant_python: Path
     min_accuracy: float | None
     max_accuracy_drop: float | None
@@ -299,7 +302,7 @@ class Settings:
         if values["sweep"] and values["sweep_max_batch"] < max(values["batch_sizes"]):
             raise pytest.UsageError(f"--qbench-sweep-max-batch {values['sweep_max_batch']} is below the largest "
                                     f"batch size {max(values['batch_sizes'])}, where the sweep starts")
-        if values["calibration_split"] == values["split"]:
+        if values["calibration_split"] == values["split"] and values["calibration_dataset"] in ("", values["dataset"]):
             raise pytest.UsageError(f"--qbench-calibration-split must differ from the evaluated split "
                                     f"--qbench-split ({values['split']!r}): calibrating on it would flatter accuracy")
         if values["samples"] < 1:

@@ -31,7 +31,7 @@ from .report import matrix_frame, summary_html
 from .load import DataError
 from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
 from .run import RunStore, git_commit, new_run_id
-from .redact import scrub, scrub_text
+from .redact import scrub, scrub_report, scrub_text
 
 PENDING_JSON = "benchmark.json.writing"  # pytest-benchmark's output until the run has finished
 
@@ -181,7 +181,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         check_gate_inputs(state.settings)
-        state.inputs = prepare(state.settings, state.store, progress=lambda line: _say(config, line))
+        state.inputs = prepare(state.settings, state.store, progress=lambda line: _say(config, line),
+                               configs=state.configs)
     except (PreflightError, DataError) as exc:
         _stop(config, f"qbench: {exc}")
 
@@ -280,6 +281,14 @@ def pytest_runtest_call(item: pytest.Item):
     group = benchmark_group(str(bench.extra_info.get("config") or stats.group), kind)
     if kind in GROUP_SUFFIX:
         bench.group = stats.group = group
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Secrets out of every test's report (captured output, and the locals `-l` shows), before the
+    terminal, junitxml or report.html render it."""
+    outcome = yield
+    scrub_report(outcome.get_result())
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

@@ -7,17 +7,20 @@ starts; the fixtures then take what was validated here instead of loading it aga
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .config import BenchConfig, load_selected
 from .embedded import EMBEDDED, Progress, resolve_model
-from .load import DataError, EvalSet, load_eval_set, model_labels, over_length_rows, row_places
+from .load import (DataError, EvalSet, load_eval_set, load_texts, model_labels, normalized, over_length_rows,
+                   row_places, same_rows_for_every_split)
 from .options import Settings
 from .run import RunStore
-from .workload import measure_workload
+from .workload import measure_workload, token_counts
 
 # a Hugging Face repo id: "name" or "owner/name" of letters, digits, '-', '_', '.' (no leading '.' or '-')
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
@@ -33,6 +36,7 @@ class Inputs:
     labels: list[str]
     eval_set: EvalSet
     over_length: list[int]  # rows longer than max_model_len, truncated by the engines
+    token_counts: tuple[int, ...] | None = None  # per row, truncated (None: could not be counted)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -101,15 +105,55 @@ def check_inputs(settings: Settings, progress: Progress | None = None) -> Inputs
     return Inputs(model=model, labels=labels, eval_set=eval_set, over_length=over)
 
 
-def prepare(settings: Settings, store: RunStore, progress: Progress | None = None) -> Inputs:
-    """check_inputs, then the split's facts and the workload (tokens per text, parameters) into the run's
-    record, once per run before any engine starts."""
+CALIBRATED = ("gptq", "awq", "int8")  # methods whose checkpoint qbench makes from calibration texts
+
+
+def check_calibration(settings: Settings, configs: Sequence[BenchConfig], eval_texts: Sequence[str]) -> dict[str, Any]:
+    """The calibration texts the selected configs will use are not evaluated texts. A single-file or
+    single-Dataset --qbench-dataset reads the same rows under every split name, so it needs a separate
+    --qbench-calibration-dataset; any calibration text also in the evaluated split stops the run.
+    Returns what was checked, for the run's record ({} when no config calibrates)."""
+    s = settings
+    calibrating = [c for c in configs if c.method in CALIBRATED and not c.quantization.checkpoint]
+    if not calibrating:
+        return {}
+    names = ", ".join(c.name for c in calibrating)
+    if not s.calibration_dataset and (why := same_rows_for_every_split(s.dataset)):
+        raise PreflightError(
+            f"--qbench-dataset {s.dataset} {why}: every split name reads the same rows, so --qbench-calibration-split "
+            f"{s.calibration_split} would calibrate {names} on the evaluated rows; give separate calibration texts "
+            "with --qbench-calibration-dataset")
+    source = s.calibration_dataset or s.dataset
+    used = max(c.quantization.calibration_samples for c in calibrating)  # the worker takes the first n
+    texts = _guard(f"--qbench-calibration-dataset {source} split {s.calibration_split}",
+                   lambda: load_texts(source, s.calibration_split, s.text_column))[:used]
+    evaluated = {normalized(t) for t in eval_texts}
+    shared = [t for t in texts if normalized(t) in evaluated]
+    if shared:
+        raise PreflightError(
+            f"calibration texts overlap the evaluated ones: {len(shared)} of the {len(texts)} calibration texts from "
+            f"{source} split {s.calibration_split} (--qbench-calibration-dataset) are also in {s.dataset} split "
+            f"{s.split} (--qbench-dataset), e.g. {shared[0][:60]!r}; {names} would be calibrated on evaluated rows")
+    return {"calibration_source": source, "calibration_split": s.calibration_split, "calibration_texts": len(texts),
+            "calibration_overlap": 0}
+
+
+def prepare(settings: Settings, store: RunStore, progress: Progress | None = None,
+            configs: Sequence[BenchConfig] = ()) -> Inputs:
+    """check_inputs and check_calibration, then the split's facts and the workload (tokens per text,
+    parameters) into the run's record, once per run before any engine starts."""
     s = settings
     inputs = check_inputs(settings, progress)
+    calibration = check_calibration(settings, configs or (), inputs.eval_set.texts)
     store.dataset.update(inputs.eval_set.facts, source=s.dataset, split=s.split, truncation=s.truncation,
-                         max_model_len=s.max_model_len, truncated_rows=len(inputs.over_length))
-    store.workload.update(measure_workload(inputs.model, inputs.eval_set.texts, s.max_model_len))
-    return inputs
+                         max_model_len=s.max_model_len, truncated_rows=len(inputs.over_length), **calibration)
+    try:
+        counts = tuple(token_counts(inputs.model, inputs.eval_set.texts, s.max_model_len))
+    except Exception as exc:  # noqa: BLE001  (measure_workload records why; MFU falls back or is missing)
+        logging.getLogger("qbench").warning("qbench: could not count tokens per text: %s", exc)
+        counts = None
+    store.workload.update(measure_workload(inputs.model, inputs.eval_set.texts, s.max_model_len, counts))
+    return dataclasses.replace(inputs, token_counts=counts)
 
 
 def check_gate_inputs(settings: Settings) -> None:

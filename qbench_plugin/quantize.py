@@ -21,13 +21,14 @@ from typing import Callable
 
 from packaging.version import Version
 
-from .config import BenchConfig
+from .config import DEFAULT_SCHEMES, BenchConfig
 from .engine import EngineSpec, EngineUnavailable
+from .heads import Head, classification_head
+from .heads import head_is_unquantized as _head_is_unquantized
 from .machine import _version
+from .redact import child_env
 
-HEAD = "score"  # Qwen2ForSequenceClassification's head: always left unquantized
 WORKER = Path(__file__).with_name("quantize_worker.py")
-DEFAULT_SCHEMES = {"gptq": "W4A16", "awq": "W4A16_ASYM", "int8": "W8A8", "bitsandbytes": "nf4"}
 BNB_4BIT_TYPES = ("nf4", "fp4")
 log = logging.getLogger("qbench")
 
@@ -87,7 +88,8 @@ def _bitsandbytes(spec: EngineSpec, ctx: QuantContext) -> Prepared:
     if spec.engine == "hf":
         if _version("bitsandbytes") is None:
             raise EngineUnavailable("bitsandbytes is not installed (pip install bitsandbytes)")
-        return Prepared(model=spec.model, engine_kwargs={"quantization_config": bnb_config(bits, quant_type)},
+        config = bnb_config(bits, quant_type, classification_head(spec.model).modules)
+        return Prepared(model=spec.model, engine_kwargs={"quantization_config": config},
                         info={"quantization": f"bitsandbytes {bits}-bit{' ' + quant_type if bits == 4 else ''} "
                                               "(transformers, at load)"})
     if _vllm_at_least(ctx, "0.28"):
@@ -108,17 +110,34 @@ def _bitsandbytes(spec: EngineSpec, ctx: QuantContext) -> Prepared:
     # a classifier fails at its first forward. A checkpoint quantized by transformers, head skipped,
     # loads through vLLM's pre-quantized path (H200: same answers as HF's bitsandbytes within 5e-5).
     path, meta = make_checkpoint(spec.model, QuantRecipe.from_config(spec.config, spec.max_model_len), ctx)
+    require_unquantized_head(spec.model, path)
     return Prepared(model=str(path), engine_kwargs={"quantization": "bitsandbytes"},
                     info={"quantization": f"bitsandbytes 4-bit {quant_type} (made by transformers, loaded by vLLM)",
                           "checkpoint": str(path), **meta})
 
 
-def bnb_config(bits: int, quant_type: str = DEFAULT_SCHEMES["bitsandbytes"]):
-    """transformers' BitsAndBytesConfig for qbench: the classification head stays unquantized."""
+def bnb_config(bits: int, quant_type: str, head: tuple[str, ...]):
+    """transformers' BitsAndBytesConfig for qbench: the classification head (its top-level modules) stays
+    unquantized."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_8bit=bits == 8, load_in_4bit=bits == 4, bnb_4bit_quant_type=quant_type,
-                              llm_int8_skip_modules=[HEAD])
+                              llm_int8_skip_modules=list(head))
+
+
+def head_is_unquantized(checkpoint: Path, head: Head | None = None) -> bool:
+    """heads.head_is_unquantized with the head found from the checkpoint's own architecture by default."""
+    return _head_is_unquantized(Path(checkpoint), head or classification_head(str(checkpoint)))
+
+
+def require_unquantized_head(source: str, checkpoint: Path) -> None:
+    """Refuse a checkpoint whose classification head was quantized (a cached one made by an older
+    recipe, or a maker that missed the head): its answers would not be the method's alone."""
+    head = classification_head(source)
+    if not _head_is_unquantized(Path(checkpoint), head):
+        raise RuntimeError(f"checkpoint {checkpoint}: the classification head ({head.describe()}) is quantized or "
+                           "not listed as unquantized; qbench keeps the head in full precision (delete the folder "
+                           "to make it again)")
 
 
 def _fp8(spec: EngineSpec, ctx: QuantContext) -> Prepared:
@@ -143,6 +162,7 @@ def _compressed(spec: EngineSpec, ctx: QuantContext) -> Prepared:
         raise EngineUnavailable(f"{q.method} checkpoints run on the vllm engine; the hf engine runs none and bitsandbytes")
     recipe = QuantRecipe.from_config(spec.config, spec.max_model_len)
     path, meta = make_checkpoint(spec.model, recipe, ctx)
+    require_unquantized_head(spec.model, path)
     missing = missing_cpu_kernel(recipe.scheme) if spec.device == "cpu" else None
     if missing:
         raise EngineUnavailable(f"checkpoint made, but {missing}", metrics=checkpoint_metrics(spec.model, path, meta))
@@ -184,7 +204,8 @@ def weights_bytes(model: str) -> int | None:
             path = Path(snapshot_download(model, local_files_only=True))
         except Exception:
             return None
-    files = [*path.glob("*.safetensors"), *path.glob("*.bin")]
+    # a repo may ship both formats; loaders take safetensors when present, so count only what is loaded
+    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
     return sum(f.stat().st_size for f in files) if files else None
 
 
@@ -216,9 +237,8 @@ class QuantRecipe:
     def from_config(cls, config: BenchConfig, max_length: int) -> "QuantRecipe":
         q = config.quantization
         if q.method == "bitsandbytes":  # no calibration: the checkpoint depends on the type alone
-            return cls(method=q.method, scheme=q.scheme or DEFAULT_SCHEMES[q.method], calibration_samples=0,
-                       max_length=0)
-        return cls(method=q.method, scheme=q.scheme or DEFAULT_SCHEMES[q.method],
+            return cls(method=q.method, scheme=q.resolved_scheme, calibration_samples=0, max_length=0)
+        return cls(method=q.method, scheme=q.resolved_scheme,
                    calibration_samples=q.calibration_samples, max_length=max_length)
 
     def key(self) -> str:
@@ -275,7 +295,8 @@ def _save_bnb_4bit(model: str, recipe: QuantRecipe, ctx: QuantContext, target: P
     try:
         started = time.perf_counter()
         quantized = AutoModelForSequenceClassification.from_pretrained(
-            model, quantization_config=bnb_config(4, recipe.scheme), dtype=torch.bfloat16,
+            model, quantization_config=bnb_config(4, recipe.scheme, classification_head(model).modules),
+            dtype=torch.bfloat16,
             device_map="cuda" if torch.cuda.is_available() else None)
         out = tmp / "checkpoint"
         quantized.save_pretrained(out)
@@ -295,6 +316,24 @@ def _publish(out: Path, target: Path, model: str, recipe: QuantRecipe, seconds: 
     log.warning("qbench: %s checkpoint made in %.0f s: %s", recipe.method, seconds, target)
 
 
+def worker_command(python: Path, model: str, recipe: QuantRecipe, out: Path, calibration: Path,
+                   samples: int) -> list[str]:
+    """The llm-compressor worker's command line; --ignore names the head's Linear layers."""
+    return [str(python), str(WORKER), "--model", model, "--out", str(out), "--method", recipe.method,
+            "--scheme", recipe.scheme, "--calibration", str(calibration), "--samples", str(samples),
+            "--max-length", str(recipe.max_length), "--ignore", ",".join(classification_head(model).linears)]
+
+
+def _run_child(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run the worker in its own environment (not ours: PYTHONPATH and VIRTUAL_ENV would mix the two).
+    The environment is made inside the call and an OSError is raised afresh, so no frame of a traceback
+    holds a copy of it for `pytest -l` to print."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=child_env(drop=("PYTHONPATH", "VIRTUAL_ENV")))
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot start the quantization worker ({cmd[0]}): {exc.strerror}") from None
+
+
 def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path) -> None:
     python = ctx.quant_python
     if python is None or not Path(python).exists():
@@ -310,14 +349,11 @@ def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path
         calib = tmp / "calibration.jsonl"
         calib.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
         out = tmp / "checkpoint"
-        cmd = [str(python), str(WORKER), "--model", model, "--out", str(out), "--method", recipe.method,
-               "--scheme", recipe.scheme, "--calibration", str(calib), "--samples", str(len(texts)),
-               "--max-length", str(recipe.max_length)]
+        cmd = worker_command(python, model, recipe, out, calib, len(texts))
         log.warning("qbench: making a %s %s checkpoint with llm-compressor (%d calibration texts) ...",
                     recipe.method, recipe.scheme, len(texts))
         started = time.perf_counter()
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = _run_child(cmd)
         seconds = time.perf_counter() - started
         (tmp / "quantize.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
         if proc.returncode != 0:
@@ -329,18 +365,3 @@ def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def head_is_unquantized(checkpoint: Path) -> bool:
-    """True when the checkpoint keeps `score` as a plain weight and lists it as not quantized
-    (compressed-tensors' `ignore`, bitsandbytes' `llm_int8_skip_modules`)."""
-    from safetensors import safe_open
-
-    config = json.loads((checkpoint / "config.json").read_text())
-    qconfig = config.get("quantization_config") or {}
-    ignore = qconfig.get("ignore") or qconfig.get("llm_int8_skip_modules") or []
-    names: list[str] = []
-    for f in checkpoint.glob("*.safetensors"):
-        with safe_open(str(f), "pt") as fh:
-            names += list(fh.keys())
-    head = sorted(n for n in names if n.startswith(HEAD + "."))
-    return HEAD in ignore and head in ([f"{HEAD}.weight"], [f"{HEAD}.bias", f"{HEAD}.weight"])

@@ -2,10 +2,11 @@
 environment (its compressed-tensors pin clashes with vLLM's), so it imports nothing from qbench.
 
     python quantize_worker.py --model DIR --out DIR --method gptq|awq|int8 --scheme W4A16 \
-        --calibration calib.jsonl --samples 256 --max-length 256
+        --calibration calib.jsonl --samples 256 --max-length 256 --ignore score
 
-The classification head (`score`) stays unquantized: llm-compressor knows `lm_head` but not
-`score`, and the CPU 4-bit kernels cannot run a 23-wide layer anyway.
+The classification head stays unquantized: llm-compressor knows `lm_head` but not a classifier's
+head, so qbench names its Linear layers in --ignore (found from the architecture: Qwen2's `score`,
+BERT's `classifier`, ...), and the CPU 4-bit kernels cannot run a 23-wide layer anyway.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-HEAD = "score"
+HEAD = "score"  # Qwen2's head, when no --ignore is given (a run by hand)
 
 
 def _no_pinning_without_accelerator() -> None:
@@ -29,15 +30,15 @@ def _no_pinning_without_accelerator() -> None:
         IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
 
 
-def recipe_for(method: str, scheme: str):
+def recipe_for(method: str, scheme: str, ignore: list[str]):
     from llmcompressor.modifiers.quantization import GPTQModifier
 
     if method in ("gptq", "int8"):
-        return GPTQModifier(scheme=scheme, targets="Linear", ignore=[HEAD])
+        return GPTQModifier(scheme=scheme, targets="Linear", ignore=ignore)
     if method == "awq":
         from llmcompressor.modifiers.awq import AWQModifier
 
-        return AWQModifier(scheme=scheme, targets=["Linear"], ignore=[HEAD])
+        return AWQModifier(scheme=scheme, targets=["Linear"], ignore=ignore)
     raise SystemExit(f"quantize_worker: unknown method {method!r} (gptq, awq, int8)")
 
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", required=True, help="JSONL file with a 'text' field per line")
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--ignore", default=HEAD, help="comma-separated Linear layers left unquantized (the head)")
     args = parser.parse_args(argv)
 
     import torch
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda row: tokenizer(row["text"], truncation=True, max_length=args.max_length),
         remove_columns=["text"],
     )
-    oneshot(model=model, dataset=calibration, recipe=recipe_for(args.method, args.scheme),
+    oneshot(model=model, dataset=calibration, recipe=recipe_for(args.method, args.scheme, [n for n in args.ignore.split(",") if n]),
             max_seq_length=args.max_length, num_calibration_samples=len(texts))
     out = Path(args.out)
     model.save_pretrained(out, save_compressed=True)

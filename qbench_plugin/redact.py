@@ -53,3 +53,41 @@ def mask_env_secret(text: str, name: str | None) -> str:
     tests' messages, which may quote a request that carried the key."""
     key = env_secret(name)
     return scrub_text(text, [key] if key else [])
+
+
+class Environ(dict):
+    """A child process's environment whose repr names no values. `pytest -l` prints the locals of every
+    frame of a traceback (and report.html keeps them): a plain copy of os.environ there prints HF_TOKEN."""
+
+    def __repr__(self) -> str:
+        return f"<environment of {len(self)} variables>"
+
+    __str__ = __repr__
+
+
+def child_env(*, drop: tuple[str, ...] = (), **changes: str) -> Environ:
+    """This process's environment for a child, without the `drop` names and with `changes`. Pass it
+    straight into the subprocess call rather than binding it in a frame that can raise."""
+    env = Environ(os.environ)
+    for name in drop:
+        env.pop(name, None)
+    env.update(changes)
+    return env
+
+
+def scrub_report(report: Any) -> None:
+    """Mask secrets in a pytest test report: its captured sections (stdout, stderr, log) and its
+    failure text, which under `-l` lists every frame's locals. The terminal, junitxml and report.html
+    all render from this object."""
+    values = secret_values()
+    report.sections = [(title, scrub_text(content, values)) for title, content in report.sections]
+    longrepr = report.longrepr
+    if longrepr is None:
+        return
+    if isinstance(longrepr, tuple):  # a skip: (path, line, reason); pytest needs the tuple shape
+        report.longrepr = (*longrepr[:-1], scrub_text(str(longrepr[-1]), values))
+        return
+    text = str(longrepr)
+    cleaned = scrub_text(text, values)
+    if cleaned != text:  # only then: a structured longrepr keeps pytest's own rendering otherwise
+        report.longrepr = cleaned

@@ -7,7 +7,12 @@ config. Instead, every resident engine stays up, and each of R rounds times a sh
 interleaving; asv's rounds). Each block starts with one untimed call, so the switch from another
 engine is not inside the timed region; the garbage collector is off inside a block and memory is
 read between blocks, never during one. Every sample keeps its round index, which is where the
-intervals come from (uncertainty.py).
+intervals come from (uncertainty.py), and, when the split's token counts are known, the tokens of the
+texts it timed (MFU counts what was timed, not the split's mean).
+
+Texts are fed in one fixed shuffled order of the split (ROW_ORDER_SEED, the same for every run and
+batch size): in file order a small batch size would time only the first rows, which in a file sorted
+by label are one intent's texts, while a large one cycles through all of them.
 """
 from __future__ import annotations
 
@@ -24,6 +29,12 @@ from .measure import make_batches
 
 Case = tuple[str, int]  # (config, batch size)
 MIN_ROUNDS = 2
+ROW_ORDER_SEED = 0  # fixed, not the run's seed: runs compared with each other time the same rows
+
+
+def row_order(rows: int) -> list[int]:
+    """The order in which every case draws the split's rows: one seeded permutation."""
+    return [int(i) for i in np.random.default_rng(ROW_ORDER_SEED).permutation(rows)]
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ class CaseTiming:
     batch_size: int
     samples_ns: list[int] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)  # round index of each sample
+    tokens: list[int] = field(default_factory=list)  # tokens of each sample's texts (when counts are known)
     group: int = 0
     error: str | None = None  # why the case stopped (its samples so far are kept)
     out_of_memory: bool = False
@@ -68,15 +80,18 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
                between_blocks: Callable[[str], None] = lambda config: None,
                after_round: Callable[[int], None] = lambda index: None,
                progress: Callable[[str], None] = lambda line: None,
-               rounds: range | None = None) -> dict[Case, CaseTiming]:
+               rounds: range | None = None, token_counts: Sequence[int] | None = None) -> dict[Case, CaseTiming]:
     """Time every case in `plan.rounds` interleaved rounds (or only the round indices in `rounds`,
     each with its own order from the plan); a case that raises stops alone (an
     out-of-memory one also stops its config's larger batch sizes). Ctrl-C keeps the rounds that
-    finished: it raises RoundsInterrupted carrying every case's samples up to the last whole round."""
+    finished: it raises RoundsInterrupted carrying every case's samples up to the last whole round.
+    `token_counts` (per text of `texts`) lets each timed sample record its tokens."""
     timings = {case: CaseTiming(*case, group=group) for case in cases}
-    feeds = {case: itertools.cycle(make_batches(texts, case[1], plan.warmup + plan.rounds * (plan.block + 1)))
+    order = row_order(len(texts))
+    feeds = {case: itertools.cycle(make_batches(order, case[1], plan.warmup + plan.rounds * (plan.block + 1)))
              for case in cases}
     stopped: set[Case] = set()
+    last_rows: dict[Case, list[int]] = {}
 
     def stop(case: Case, exc: BaseException) -> None:
         timing = timings[case]
@@ -90,7 +105,8 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
                     stopped.add(other)
 
     def call(case: Case) -> int:
-        batch = next(feeds[case])
+        rows = last_rows[case] = next(feeds[case])
+        batch = [texts[i] for i in rows]
         start = time.perf_counter_ns()
         engines[case[0]].classify(batch)
         return time.perf_counter_ns() - start
@@ -105,7 +121,11 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
             stop(case, exc)
     began = time.perf_counter()
     try:
-        _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_round, progress, began,
+        def timed(case: Case) -> tuple[int, int | None]:
+            took = call(case)  # the sum below is outside the timed region
+            return took, None if token_counts is None else sum(token_counts[i] for i in last_rows[case])
+
+        _rounds(plan, cases, timings, stopped, call, timed, stop, between_blocks, after_round, progress, began,
                 range(plan.rounds) if rounds is None else rounds)
     except KeyboardInterrupt:
         done = min((max(t.rounds) + 1 if t.rounds else 0) for t in timings.values() if t.error is None) \
@@ -113,6 +133,7 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
         for t in timings.values():  # a round cut short is dropped for every case, so all keep equal rounds
             keep = [i for i, r in enumerate(t.rounds) if r < done]
             t.samples_ns, t.rounds = [t.samples_ns[i] for i in keep], [t.rounds[i] for i in keep]
+            t.tokens = [t.tokens[i] for i in keep if i < len(t.tokens)]
         raise RoundsInterrupted(timings, done) from None
     return timings
 
@@ -125,7 +146,8 @@ class RoundsInterrupted(KeyboardInterrupt):
         self.timings, self.rounds_done = timings, rounds_done
 
 
-def _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_round, progress, began, which) -> None:
+def _rounds(plan, cases, timings, stopped, call, timed, stop, between_blocks, after_round, progress, began,
+            which) -> None:
     for index, order in enumerate(plan.orders(list(cases))):
         if index not in which:
             continue
@@ -138,15 +160,16 @@ def _rounds(plan, cases, timings, stopped, call, stop, between_blocks, after_rou
                 gc_was_on = gc.isenabled()
                 gc.disable()
                 try:
-                    block = [call(case) for _ in range(plan.block)]
+                    block = [timed(case) for _ in range(plan.block)]
                 finally:
                     if gc_was_on:
                         gc.enable()
             except Exception as exc:  # noqa: BLE001  (a failing case fails alone)
                 stop(case, exc)
                 continue
-            timing.samples_ns.extend(block)
+            timing.samples_ns.extend(ns for ns, _ in block)
             timing.rounds.extend([index] * len(block))
+            timing.tokens.extend(tokens for _, tokens in block if tokens is not None)
             between_blocks(case[0])
         gc.collect()
         after_round(index)

@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .redact import Environ, child_env
+
+# Set by engine.py only while an in-process engine starts or answers an RPC (vLLM then pickles
+# functions over its socket); a server has no use for it, so its environment never carries it.
+INSECURE_SERIALIZATION = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 HEALTH_TIMEOUT_S = 300.0  # ~45-50 s on a 2-core CPU for the embedded model; quantized and GPU start slower
 STOP_GRACE_S = 15.0
 STARTING_GRACE_S = 3.0  # a server that never answered has no requests to finish; Ctrl-C should be quick
@@ -166,9 +171,10 @@ def _install_cleanup() -> None:
         signal.signal(signum, _on_signal)
 
 
-def spawn(name: str, cmd: Sequence[str], *, log_path: Path | None, env: dict[str, str] | None = None,
+def spawn(name: str, cmd: Sequence[str], *, log_path: Path | None, env: Environ | None = None,
           cwd: str | Path | None = None) -> Child:
-    """Start `cmd` in a new session, output appended to `log_path` (or discarded), tracked for cleanup."""
+    """Start `cmd` in a new session, output appended to `log_path` (or discarded), tracked for cleanup.
+    `env` should come from redact.child_env, whose repr hides the values."""
     _install_cleanup()
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +187,10 @@ def spawn(name: str, cmd: Sequence[str], *, log_path: Path | None, env: dict[str
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=cwd, start_new_session=True,
                                 preexec_fn=_die_with_parent if (_PRCTL is not None and on_main) else None)
+    except OSError as exc:
+        # raised afresh, without subprocess's frames: they hold the environment as a list of
+        # "NAME=value" strings, which `pytest -l` would print
+        raise OSError(exc.errno, f"cannot start {name} ({cmd[0]}): {exc.strerror}") from None
     finally:
         if log_path is not None:
             out.close()
@@ -254,25 +264,28 @@ class Server:
         return self.child.stop()
 
 
-def start_server(spec: ServerSpec, log_path: Path, *, timeout_s: float = HEALTH_TIMEOUT_S,
-                 env: dict[str, str] | None = None) -> Server:
+def server_env(spec: ServerSpec, log_path: Path) -> Environ:
+    """The server's environment: ours, less the insecure-serialization switch, plus its own settings."""
+    env = child_env(drop=(INSECURE_SERIALIZATION,), QBENCH_SERVER_LOG=str(log_path))  # the log marks its processes
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if spec.device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default fraction of RAM fails on small boxes
+    return env
+
+
+def start_server(spec: ServerSpec, log_path: Path, *, timeout_s: float = HEALTH_TIMEOUT_S) -> Server:
     """Start the server, wait for GET /health to answer 200, and return it; stop it on any failure
     (including Ctrl-C while waiting). Raises ServerError with the log's tail."""
     import httpx
 
     port = free_port(spec.host)
     cmd = server_command(spec, port)
-    env = dict(os.environ if env is None else env)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env["QBENCH_SERVER_LOG"] = str(log_path)  # marks the server's processes (tests look for leftovers)
-    if spec.device == "cpu":
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default fraction of RAM fails on small boxes
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write("# qbench: " + " ".join(cmd) + "\n")
     url = f"http://{spec.host}:{port}"
     started = time.perf_counter_ns()
-    child = spawn("vllm-server", cmd, log_path=log_path, env=env)
+    child = spawn("vllm-server", cmd, log_path=log_path, env=server_env(spec, log_path))
     try:
         with httpx.Client(timeout=5.0) as client:
             while True:

@@ -70,7 +70,10 @@ def add_derived(table: pd.DataFrame, workload: Mapping[str, Any], peak_tflops: f
     tokens = workload.get("mean_tokens_per_text")
     params = workload.get("non_embedding_params")
     nan = float("nan")
-    table["tokens_per_s"] = table["throughput_samples_per_s"] * tokens if tokens else nan
+    # each case's own timed texts where recorded (batch sizes time different rows); else the split's mean
+    per_case = table["timed_tokens_per_text"] if "timed_tokens_per_text" in table else pd.Series(nan, index=table.index)
+    per_case = pd.to_numeric(per_case, errors="coerce").fillna(tokens if tokens else nan)
+    table["tokens_per_s"] = table["throughput_samples_per_s"] * per_case
     # forward pass of a dense decoder: 2 FLOPs per parameter per token (attention's share is left out)
     table["achieved_tflops"] = 2.0 * params * table["tokens_per_s"] / 1e12 if params else nan
     table["mfu"] = table["achieved_tflops"] / peak_tflops if peak_tflops else nan

