@@ -63,10 +63,10 @@ def qbench_quant_context(qbench_settings: Settings) -> quantize.QuantContext:
 
 
 @pytest.fixture(scope="session")
-def qbench_gatekeeper(qbench_settings: Settings, qbench_store: RunStore) -> gates.GateKeeper:
+def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings, qbench_store: RunStore) -> gates.GateKeeper:
     s = qbench_settings
     try:
-        saved = gates.load_saved_cases(s.perf_baseline) if s.perf_baseline else None
+        saved = preflight.saved_baseline(s)
         thresholds = gates.parse_thresholds(s.perf_thresholds)
     except ValueError as exc:
         raise pytest.UsageError(f"qbench: {exc}") from None
@@ -74,7 +74,12 @@ def qbench_gatekeeper(qbench_settings: Settings, qbench_store: RunStore) -> gate
                  "max_flip_rate": s.max_flip_rate}
     noise = s.run_noise if s.run_noise is not None else run_noise_for(_device_name())
     qbench_store.measurement["run_noise"] = noise
-    return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise)
+    # every perf interval the run decides shares one error budget (tails.py)
+    comparisons = gates.perf_comparisons(len(pytestconfig._qbench.matrix_cases), thresholds, s.samples)
+    if saved is not None:
+        qbench_store.measurement["gate_comparisons"] = comparisons
+    return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise,
+                            strict=s.gate_strict, comparisons=comparisons)
 
 
 def _device_name() -> str:

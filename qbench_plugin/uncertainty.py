@@ -79,8 +79,8 @@ def _resampled(blocks: list[np.ndarray], picks: np.ndarray, stat: Callable[[np.n
     return np.array([stat(np.concatenate([blocks[i] for i in row])[None, :])[0] for row in picks])
 
 
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    alpha = (1 - CONFIDENCE) / 2
+def _interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    alpha = (1 - confidence) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return float(low), float(high)
 
@@ -95,8 +95,8 @@ def case_interval(timed: Timed, metric: str, resamples: int = RESAMPLES, seed: i
 
 
 def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: int = RESAMPLES,
-                   seed: int = 0) -> tuple[float, float, float] | None:
-    """metric(b) / metric(a) with its CONFIDENCE interval, or None when either side has too few rounds.
+                   seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, float, float] | None:
+    """metric(b) / metric(a) with its `confidence` interval, or None when either side has too few rounds.
 
     paired: both cases were timed in the same rounds of one run; each resample draws the same rounds
     for both, so drift that hit both alike cancels. Otherwise each side's rounds are drawn apart."""
@@ -115,7 +115,7 @@ def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: 
         num = _resampled(blocks_b, rng.integers(0, len(blocks_b), size=(resamples, len(blocks_b))), stat_b)
         den = _resampled(blocks_a, rng.integers(0, len(blocks_a), size=(resamples, len(blocks_a))), stat_a)
     point = float(stat_b((b.samples_ns / 1e6)[None, :])[0] / stat_a((a.samples_ns / 1e6)[None, :])[0])
-    return (point, *_interval(num / den))
+    return (point, *_interval(num / den, confidence))
 
 
 # Run-to-run noise: how far a whole session's speed moves between two runs of the same code on one
