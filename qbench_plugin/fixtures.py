@@ -59,6 +59,7 @@ def qbench_quant_context(qbench_settings: Settings) -> quantize.QuantContext:
         raise pytest.UsageError(f"--qbench-calibration-split must differ from the evaluated split ({s.split!r})")
     return quantize.QuantContext.detect(
         cache_dir=s.cache_dir or default_cache_dir(), quant_python=s.quant_python,
+        worker_timeout_s=s.quantize_timeout,
         calibration=lambda: load_texts(s.dataset, s.calibration_split, s.text_column))
 
 

