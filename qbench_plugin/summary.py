@@ -488,6 +488,7 @@ class RunResults:
     comparison_source: str | None = None
     ceiling: pd.DataFrame = field(default_factory=pd.DataFrame)  # saturation sweep points, MFU included
     references: list[ReferenceLine] = field(default_factory=list)  # other-engine configs vs the best serving one
+    left_out: list[str] = field(default_factory=list)  # rows too thinly timed to be picked (picks.undecidable)
     measurement: dict[str, Any] = field(default_factory=dict)  # rounds, seed, groups: how the matrix was timed
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare loop
     load_table: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per load-grid point (loadgrid)
@@ -592,7 +593,8 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
     table = add_costs(table, pricing)
 
     eligible = table[table["eligible"]]
-    picks = recommend(eligible, list(run.get("cases") or []), engine=engine, memory=memory_column(eligible))
+    picks = recommend(eligible, list(run.get("cases") or []), engine=engine, memory=memory_column(eligible),
+                      planned_rounds=settings.get("rounds"))
     recs = picks.recommendations
     if recs:
         no_rec = None
@@ -618,7 +620,7 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         run_id=str(run.get("run_id")), commit=run.get("commit"), settings=settings, machine=dict(machine),
         workload=workload, configs=configs, options=options, table=table, eligibility=eligibility,
         pivots=pivots(table), method_stats=method_stats(table), recommendations=recs, no_recommendation=no_rec,
-        deployment=deployment, pricing=pricing, peak=peak, references=picks.references,
+        deployment=deployment, pricing=pricing, peak=peak, references=picks.references, left_out=picks.left_out,
         traffic=traffic, pareto=pareto_front(table),
         loads=loads, gates=[_as_dict(g) for g in run.get("gates") or []],
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),
