@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 
 from .measure import LatencyRecorder, MemoryTracker, latency_stats, mib
@@ -283,9 +283,33 @@ def replica_point(engine, count: int, top: Point, texts: Sequence[str], lengths:
             replica.close()
 
 
+MIN_GAIN = 0.05  # the gain a point needs over a simpler one to count: what the sweep and the ladder stop on
+
+
+def _simplicity(point: Mapping[str, Any]) -> tuple:
+    """Cheaper to deploy first: one engine, default settings, batches as they come, smaller batches."""
+    settings = point.get("engine_settings")
+    return (int(point.get("replicas") or 1), bool(settings) and isinstance(settings, Mapping),
+            point.get("order") != "dataset", int(point["batch_size"]))
+
+
+def leader(points: Sequence[Mapping[str, Any]]) -> int | None:
+    """Index of the saturation point among measured points: walked from the simplest up, a point takes
+    the lead only when it beats the leader by more than MIN_GAIN. A point is 5 calls or a few seconds
+    of wall time; on an H200 two replicas gave 4,975 texts/s against one engine's 4,864 (2%), which is
+    noise, not a reason to run two engines. The raw maximum would name it the winner."""
+    order = sorted(range(len(points)), key=lambda i: _simplicity(points[i]))  # stable: measurement order in ties
+    lead = None
+    for i in order:
+        if lead is None or points[i]["texts_per_s"] > points[lead]["texts_per_s"] * (1 + MIN_GAIN):
+            lead = i
+    return lead
+
+
 def best(points: Sequence[Point], stage: str = "engine") -> Point | None:
     measured = [p for p in points if p.stage == stage and p.error is None and p.texts_per_s > 0]
-    return max(measured, key=lambda p: p.texts_per_s) if measured else None
+    found = leader([p.as_dict() for p in measured])
+    return None if found is None else measured[found]
 
 
 def parse_engine_settings(value: str) -> list[dict[str, int]]:

@@ -18,6 +18,7 @@ import pandas as pd
 from . import gates as gate_rules
 from . import gpus, loadgrid
 from .picks import KINDS, Recommendation, ReferenceLine, balance_scores, recommend  # noqa: F401  (KINDS: tables.py)
+from .ceiling import leader
 from .config import BenchConfig, Gates
 from .metrics import CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
 from .run import describe_not_run
@@ -91,13 +92,18 @@ def ceiling_table(points: Iterable[Mapping[str, Any]], workload: Mapping[str, An
 
 
 def ceiling_best(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per config, its saturation point: the engine point with the highest texts/s."""
+    """Per config, its saturation point: the fastest engine point that beats every simpler one by more
+    than the sweep's gain rule (ceiling.leader), not the raw maximum."""
     if frame.empty:
         return frame
     measured = frame[(frame["stage"] == "engine") & frame["error"].isna() & (frame["texts_per_s"] > 0)]
     if measured.empty:
         return measured
-    return measured.loc[measured.groupby("config", sort=False)["texts_per_s"].idxmax()].reset_index(drop=True)
+    picks = []
+    for _, group in measured.groupby("config", sort=False):
+        rows = group.to_dict("records")
+        picks.append(group.index[leader(rows)])
+    return measured.loc[picks].reset_index(drop=True)
 
 
 def ceiling_display(frame: pd.DataFrame) -> pd.DataFrame:
