@@ -16,7 +16,8 @@ from .config import ConfigError, load_config
 from .embedded import EMBEDDED, default_cache_dir, resolve_model
 from .engine import EngineUnavailable
 from .load import DataError, load_texts
-from .quantize import DEFAULT_WORKER_TIMEOUT_S, QuantContext, QuantRecipe, checkpoint_metrics, head_is_unquantized, make_checkpoint
+from .quantize import (DEFAULT_WORKER_TIMEOUT_S, QuantContext, QuantRecipe, checkpoint_metrics, head_is_unquantized,
+                       make_checkpoint)
 
 
 def _quantize(args: argparse.Namespace) -> int:

@@ -64,7 +64,8 @@ def qbench_quant_context(qbench_settings: Settings) -> quantize.QuantContext:
 
 
 @pytest.fixture(scope="session")
-def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings, qbench_store: RunStore) -> gates.GateKeeper:
+def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings,
+                      qbench_store: RunStore) -> gates.GateKeeper:
     s = qbench_settings
     try:
         saved = preflight.saved_baseline(s)
