@@ -8,4 +8,4 @@ def test_accuracy_gates(qbench_engine, qbench_config, qbench_store, qbench_gatek
     if "accuracy" not in record.metrics:
         pytest.skip(f"config {qbench_config.name}: accuracy was not measured (test_accuracy did not run)")
     qbench_gatekeeper.check_accuracy(qbench_config.name, qbench_config.gates, record.metrics,
-                                     record.info.get("baseline"))
+                                     record.info.get("baseline"), is_baseline=qbench_config.baseline)

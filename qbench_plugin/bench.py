@@ -24,6 +24,9 @@ def measure_latency(benchmark, engine: Engine, texts: list[str], batch_size: int
     Tokenization is inside the timed region: a batch goes in as strings, as a user's request would.
     `record=False` keeps the case out of the run's matrix (for measurements about the suite itself);
     `before_each(batch)` runs untimed before every call (warm-up ones included) on the batch it gets."""
+    if benchmark.disabled:  # pedantic would call the target once, with no warm-up and no timed batches
+        pytest.skip("--benchmark-disable: pytest-benchmark calls the target once, untimed, so there are no "
+                    "timed batches to measure latency from")
     smaller = store.out_of_memory.get(config)
     if smaller is not None and batch_size > smaller[0]:
         pytest.skip(f"config {config}: batch size {batch_size} not run: batch size {smaller[0]} ran out of "

@@ -16,7 +16,8 @@ from .config import ConfigError, load_config
 from .embedded import EMBEDDED, default_cache_dir, resolve_model
 from .engine import EngineUnavailable
 from .load import DataError, load_texts
-from .quantize import QuantContext, QuantRecipe, checkpoint_metrics, head_is_unquantized, make_checkpoint
+from .quantize import (DEFAULT_WORKER_TIMEOUT_S, QuantContext, QuantRecipe, checkpoint_metrics, head_is_unquantized,
+                       make_checkpoint)
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -29,6 +30,7 @@ def _quantize(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     model = resolve_model(args.model, cache_dir)
     ctx = QuantContext.detect(cache_dir=cache_dir, quant_python=Path(args.quant_python),
+                              worker_timeout_s=args.timeout, timeout_option="qbench quantize --timeout",
                               calibration=lambda: load_texts(args.dataset, args.split, args.text_column))
     recipe = QuantRecipe.from_config(config, args.max_model_len)
     path, meta = make_checkpoint(model, recipe, ctx)
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--max-model-len", type=int, default=256)
     q.add_argument("--cache-dir", default=None, help="default: $QBENCH_CACHE_DIR or ~/.cache/qbench")
     q.add_argument("--quant-python", default=".venv-quant/bin/python", help="python of the llm-compressor env")
+    q.add_argument("--timeout", type=float, default=DEFAULT_WORKER_TIMEOUT_S,
+                   help="seconds the llm-compressor worker may take (default: %(default)g)")
     q.set_defaults(run=_quantize)
     c = sub.add_parser("compare", help="per-case deltas of p50/p95/p99/throughput/memory/accuracy between two runs")
     c.add_argument("a", help="reference run: results/<run id>/, or its qbench.json or benchmark.json")

@@ -367,6 +367,7 @@ def recommendations(r: RunResults) -> str:
                    "the eligible (config, batch size) rows; 1 is best on both.")
         out.extend(f"- Tie: {text}." for text in r.tie_notes)
         out.extend(f"- Reference: {ref.text()}." for ref in r.references)
+        out.extend(f"- Not ranked: {text}." for text in r.left_out)
     out.append("\nEligibility (a config is recommended only if it ran, its accuracy was measured and no accuracy "
                "gate failed):\n")
     out.append(md_table(*tables.eligibility(r)))

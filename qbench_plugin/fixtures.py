@@ -62,14 +62,16 @@ def qbench_quant_context(qbench_settings: Settings) -> quantize.QuantContext:
     # preflight.check_calibration has checked that these texts are not the evaluated ones
     return quantize.QuantContext.detect(
         cache_dir=s.cache_dir or default_cache_dir(), quant_python=s.quant_python,
+        worker_timeout_s=s.quantize_timeout,
         calibration=lambda: load_texts(source, s.calibration_split, s.text_column))
 
 
 @pytest.fixture(scope="session")
-def qbench_gatekeeper(qbench_settings: Settings, qbench_store: RunStore) -> gates.GateKeeper:
+def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings,
+                      qbench_store: RunStore) -> gates.GateKeeper:
     s = qbench_settings
     try:
-        saved = gates.load_saved_cases(s.perf_baseline) if s.perf_baseline else None
+        saved = preflight.saved_baseline(s)
         thresholds = gates.parse_thresholds(s.perf_thresholds)
     except ValueError as exc:
         raise pytest.UsageError(f"qbench: {exc}") from None
@@ -80,8 +82,13 @@ def qbench_gatekeeper(qbench_settings: Settings, qbench_store: RunStore) -> gate
     normalized = s.run_noise if s.run_noise is not None else run_noise_for(device, normalized=True)
     qbench_store.measurement.update(run_noise=noise, run_noise_normalized=normalized)
     saved_probe = gates.load_saved_probe(s.perf_baseline) if s.perf_baseline else None
+    # every perf interval the run decides shares one error budget (tails.py)
+    comparisons = gates.perf_comparisons(len(pytestconfig._qbench.matrix_cases), thresholds, s.samples)
+    if saved is not None:
+        qbench_store.measurement["gate_comparisons"] = comparisons
     return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise,
-                            normalized_noise=normalized, saved_probe=saved_probe,
+                            strict=s.gate_strict, comparisons=comparisons, normalized_noise=normalized,
+                            saved_probe=saved_probe,
                             current_probe=lambda: probe_seconds(qbench_store.measurement.get("host_probe")))
 
 

@@ -4,19 +4,22 @@ saved run.
 Performance decisions are noise-aware: each latency statistic is compared through a bootstrap
 confidence interval of the ratio current/saved over the rounds both runs kept (uncertainty.py), and
 a case regresses only when the whole interval lies beyond the threshold, so noise alone does not
-fail CI.
+fail CI. Tails are gated only from enough batches, and each interval's level is corrected for the
+number of comparisons the run makes (tails.py). A saved run that measured something else is refused
+(baseline.py).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .config import Gates
 from .metrics import BY_NAME
+from .baseline import read_saved
 from .probe import probe_seconds
-from .uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, Timed, ratio_interval, widen
+from .tails import family_confidence, resamples_for, too_few_for_tail
+from .uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, RESAMPLES, Timed, ratio_interval, widen
 
 # metric -> allowed relative change in the worse direction (0.10: 10 % slower / less / more memory)
 DEFAULT_PERF_THRESHOLDS: dict[str, float] = {
@@ -25,17 +28,21 @@ DEFAULT_PERF_THRESHOLDS: dict[str, float] = {
     "latency_p99_ms": 0.25,
     "throughput_samples_per_s": 0.10,
 }
+GATED_METRICS = (*DEFAULT_PERF_THRESHOLDS, "latency_mean_ms")  # the names --qbench-perf-thresholds takes
 
 
 @dataclass(frozen=True)
 class GateResult:
     gate: str
     config: str
-    passed: bool | None  # None: not decidable (missing data); never fails CI
+    passed: bool | None  # None: not decidable (missing data); fails CI only under --qbench-gate-strict
     measured: float | None
     threshold: float | None
     message: str
     case: str | None = None
+    # True: not gated by rule (a tail of too few batches), a choice made before the run rather than
+    # missing data, so --qbench-gate-strict does not fail it
+    by_rule: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,8 +57,14 @@ def effective_gates(gates: Gates, overrides: dict[str, float | None]) -> Gates:
     return Gates(**values)
 
 
-def accuracy_gates(config: str, gates: Gates, metrics: dict[str, Any], baseline: str | None) -> list[GateResult]:
-    """Evaluate the accuracy gates one config has; each result names config, threshold and value."""
+def accuracy_gates(config: str, gates: Gates, metrics: dict[str, Any], baseline: str | None,
+                   is_baseline: bool = False) -> list[GateResult]:
+    """Evaluate the accuracy gates one config has; each result names config, threshold and value.
+
+    The run's baseline config is not compared with itself: its drop and flip rate are 0 by definition,
+    which is decided, not missing (--qbench-gate-strict fails what is missing)."""
+    if is_baseline and metrics.get("accuracy_delta") is None:
+        metrics, baseline = {**metrics, "accuracy_delta": 0.0, "flip_rate": 0.0}, f"{config} (itself)"
     results = []
     accuracy = metrics.get("accuracy")
     if gates.min_accuracy is not None:
@@ -91,9 +104,11 @@ def parse_thresholds(text: str) -> dict[str, float]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         name = name.strip()
-        if not sep or name not in BY_NAME:
+        if not sep:
             raise ValueError(f"perf threshold {part!r}: expected METRIC=PERCENT% with METRIC one of "
-                             f"{', '.join(sorted(DEFAULT_PERF_THRESHOLDS))}")
+                             f"{', '.join(GATED_METRICS)}")
+        if name not in GATED_METRICS:  # a name that is never checked would pass silently
+            raise ValueError(f"perf threshold {part!r}: {name!r} is not gated; valid: {', '.join(GATED_METRICS)}")
         value = value.strip()
         number = float(value.rstrip("%")) / 100 if value.endswith("%") else float(value)
         if number < 0:
@@ -104,15 +119,10 @@ def parse_thresholds(text: str) -> dict[str, float]:
 
 def load_saved_cases(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
     """(config, batch size) -> extra_info of each latency case in a saved pytest-benchmark JSON."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "benchmark.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: saved run not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}): a half-written or damaged run") from None
+    return cases_of(*read_saved(path))
+
+
+def cases_of(path: Path, data: Mapping[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     cases = {}
     for bench in data.get("benchmarks", []):
         extra = bench.get("extra_info", {})
@@ -132,10 +142,9 @@ def timed_of(extra: Mapping[str, Any]) -> Timed:
 
 def load_saved_probe(path: str | Path) -> list[float] | None:
     """The saved run's per-round host-probe seconds (probe.py), or None when it has none."""
-    path = Path(path)
     try:
-        data = json.loads((path / "benchmark.json" if path.is_dir() else path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = read_saved(path)[1]
+    except ValueError:
         return None  # load_saved_cases has already said what is wrong with the file
     record = data.get("qbench") if isinstance(data, dict) else None
     return probe_seconds(((record or {}).get("measurement") or {}).get("host_probe"))
@@ -143,15 +152,17 @@ def load_saved_probe(path: str | Path) -> list[float] | None:
 
 def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dict[str, Any] | None,
                thresholds: dict[str, float], run_noise: float = 0.0,
+               confidence: float = CONFIDENCE,
                hosts: tuple[list[float], list[float]] | None = None) -> list[GateResult]:
     """Compare one case with the same case of a saved run, metric by metric.
 
     The interval of current/saved resamples each run's rounds on its own (uncertainty.py), so both
     runs' between-round spread is in it, and is widened by the machine's A/A-measured run-to-run
     noise (a whole session's speed moves, every config alike); a case regresses only when the whole
-    interval lies beyond the threshold in the worse direction. hosts: (current's, saved's) host-probe
-    seconds per round; with them both runs are judged on their host's scale (run_noise is then the
-    smaller allowance left after it)."""
+    interval lies beyond the threshold in the worse direction. `confidence` is each interval's level (the
+    run's family level, Bonferroni-corrected by the caller); a tail of too few batches is not gated.
+    hosts: (current's, saved's) host-probe seconds per round; with them both runs are judged on their
+    host's scale (run_noise is then the smaller allowance left after it)."""
     case = f"{config}-bs{batch_size}"
     if saved is None:
         return [GateResult("perf_regression", config, None, None, None,
@@ -165,9 +176,16 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
     results = []
     scale = " on both runs' host-probe scale" if hosts else ""
     for metric, threshold in thresholds.items():
-        if metric not in DEFAULT_PERF_THRESHOLDS and metric != "latency_mean_ms":
+        if metric not in GATED_METRICS:
             continue
-        ratio, low, high = widen(ratio_interval(cur, old, metric, paired=False, hosts=hosts), run_noise)
+        few = too_few_for_tail(metric, min(cur.samples_ns.size, old.samples_ns.size))
+        if few is not None:
+            results.append(GateResult("perf_regression:" + metric, config, None, None, threshold,
+                                      f"case {case}: {metric}: {few}", case, by_rule=True))
+            continue
+        found = ratio_interval(cur, old, metric, paired=False, confidence=confidence,
+                               resamples=resamples_for(confidence, RESAMPLES), hosts=hosts)
+        ratio, low, high = widen(found, run_noise)
         higher_is_better = BY_NAME[metric].higher_is_better
         # regression only when the whole interval is beyond the threshold in the worse direction
         if higher_is_better:
@@ -176,11 +194,15 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
             regressed, change = low > 1 + threshold, ratio - 1
         word = "worse" if change > 0 else "better"
         msg = (f"case {case}: {metric} {abs(change):.1%} {word} than the saved run "
-               f"(ratio {ratio:.3f}{scale}, {CONFIDENCE:.0%} CI "
-               f"{low:.3f}-{high:.3f} over rounds and run-to-run noise {run_noise:.0%}; allowed {threshold:.0%} worse)")
+               f"(ratio {ratio:.3f}{scale}, {_level(confidence)} CI {low:.3f}-{high:.3f} over rounds and run-to-run "
+               f"noise {run_noise:.0%}; allowed {threshold:.0%} worse)")
         results.append(GateResult("perf_regression:" + metric, config, not regressed, ratio, threshold,
                                   ("REGRESSION " if regressed else "") + msg, case))
     return results
+
+
+def _level(confidence: float) -> str:
+    return f"{confidence * 100:.4f}".rstrip("0").rstrip(".") + "%"
 
 
 # -- enforcing ----------------------------------------------------------------------------------
@@ -193,8 +215,9 @@ class GateKeeper:
     """Holds a run's gate settings, evaluates gates as cases finish and keeps every verdict."""
 
     def __init__(self, overrides: dict[str, float | None], saved_cases: dict | None, thresholds: dict[str, float],
-                 record: Callable[[GateResult], None], run_noise: float = 0.0,
-                 normalized_noise: float | None = None, saved_probe: list[float] | None = None,
+                 record: Callable[[GateResult], None], run_noise: float = 0.0, *, strict: bool = False,
+                 comparisons: int = 1, normalized_noise: float | None = None,
+                 saved_probe: list[float] | None = None,
                  current_probe: Callable[[], list[float] | None] = lambda: None):
         self.overrides = overrides
         self.run_noise = run_noise
@@ -204,8 +227,13 @@ class GateKeeper:
         self.saved_cases = saved_cases
         self.thresholds = thresholds
         self._record = record
+        self.strict = strict
+        # every perf interval of the run at this level, so that all of them hold together at CONFIDENCE
+        self.confidence = family_confidence(CONFIDENCE, comparisons)
 
     def _enforce(self, results: list[GateResult]) -> list[GateResult]:
+        if self.strict:
+            results = [undecided_fails(r) if r.passed is None and not r.by_rule else r for r in results]
         for result in results:
             self._record(result)
         failed = [r.message for r in results if r.passed is False]
@@ -213,8 +241,10 @@ class GateKeeper:
             raise GateFailure("\n".join(failed))
         return results
 
-    def check_accuracy(self, config: str, gates: Gates, metrics: dict[str, Any], baseline: str | None) -> list[GateResult]:
-        return self._enforce(accuracy_gates(config, effective_gates(gates, self.overrides), metrics, baseline))
+    def check_accuracy(self, config: str, gates: Gates, metrics: dict[str, Any], baseline: str | None,
+                       is_baseline: bool = False) -> list[GateResult]:
+        return self._enforce(accuracy_gates(config, effective_gates(gates, self.overrides), metrics, baseline,
+                                            is_baseline))
 
     def check_latency(self, config: str, batch_size: int, extra: dict[str, Any]) -> list[GateResult]:
         if self.saved_cases is None:
@@ -223,4 +253,15 @@ class GateKeeper:
         current = self.current_probe()
         hosts = (current, self.saved_probe) if current and self.saved_probe else None
         noise = self.normalized_noise if hosts else self.run_noise
-        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, noise, hosts))
+        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, noise,
+                                        confidence=self.confidence, hosts=hosts))
+
+
+def undecided_fails(result: GateResult) -> GateResult:
+    """Under --qbench-gate-strict a gate that could not be decided is a failure, saying why."""
+    return replace(result, passed=False, message=f"UNDECIDED (--qbench-gate-strict) {result.message}")
+
+
+def perf_comparisons(cases: int, thresholds: Mapping[str, float], samples: int) -> int:
+    """How many perf intervals a run of `cases` latency cases of `samples` batches decides."""
+    return cases * sum(1 for m in thresholds if m in GATED_METRICS and too_few_for_tail(m, samples) is None)

@@ -57,6 +57,7 @@ def recommendation_html(r: RunResults) -> list[str]:
                    "eligible (config, batch size) rows.</p>")
         out.extend(f"<p class=\"qbench-tie\">Tie: {_e(text)}.</p>" for text in r.tie_notes)
         out.extend(f"<p class=\"qbench-reference\">Reference: {_e(ref.text())}.</p>" for ref in r.references)
+        out.extend(f"<p class=\"qbench-left-out\">Not ranked: {_e(text)}.</p>" for text in r.left_out)
     else:
         out.append(f"<p>No recommendation: {_e(r.no_recommendation)}.</p>")
     if r.deployment:

@@ -138,6 +138,9 @@ class _Option:
     default: str
     help: str
     convert: Callable[[str], Any] = str
+    # a switch: given bare on the command line it means on (the ini twin takes on/off); no value is read,
+    # so `--qbench-gate-strict benchmarks` keeps `benchmarks` as the path it is
+    flag: bool = False
 
 
 OPTIONS: tuple[_Option, ...] = (
@@ -167,6 +170,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("calibration_dataset", "", "where the calibration split is read: hub id, folder or file (default: "
             "--qbench-dataset; required when that is one file or one saved Dataset, whose every split is the same rows)"),
     _Option("quant_python", ".venv-quant/bin/python", "python of the llm-compressor environment (relative to the rootdir)"),
+    _Option("quantize_timeout", "3600", "seconds the llm-compressor worker may take to make one checkpoint", _rate),
     _Option("min_accuracy", "", "gate: minimum accuracy, for every config (overrides the configs' gates)", _optional_ratio),
     _Option("max_accuracy_drop", "", "gate: largest accuracy drop vs the baseline config, for every config", _optional_ratio),
     _Option("max_flip_rate", "", "gate: largest share of predictions that differ from the baseline's", _optional_ratio),
@@ -175,6 +179,9 @@ OPTIONS: tuple[_Option, ...] = (
             "(default: the A/A-measured figure of this device in uncertainty.py)",
             _number(float, "a number between 0 and 1", minimum=0, maximum=1, optional=True)),
     _Option("perf_thresholds", "", "allowed regressions, e.g. latency_p95_ms=15%,throughput_samples_per_s=10% (defaults in gates.py)"),
+    _Option("gate_strict", "off", "on: a gate that cannot be decided (a case missing from the saved run, too few rounds, "
+            "a saved run that does not record what makes it comparable) fails instead of passing as n/a", _on_off,
+            flag=True),
     _Option("gpu_type", "", "GPU to price the run as (A100 40GB, A100 80GB, H100, H200, L4, A10G, T4; default: the detected GPU)", _gpu_type),
     _Option("price_per_hour", "", "on-demand USD per replica-hour (a GPU, or the CPU machine) for cost per request (default: the GPU table's list price; on a CPU, its vCPUs at the CPU list price)", _optional_positive_float),
     _Option("spot_price_per_hour", "", "spot USD per replica-hour for cost per request (default: the GPU or CPU table's)", _optional_positive_float),
@@ -216,7 +223,8 @@ def add_options(parser: pytest.Parser) -> None:
         flag = "--qbench-" + opt.name.replace("_", "-")
         text = f"{opt.help} (ini: qbench_{opt.name}; default: {opt.default or 'unset'})"
         # argparse %-formats every help string ("%(default)s"): a bare "15%" would crash `pytest --help`
-        group.addoption(flag, dest="qbench_" + opt.name, default=None, help=text.replace("%", "%%"))
+        bare = {"action": "store_const", "const": "on"} if opt.flag else {}
+        group.addoption(flag, dest="qbench_" + opt.name, default=None, help=text.replace("%", "%%"), **bare)
         parser.addini("qbench_" + opt.name, opt.help, default=opt.default)
 
 
@@ -243,12 +251,14 @@ class Settings:
     calibration_split: str
     calibration_dataset: str
     quant_python: Path
+    quantize_timeout: float
     min_accuracy: float | None
     max_accuracy_drop: float | None
     max_flip_rate: float | None
     perf_baseline: str
     run_noise: float | None
     perf_thresholds: str
+    gate_strict: bool
     gpu_type: str
     price_per_hour: float | None
     spot_price_per_hour: float | None

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .uncertainty import Timed, ratio_interval
+from .uncertainty import MIN_ROUNDS, MIN_SAMPLES, Timed, ratio_interval
 
 KINDS = ("latency", "throughput", "balanced")
 KIND_TITLES = {"latency": "best for latency (lowest p95)", "throughput": "best for throughput",
@@ -122,11 +122,41 @@ class Picks:
     references: list[ReferenceLine] = field(default_factory=list)
     engine: str = "vllm"
     reason: str | None = None  # why there is no pick
+    left_out: list[str] = field(default_factory=list)  # rows too thinly timed to rank, each with why
 
 
 def _timed(samples: Mapping[tuple[str, int], Mapping[str, Any]], config: str, batch_size: int) -> Timed:
     case = samples.get((config, batch_size)) or {}
     return Timed.of(case.get("samples_ns") or [], batch_size, case.get("sample_rounds") or None)
+
+
+def undecidable(rows: pd.DataFrame, samples: Mapping[tuple[str, int], Mapping[str, Any]],
+                planned_rounds: int | None = None) -> dict[Any, str]:
+    """Rows whose recorded samples are too few to rank, by index, each with why.
+
+    A case of one sample (or cut short after a round or two) has a point estimate but no interval: it
+    could win a pick on one lucky call and could never be found tied. A row needs MIN_ROUNDS rounds, or
+    every round of a run planned with fewer (a quick look, whose ties the report cannot decide anyway).
+    Rows without recorded samples (hand-built tables, runs from before samples were kept) stay."""
+    out = {}
+    for index, row in rows.iterrows():
+        case = samples.get((row["config"], int(row["batch_size"])))
+        if not case or not case.get("samples_ns"):
+            continue
+        timed = _timed(samples, str(row["config"]), int(row["batch_size"]))
+        what = "round" if timed.labelled else "batch"
+        need = MIN_ROUNDS if timed.labelled else MIN_SAMPLES
+        if timed.labelled and planned_rounds:
+            need = min(need, planned_rounds)
+        if timed.units < need:
+            out[index] = (f"{row['config']} at batch size {int(row['batch_size'])}: {_count(timed.units, what)} of "
+                          f"{_count(timed.samples_ns.size, 'timed batch')}; at least {_count(need, what)} are "
+                          "needed to rank it")
+    return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('ch') else 's'}"
 
 
 def _best_row(rows: pd.DataFrame, kind: str) -> pd.Series:
@@ -172,11 +202,17 @@ def _break_tie(candidates: pd.DataFrame, memory: str | None) -> pd.Series:
 
 
 def recommend(eligible: pd.DataFrame, cases: list[Mapping[str, Any]] | None = None, *, engine: str = "vllm",
-              memory: str | None = None) -> Picks:
+              memory: str | None = None, planned_rounds: int | None = None) -> Picks:
     """The three picks among eligible rows of the serving engine, each with its tie set."""
     samples = {(c["config"], int(c["batch_size"])): c for c in cases or []}
     serving = eligible[eligible["engine"] == engine].copy()
     out = Picks(engine=engine)
+    thin = undecidable(serving, samples, planned_rounds)
+    if thin:
+        serving, out.left_out = serving.drop(index=list(thin)), list(thin.values())
+        if serving.empty:
+            out.reason = "no serving-engine case was timed in enough rounds to rank (" + "; ".join(out.left_out) + ")"
+            return out
     if serving.empty:
         out.reason = (f"no eligible config ran on the serving engine ({engine}); reference engines are not picked"
                       if not eligible.empty else None)

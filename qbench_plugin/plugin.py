@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +30,7 @@ from .load import DataError
 from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
 from .run import RunStore, git_commit, new_run_id
 from .redact import scrub, scrub_report, scrub_text
+from .status import RunStatus
 
 PENDING_JSON = "benchmark.json.writing"  # pytest-benchmark's output until the run has finished
 
@@ -92,7 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if hasattr(config.option, "benchmark_json") and not config.option.benchmark_json:
             # pytest-benchmark writes in place; write beside and rename when done (see sessionfinish)
             config.option.benchmark_json = _benchmark_json_target(out_dir / PENDING_JSON)
-    config.pluginmanager.register(Interruption(store), "qbench-interruption")
+    config.pluginmanager.register(RunStatus(store), "qbench-status")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(HtmlReport(store), "qbench-html")
 
@@ -335,55 +334,12 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     output_json.update(cleaned)
 
 
-class Interruption:
-    """Ctrl-C keeps what finished and marks the run partial.
-
-    A terminal's Ctrl-C also reaches vLLM's engine processes, which may die first: the test in
-    flight then fails with EngineDeadError rather than KeyboardInterrupt, and pytest would go on
-    to the next case. So the SIGINT handler also asks the session to stop after the current test,
-    and marks the run partial before pytest-html and the JSON are written at session finish."""
-
-    REASON = "interrupted before the matrix finished (Ctrl-C); results hold the finished cases"
-
-    def __init__(self, store: RunStore):
-        self.store = store
-        self.session: pytest.Session | None = None
-        self._previous = None
-
-    def _mark(self) -> None:
-        self.store.status, self.store.status_reason = "partial", self.REASON
-
-    def _on_sigint(self, signum, frame) -> None:
-        self._mark()
-        if self.session is not None:
-            self.session.shouldstop = "interrupted by Ctrl-C (SIGINT)"
-        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without qbench
-
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        self.session = session
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-
-    def pytest_keyboard_interrupt(self, excinfo) -> None:
-        self._mark()
-        # the case cut short has an empty sample list, on which pytest-benchmark's JSON writer fails
-        bench_session = getattr(self.session.config if self.session else None, "_benchmarksession", None)
-        if bench_session is not None:
-            bench_session.benchmarks[:] = [b for b in bench_session.benchmarks if b.stats.data]
-
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Runs after pytest-benchmark has written its JSON (its hook is a wrapper around this one)."""
     state: QbenchState | None = getattr(session.config, "_qbench", None)
     if state is None:
         return
-    store = state.store
-    if store.status == "running":
-        store.status = "complete"
+    store = state.store  # its status was decided ahead of pytest-benchmark's JSON (status.py)
     _results(session.config)
     if store.out_dir is not None:
         pending = store.out_dir / PENDING_JSON

@@ -156,13 +156,29 @@ def prepare(settings: Settings, store: RunStore, progress: Progress | None = Non
     return dataclasses.replace(inputs, token_counts=counts)
 
 
+def saved_baseline(settings: Settings) -> dict | None:
+    """The perf baseline's latency cases, or a ValueError when it cannot be read or measured something
+    else than this run will (another model, dataset, split, max_model_len or device: baseline.py)."""
+    from . import baseline, gates
+
+    if not settings.perf_baseline:
+        return None
+    path, data = baseline.read_saved(settings.perf_baseline)
+    cases = gates.cases_of(path, data)
+    here = baseline.identity(settings.public(), baseline.current_gpu_names())
+    why = baseline.incompatibility(here, baseline.saved_identity(data), strict=settings.gate_strict)
+    if why:
+        raise ValueError(f"{path}: not comparable with this run: {why}")
+    return cases
+
+
 def check_gate_inputs(settings: Settings) -> None:
-    """--qbench-perf-thresholds parses and --qbench-perf-baseline reads (the gatekeeper reads them again)."""
+    """--qbench-perf-thresholds parses and --qbench-perf-baseline reads and is comparable (the gatekeeper
+    reads them again)."""
     from . import gates
 
     for option, check in (("--qbench-perf-thresholds", lambda: gates.parse_thresholds(settings.perf_thresholds)),
-                          ("--qbench-perf-baseline",
-                           lambda: settings.perf_baseline and gates.load_saved_cases(settings.perf_baseline))):
+                          ("--qbench-perf-baseline", lambda: saved_baseline(settings))):
         try:
             check()
         except ValueError as exc:

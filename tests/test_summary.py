@@ -443,3 +443,35 @@ def test_the_measurement_design_is_in_the_log_and_the_html():
         assert said in text and said.replace("'", "&#x27;") in html, said
     assert "No latency matrix was timed" in experiment_log(build_results(RUN, machine={"gpu_names": []},
                                                                          bench_configs=CONFIGS, options=ReportOptions()))
+
+
+def test_a_case_of_one_sample_is_never_picked_and_the_report_says_why():
+    # --qbench-warmup 0 or a case stopped after its first call: int8 bs8 has one sample, and the best
+    # point estimates; with it in the picks, one lucky call would win throughput and balanced
+    run = _timed(RUN, {("base", 1): (1, 10.0), ("base", 8): (2, 40.0), ("int8", 1): (3, 6.0)})
+    thin = next(c for c in run["cases"] if (c["config"], c["batch_size"]) == ("int8", 8))
+    thin["samples_ns"], thin["sample_rounds"] = [20_000_000], [0]
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert ("int8", 8) not in {(rec.config, rec.batch_size) for rec in r.recommendations.values()}
+    assert r.left_out == ["int8 at batch size 8: 1 round of 1 timed batch; at least 5 rounds are needed to rank it"]
+    assert "- Not ranked: int8 at batch size 8: 1 round of 1 timed batch" in experiment_log(r)
+    assert "Not ranked: int8 at batch size 8" in "".join(results_html(r, []))
+    # every serving case too thin: no pick, and the reason names them
+    for case in run["cases"]:
+        case["samples_ns"], case["sample_rounds"] = [20_000_000], [0]
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert r.recommendations == {} and r.no_recommendation.startswith("no serving-engine case was timed in enough rounds")
+
+
+def test_a_quick_run_of_few_rounds_still_gets_picks_but_not_its_cut_short_cases():
+    import copy
+
+    run = copy.deepcopy(RUN)
+    run["settings"]["rounds"] = 2  # planned: every case in 2 rounds
+    for case in run["cases"]:
+        case["samples_ns"], case["sample_rounds"] = [10_000_000] * 4, [0, 0, 1, 1]
+    int8 = next(c for c in run["cases"] if (c["config"], c["batch_size"]) == ("int8", 8))
+    int8["samples_ns"], int8["sample_rounds"] = [10_000_000] * 2, [0, 0]  # stopped after its first round
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert r.recommendations and ("int8", 8) not in {(x.config, x.batch_size) for x in r.recommendations.values()}
+    assert r.left_out == ["int8 at batch size 8: 1 round of 2 timed batches; at least 2 rounds are needed to rank it"]
