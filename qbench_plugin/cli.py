@@ -50,7 +50,7 @@ def _compare(args: argparse.Namespace) -> int:
         elif args.b is None:
             raise CompareError("give two runs, or one run and --configs A B")
         else:
-            label_a, label_b, long = compare_paths(args.a, args.b, args.run_noise, normalize=not args.raw)
+            label_a, label_b, long = compare_paths(args.a, args.b, args.run_noise, normalize=args.host_scale)
     except CompareError as exc:
         print(f"qbench compare: {exc}", file=sys.stderr)
         return 1
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--run-noise", type=float, default=None,
                    help="run-to-run noise to allow on top of the rounds' interval, e.g. 0.1 (default: the A/A-measured "
                         "figure of the runs' device; 0 to see the rounds' interval alone)")
-    c.add_argument("--raw", action="store_true",
-                   help="judge speed on the raw figures even when both runs ran the host probe (default: on each "
-                        "run's host scale, with the smaller allowance left after it)")
+    c.add_argument("--host-scale", action="store_true",
+                   help="judge speed on each run's host-probe scale (both runs need the probe) with the smaller "
+                        "allowance of A/A pairs so scaled; the probe names a busy or slower machine reliably, but "
+                        "engines do not slow in proportion to it, so by default it only explains")
     c.set_defaults(run=_compare)
     args = parser.parse_args(argv)
     try:

@@ -18,8 +18,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .probe import probe_seconds
-from .uncertainty import Timed, host_ratio, ratio_interval, run_noise_for, widen
+from .probe import HostCheck, probe_seconds
+from .uncertainty import Timed, ratio_interval, run_noise_for, widen
 from .metrics import BY_NAME
 
 COMPARE_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s",
@@ -186,14 +186,16 @@ def host_probes(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[float], list[flo
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None, paired: bool = False,
-                   normalize: bool = True) -> pd.DataFrame:
+                   normalize: bool = False) -> pd.DataFrame:
     """Long form, one row per (case, metric): a, b, b - a, (b - a) / a and the verdict for b.
 
     paired: a and b are two configs of one run, timed in the same interleaved rounds; their speed is
-    compared round by round and no run-to-run allowance applies. normalize: two runs that both ran
-    the host probe (probe.py) are compared on their hosts' scale, with the smaller allowance that is
-    left of an A/A pair after it; the a and b columns stay as measured."""
-    hosts = host_probes(a, b) if normalize and not paired else None
+    compared round by round and no run-to-run allowance applies. normalize (`--host-scale`): two
+    runs that both ran the host probe (probe.py) are compared on their hosts' scale, with the smaller
+    allowance of A/A pairs so scaled; the a and b columns stay as measured. Either way the probes'
+    ratio is kept (attrs "host") to explain the comparison."""
+    probes = host_probes(a, b) if not paired else None
+    hosts = probes if normalize else None
     noise = 0.0 if paired else run_noise(a, b, noise, normalized=hosts is not None)
     merged = a.merge(b, on=["config", "batch_size"], how="outer", suffixes=("_a", "_b"), indicator=True)
     merged = merged.sort_values(["config", "batch_size"], kind="stable")
@@ -227,7 +229,8 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None,
                          "ci_high": interval[1] if interval else math.nan, "verdict": verdict})
     out = pd.DataFrame(rows, columns=LONG_COLUMNS)
     out.attrs["run_noise"] = noise
-    out.attrs["host_ratio"] = host_ratio(*hosts) if hosts else None
+    out.attrs["host"] = HostCheck.of(*probes) if probes else None
+    out.attrs["host_scaled"] = hosts is not None
     return out
 
 
@@ -247,7 +250,7 @@ def engine_changes(long: pd.DataFrame) -> str | None:
 
 
 def compare_paths(a: str | Path, b: str | Path, noise: float | None = None,
-                  normalize: bool = True) -> tuple[str, str, pd.DataFrame]:
+                  normalize: bool = False) -> tuple[str, str, pd.DataFrame]:
     label_a, frame_a = load_run(a)
     label_b, frame_b = load_run(b)
     return label_a, label_b, compare_frames(frame_a, frame_b, noise, normalize=normalize)
@@ -282,12 +285,13 @@ def shift_text(long: pd.DataFrame) -> str:
     noise = long.attrs.get("run_noise")
     allowance = f"; run-to-run noise allowed: {noise:.0%}" if noise is not None else ""
     line = f"whole-run shift B/A (median over cases): {parts}{allowance}"
-    host = long.attrs.get("host_ratio")
-    if host:
-        line += (f"\nhost probe B/A: x{host[0]:.3f} (95% interval {host[1]:.3f}-{host[2]:.3f}; above 1: B's host was "
-                 "slower); speed verdicts are on each run's host scale")
+    host = long.attrs.get("host")
+    if host is not None and host.ratio is not None:
+        line += "\n" + host.note("B", "A").removeprefix("; ") + " (above 1: B's machine was slower)"
+        line += ("; speed verdicts are on each run's host scale (--host-scale)" if long.attrs.get("host_scaled")
+                 else "; speed verdicts are on the measured figures")
     elif noise is not None and noise > 0:
-        line += "\nno host probe in both runs: speed verdicts are on the raw figures"
+        line += "\nno host probe in both runs: nothing says whether the machine or the code moved"
     return line
 
 

@@ -511,17 +511,14 @@ def measurement_design(r: RunResults) -> str:
                    f"{x['stopped_over_resident']:.3f} (95% interval {x['ci95'][0]:.3f}-{x['ci95'][1]:.3f}, "
                    f"{x['pairs']} pairs): {x['verdict']}" for x in idle.values())
     if m.get("run_noise") is not None:
-        normalized = m.get("run_noise_normalized")
-        scaled = (f"; {normalized:.0%} when both runs ran the host probe and are judged on their hosts' scale"
-                  if normalized is not None else "")
-        out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%}{scaled} (the device's "
-                   "A/A figures, or `--qbench-run-noise`).")
+        out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%} (the device's A/A figure, "
+                   "or `--qbench-run-noise`).")
     probe = m.get("host_probe") or {}
     if probe.get("seconds"):
         ms = [1e3 * x for x in probe["seconds"]]
         out.append(f"\nHost probe (a fixed workload of {', '.join(probe.get('components', []))}, once per round; "
                    f"probe.py): median {sorted(ms)[len(ms) // 2]:.2f} ms over {len(ms)} rounds, "
-                   f"{min(ms):.2f}-{max(ms):.2f} ms. Comparisons with another run divide each run's speed by it.")
+                   f"{min(ms):.2f}-{max(ms):.2f} ms. Comparing two runs, qbench compare and the perf gates print the probes' ratio: a host slower or faster beyond the probe's own spread is named as the likely cause of a whole-run shift.")
     if m.get("interrupted"):
         out.append(f"\nInterrupted: {m['interrupted']}; the cases keep those whole rounds.")
     return "\n".join(out)

@@ -79,16 +79,14 @@ def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings,
                  "max_flip_rate": s.max_flip_rate}
     device = _device_name()
     noise = s.run_noise if s.run_noise is not None else run_noise_for(device)
-    normalized = s.run_noise if s.run_noise is not None else run_noise_for(device, normalized=True)
-    qbench_store.measurement.update(run_noise=noise, run_noise_normalized=normalized)
+    qbench_store.measurement["run_noise"] = noise
     saved_probe = gates.load_saved_probe(s.perf_baseline) if s.perf_baseline else None
     # every perf interval the run decides shares one error budget (tails.py)
     comparisons = gates.perf_comparisons(len(pytestconfig._qbench.matrix_cases), thresholds, s.samples)
     if saved is not None:
         qbench_store.measurement["gate_comparisons"] = comparisons
     return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise,
-                            strict=s.gate_strict, comparisons=comparisons, normalized_noise=normalized,
-                            saved_probe=saved_probe,
+                            strict=s.gate_strict, comparisons=comparisons, saved_probe=saved_probe,
                             current_probe=lambda: probe_seconds(qbench_store.measurement.get("host_probe")))
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 from .config import Gates
 from .metrics import BY_NAME
 from .baseline import read_saved
-from .probe import probe_seconds
+from .probe import HostCheck, probe_seconds
 from .tails import family_confidence, resamples_for, too_few_for_tail
 from .uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, RESAMPLES, Timed, ratio_interval, widen
 
@@ -152,8 +152,7 @@ def load_saved_probe(path: str | Path) -> list[float] | None:
 
 def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dict[str, Any] | None,
                thresholds: dict[str, float], run_noise: float = 0.0,
-               confidence: float = CONFIDENCE,
-               hosts: tuple[list[float], list[float]] | None = None) -> list[GateResult]:
+               confidence: float = CONFIDENCE, host_note: str = "") -> list[GateResult]:
     """Compare one case with the same case of a saved run, metric by metric.
 
     The interval of current/saved resamples each run's rounds on its own (uncertainty.py), so both
@@ -161,8 +160,8 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
     noise (a whole session's speed moves, every config alike); a case regresses only when the whole
     interval lies beyond the threshold in the worse direction. `confidence` is each interval's level (the
     run's family level, Bonferroni-corrected by the caller); a tail of too few batches is not gated.
-    hosts: (current's, saved's) host-probe seconds per round; with them both runs are judged on their
-    host's scale (run_noise is then the smaller allowance left after it)."""
+    host_note: what the two runs' host probes say of the machines (HostCheck.note), added to each
+    message so a verdict that the host explains says so."""
     case = f"{config}-bs{batch_size}"
     if saved is None:
         return [GateResult("perf_regression", config, None, None, None,
@@ -174,7 +173,6 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
                            f"at least {MIN_ROUNDS} rounds ({MIN_SAMPLES} unlabelled batches) each are needed to decide",
                            case)]
     results = []
-    scale = " on both runs' host-probe scale" if hosts else ""
     for metric, threshold in thresholds.items():
         if metric not in GATED_METRICS:
             continue
@@ -184,7 +182,7 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
                                       f"case {case}: {metric}: {few}", case, by_rule=True))
             continue
         found = ratio_interval(cur, old, metric, paired=False, confidence=confidence,
-                               resamples=resamples_for(confidence, RESAMPLES), hosts=hosts)
+                               resamples=resamples_for(confidence, RESAMPLES))
         ratio, low, high = widen(found, run_noise)
         higher_is_better = BY_NAME[metric].higher_is_better
         # regression only when the whole interval is beyond the threshold in the worse direction
@@ -194,8 +192,8 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
             regressed, change = low > 1 + threshold, ratio - 1
         word = "worse" if change > 0 else "better"
         msg = (f"case {case}: {metric} {abs(change):.1%} {word} than the saved run "
-               f"(ratio {ratio:.3f}{scale}, {_level(confidence)} CI {low:.3f}-{high:.3f} over rounds and run-to-run "
-               f"noise {run_noise:.0%}; allowed {threshold:.0%} worse)")
+               f"(ratio {ratio:.3f}, {_level(confidence)} CI {low:.3f}-{high:.3f} over rounds and run-to-run "
+               f"noise {run_noise:.0%}; allowed {threshold:.0%} worse){host_note}")
         results.append(GateResult("perf_regression:" + metric, config, not regressed, ratio, threshold,
                                   ("REGRESSION " if regressed else "") + msg, case))
     return results
@@ -216,13 +214,10 @@ class GateKeeper:
 
     def __init__(self, overrides: dict[str, float | None], saved_cases: dict | None, thresholds: dict[str, float],
                  record: Callable[[GateResult], None], run_noise: float = 0.0, *, strict: bool = False,
-                 comparisons: int = 1, normalized_noise: float | None = None,
-                 saved_probe: list[float] | None = None,
+                 comparisons: int = 1, saved_probe: list[float] | None = None,
                  current_probe: Callable[[], list[float] | None] = lambda: None):
         self.overrides = overrides
         self.run_noise = run_noise
-        # with both runs' host probes the gate judges on the hosts' scale and allows what is left
-        self.normalized_noise = run_noise if normalized_noise is None else normalized_noise
         self.saved_probe, self.current_probe = saved_probe, current_probe
         self.saved_cases = saved_cases
         self.thresholds = thresholds
@@ -250,11 +245,9 @@ class GateKeeper:
         if self.saved_cases is None:
             return []
         saved = self.saved_cases.get((config, batch_size))
-        current = self.current_probe()
-        hosts = (current, self.saved_probe) if current and self.saved_probe else None
-        noise = self.normalized_noise if hosts else self.run_noise
-        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, noise,
-                                        confidence=self.confidence, hosts=hosts))
+        host = HostCheck.of(self.current_probe(), self.saved_probe)
+        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, self.run_noise,
+                                        confidence=self.confidence, host_note=host.note("this run", "the saved run")))
 
 
 def undecided_fails(result: GateResult) -> GateResult:

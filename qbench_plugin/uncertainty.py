@@ -125,24 +125,28 @@ def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: 
         if host_b.size >= 2 and host_a.size >= 2:
             # a time (latency) on a host 1.2x slower counts 1.2x less; a rate counts 1.2x more
             power = 1.0 if metric == "throughput_samples_per_s" else -1.0
-            slower = host_b[rng.integers(0, host_b.size, (resamples, host_b.size))].mean(axis=1) / \
-                host_a[rng.integers(0, host_a.size, (resamples, host_a.size))].mean(axis=1)
-            point *= float(host_b.mean() / host_a.mean()) ** power
+            slower = _probe_ratios(host_b, host_a, rng, resamples)
+            point *= float(np.median(host_b) / np.median(host_a)) ** power
             ratios = ratios * slower ** power
     return (point, *_interval(ratios, confidence))
 
 
+def _probe_ratios(b: np.ndarray, a: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """Resampled median probe time of b over a's. The median, not the mean: a round whose probe met a
+    burst of other work (seen on the CPU: 97 ms among rounds of 60-70) says nothing of the host."""
+    return np.median(b[rng.integers(0, b.size, (resamples, b.size))], axis=1) / \
+        np.median(a[rng.integers(0, a.size, (resamples, a.size))], axis=1)
+
+
 def host_ratio(b: Sequence[float], a: Sequence[float], resamples: int = RESAMPLES,
                seed: int = 0) -> tuple[float, float, float] | None:
-    """How much slower b's host was than a's: mean probe seconds b / a, with its interval over the
+    """How much slower b's host was than a's: median probe seconds b / a, with its interval over the
     probes' rounds; None when either side has fewer than two rounds."""
     pb, pa = np.asarray(b, dtype=np.float64), np.asarray(a, dtype=np.float64)
     if pb.size < 2 or pa.size < 2:
         return None
-    rng = np.random.default_rng(seed)
-    ratios = pb[rng.integers(0, pb.size, (resamples, pb.size))].mean(axis=1) / \
-        pa[rng.integers(0, pa.size, (resamples, pa.size))].mean(axis=1)
-    return (float(pb.mean() / pa.mean()), *_interval(ratios))
+    ratios = _probe_ratios(pb, pa, np.random.default_rng(seed), resamples)
+    return (float(np.median(pb) / np.median(pa)), *_interval(ratios))
 
 
 # Run-to-run noise: how far a whole session's speed moves between two runs of the same code on one
@@ -156,9 +160,11 @@ RUN_NOISE = {"NVIDIA H200": 0.20, "cpu": 0.25}
 DEFAULT_RUN_NOISE = 0.25  # an unmeasured machine gets the largest allowance seen
 
 
-# What is left of an A/A pair's shift once each run is put on its host's scale (probe.py): the
-# largest |normalized B/A - 1| over an A/A pair's cases, rounded up to the next 5% (figures: README,
-# "How qbench measures").
+# The allowance of `qbench compare --host-scale` (each run on its host probe's scale, probe.py). The
+# A/A pairs with the probe had no session shift to remove (H200 whole-run x0.99, CPU x0.94-1.08); on
+# their host scale, 0 of 48 (H200) and 2 of 16 (CPU: the in-process engine's outlier rounds) speed
+# deltas were called different at 10%, and a B slowed by construction 32 of 48 and 7 of 16. Not yet
+# measured against a shift the probe saw, so it is opt-in, never the gates' default.
 NORMALIZED_RUN_NOISE = {"NVIDIA H200": 0.10, "cpu": 0.10}
 
 

@@ -207,3 +207,17 @@ def test_run_is_compared_with_the_saved_run(run, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert set(pd.read_csv(csv)["verdict"]) == {"same"} and "0 better, 0 worse" in out.stdout
+
+
+def test_the_host_probe_is_timed_after_every_round(run):
+    """The probe (probe.py) ran once per round of the real matrix, with every component, and the log
+    says what it measured."""
+    from qbench_plugin.probe import VERSION, probe_seconds
+
+    _, run_dir = run
+    measurement = json.loads((run_dir / "qbench.json").read_text())["measurement"]
+    probe = measurement["host_probe"]
+    assert probe["version"] == VERSION and probe["rounds"] == list(range(measurement["rounds"]))
+    assert set(probe["by_component"]) == {"interpreter", "cpu_matmul"}
+    assert all(s > 0 for s in probe_seconds(probe))
+    assert "Host probe (a fixed workload of interpreter, cpu_matmul" in (run_dir / "EXPERIMENT_LOG.md").read_text()
