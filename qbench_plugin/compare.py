@@ -287,7 +287,7 @@ def shift_text(long: pd.DataFrame) -> str:
     line = f"whole-run shift B/A (median over cases): {parts}{allowance}"
     host = long.attrs.get("host")
     if host is not None and host.ratio is not None:
-        line += "\n" + host.note("B", "A").removeprefix("; ") + " (above 1: B's machine was slower)"
+        line += "\n" + host.note("B", "A").removeprefix("; ")
         line += ("; speed verdicts are on each run's host scale (--host-scale)" if long.attrs.get("host_scaled")
                  else "; speed verdicts are on the measured figures")
     elif noise is not None and noise > 0:
