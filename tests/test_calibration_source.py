@@ -93,6 +93,7 @@ def test_only_the_texts_calibration_uses_are_compared(tmp_path):
     assert checked["calibration_texts"] == 30
 
 
+@pytest.mark.slow
 def test_a_run_on_one_file_stops_before_any_engine(tmp_path, embedded_model):
     data = _jsonl(tmp_path / "eval.jsonl", TEST_ROWS)
     results = tmp_path / "results"

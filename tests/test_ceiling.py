@@ -115,6 +115,7 @@ def texts_and_labels(embedded_model):
     return load_eval_set("embedded", "test", "text", "label", labels).texts[:96], labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine_name", ["vllm", "hf"])
 def test_pre_tokenized_input_gives_the_same_answers(embedded_model, texts_and_labels, engine_name):
     texts, labels = texts_and_labels
@@ -173,6 +174,7 @@ def _pytest(*args):
                           timeout=900)
 
 
+@pytest.mark.slow
 def test_sweep_is_deselected_unless_asked_for():
     off = _pytest("--collect-only", "-q")
     assert "test_saturation" not in off.stdout and "deselected" in off.stdout, off.stdout[-2000:]
@@ -187,6 +189,7 @@ def test_sweep_is_deselected_unless_asked_for():
     assert low.returncode != 0 and "is below the largest batch size 32" in low.stderr + low.stdout
 
 
+@pytest.mark.slow
 def test_sweep_through_the_plugin(tmp_path, embedded_model):
     proc = _pytest("--qbench-sweep", "on", "--qbench-configs", "cpu_default", f"--qbench-results-dir={tmp_path}",
                    "--qbench-batch-sizes", "16", "--qbench-sweep-texts", "64", "--qbench-sweep-max-batch", "64",

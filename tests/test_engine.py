@@ -7,6 +7,8 @@ from qbench_plugin.config import BenchConfig
 from qbench_plugin.engine import EngineSpec, start_engine
 from qbench_plugin.load import load_eval_set, model_labels
 
+pytestmark = pytest.mark.slow  # starts the vLLM and transformers engines
+
 ROWS = 300
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # benchmark runs in subprocesses with the real engine
+
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ["benchmarks", "-p", "no:randomly", "--qbench-configs=cpu_default", "--qbench-batch-sizes=4",
         "--qbench-samples=20", "--qbench-warmup=3"]

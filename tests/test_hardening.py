@@ -56,6 +56,7 @@ def odd_dataset(tmp_path_factory, embedded_model):
     return path
 
 
+@pytest.mark.slow
 def test_odd_texts_run_and_are_counted(odd_dataset, tmp_path):
     proc, out = _run(f"--qbench-dataset={odd_dataset}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
                      "--qbench-max-model-len=64", f"--qbench-results-dir={tmp_path}")
@@ -70,6 +71,7 @@ def test_odd_texts_run_and_are_counted(odd_dataset, tmp_path):
     assert "<script>alert('qbench')" not in (run_dir / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_over_length_texts_can_be_rejected_before_any_engine_starts(odd_dataset, tmp_path):
     proc, out = _run(f"--qbench-dataset={odd_dataset}", "--qbench-configs=cpu_default", "-k", "test_accuracy[",
                      "--qbench-max-model-len=64", "--qbench-truncation=reject", f"--qbench-results-dir={tmp_path}")
@@ -78,6 +80,7 @@ def test_over_length_texts_can_be_rejected_before_any_engine_starts(odd_dataset,
     assert "Initializing a V1 LLM engine" not in out
 
 
+@pytest.mark.slow
 def test_empty_text_is_a_clear_error(tmp_path, embedded_model):
     path = tmp_path / "empty_text.jsonl"
     path.write_text(json.dumps({"text": "where is it", "label": "order_status"}) + "\n"
@@ -104,6 +107,7 @@ def broken_and_good(tmp_path_factory, embedded_model):
     return proc, out, _only_dir(tmp / "results")
 
 
+@pytest.mark.slow
 def test_engine_that_fails_to_start_fails_only_its_config(broken_and_good):
     proc, out, run_dir = broken_and_good
     assert proc.returncode == 1
@@ -115,6 +119,7 @@ def test_engine_that_fails_to_start_fails_only_its_config(broken_and_good):
     assert {b["extra_info"]["config"] for b in cases} == {"good"}
 
 
+@pytest.mark.slow
 def test_secrets_reach_no_file_and_no_log(broken_and_good):
     proc, out, run_dir = broken_and_good
     assert HF_SECRET not in out and KEY_SECRET not in out
@@ -159,6 +164,7 @@ def test_out_of_memory_fails_its_case_and_skips_larger_batches():
 
 # -- Ctrl-C -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_cases_and_marks_the_run_partial(tmp_path, embedded_model):
     # two configs, interleaved: the interruption cuts both short in the same round
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:randomly", "--qbench-configs=cpu_default,cpu_bnb_int8",

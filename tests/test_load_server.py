@@ -26,6 +26,8 @@ from qbench_plugin.loadtest import Endpoint, EndpointError, LoadSpec, check_endp
 from qbench_plugin.metrics import LOAD_METRICS
 from qbench_plugin.serve import ServerSpec, free_port, start_server
 
+pytestmark = pytest.mark.slow  # starts `vllm serve` and runs Locust against it
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "QBENCH_TEST_RUNPOD_KEY"  # a name the generic secret scrubber does not know: our redaction must hold
 FAKE_KEY = "fake-runpod-key-" + uuid.uuid4().hex

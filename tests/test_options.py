@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qbench_plugin.options import OPTIONS
+
+pytestmark = pytest.mark.slow  # a pytest session in a subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

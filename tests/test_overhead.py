@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qbench_plugin.measure import paired_ratio
+
+pytestmark = pytest.mark.slow  # a benchmark run in a subprocess with the real engine
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,6 +14,8 @@ import pytest
 
 from qbench_plugin.metrics import REQUIRED
 
+pytestmark = pytest.mark.slow  # benchmark runs in subprocesses with the real engines and llm-compressor
+
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 4)
 

@@ -44,6 +44,7 @@ def _stopped(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, s
     return proc, out, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_unknown_label_names_label_file_and_line(tmp_path, embedded_model):
     rows = [dict(r) for r in TEST_ROWS]
     rows[3]["label"] = "not_a_label"
@@ -53,6 +54,7 @@ def test_unknown_label_names_label_file_and_line(tmp_path, embedded_model):
     assert "the model's labels: account_login_problem" in out
 
 
+@pytest.mark.slow
 def test_truncation_reject_names_the_lines(tmp_path, embedded_model):
     rows = [dict(r) for r in TEST_ROWS]
     rows[3]["text"] = LONG_TEXT
@@ -61,6 +63,7 @@ def test_truncation_reject_names_the_lines(tmp_path, embedded_model):
     assert "1 texts are longer than max_model_len 64 tokens (line 4 of long.jsonl)" in out
 
 
+@pytest.mark.slow
 def test_config_typo_names_file_and_field(tmp_path):
     configs = tmp_path / "configs"
     shutil.copytree(ROOT / "configs", configs)
@@ -72,17 +75,20 @@ def test_config_typo_names_file_and_field(tmp_path):
     assert seconds < 60
 
 
+@pytest.mark.slow
 def test_unknown_config_name_lists_the_available(tmp_path):
     _, out, _ = _stopped(tmp_path, "--qbench-configs=does_not_exist")
     assert "no config named does_not_exist; available: awq_4bit" in out
 
 
+@pytest.mark.slow
 def test_missing_model_path_says_the_path_does_not_exist(tmp_path):
     _, out, seconds = _stopped(tmp_path, "--qbench-model=/nonexistent/path")
     assert "--qbench-model /nonexistent/path: no such file or directory" in out
     assert "HFValidationError" not in out and seconds < 60
 
 
+@pytest.mark.slow
 def test_broken_unselected_config_warns_once_and_the_run_goes_on(tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()
@@ -153,6 +159,7 @@ def test_training_says_what_it_is_doing(tmp_path, monkeypatch):
     assert lines[-1].startswith("qbench: embedded model trained in")
 
 
+@pytest.mark.slow
 def test_unreadable_perf_baseline_and_thresholds_name_their_option(tmp_path):
     _, out, _ = _stopped(tmp_path, f"--qbench-perf-baseline={tmp_path / 'no-such-run'}")
     assert "--qbench-perf-baseline: " in out and "no-such-run: saved run not found" in out
@@ -160,12 +167,14 @@ def test_unreadable_perf_baseline_and_thresholds_name_their_option(tmp_path):
     assert "--qbench-perf-thresholds: " in out and "'lots'" in out
 
 
+@pytest.mark.slow
 def test_threshold_that_would_never_be_checked_stops_the_run(tmp_path):
     _, out, _ = _stopped(tmp_path, "--qbench-perf-thresholds=memory_rss_peak_mib=5%")
     assert ("--qbench-perf-thresholds: perf threshold 'memory_rss_peak_mib=5%': 'memory_rss_peak_mib' is not "
             "gated; valid: latency_p50_ms, latency_p95_ms, latency_p99_ms, throughput_samples_per_s, latency_mean_ms") in out
 
 
+@pytest.mark.slow
 def test_baseline_of_another_model_and_device_stops_the_run(tmp_path):
     saved = ROOT / "results" / "examples" / "h200" / "run-2026-11-28"
     _, out, _ = _stopped(tmp_path, f"--qbench-perf-baseline={saved}", "--qbench-gate-strict")
@@ -173,6 +182,7 @@ def test_baseline_of_another_model_and_device_stops_the_run(tmp_path):
     assert "model 'embedded:qwen2.5-0.5b' there, 'embedded' here" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "said"), [
     (["--qbench-rounds=1"], "--qbench-rounds 1: at least 2 rounds are needed"),
     (["--qbench-samples=50", "--qbench-rounds=7"], "--qbench-samples 50 does not split into --qbench-rounds 7"),

@@ -56,6 +56,7 @@ def test_bits_another_scheme_would_run_are_refused(tmp_path, quantization, field
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_gptq_8_bits_makes_an_8_bit_checkpoint(embedded_model, tmp_path):
     """The real worker: `bits: 8` gives 8-bit weights in the checkpoint, not W4A16."""
     if not QUANT_PYTHON.exists():
@@ -155,6 +156,7 @@ def test_a_checkpoint_with_a_quantized_head_fails_the_config(embedded_model, tmp
         quantize.prepare(spec, ctx)
 
 
+@pytest.mark.slow
 def test_bitsandbytes_skips_a_bert_style_head(embedded_model, tmp_path):
     model = _tiny(tmp_path, "bert", embedded_model, weights=True)
     spec = EngineSpec(config=BenchConfig(name="b", engine="hf", dtype="float32",

@@ -88,6 +88,7 @@ def test_missing_llm_compressor_env_is_a_skip_with_reason(embedded_model, tmp_pa
         quantize.prepare(spec, ctx)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_file", ["cpu_gptq_w4a16.json", "cpu_awq_w4a16.json", "cpu_int8_w8a8.json"])
 def test_made_checkpoints_keep_the_head_unquantized(embedded_model, config_file):
     if not QUANT_PYTHON.exists():
@@ -102,6 +103,7 @@ def test_made_checkpoints_keep_the_head_unquantized(embedded_model, config_file)
     assert metrics["compression_ratio"] > 1.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits, layer", [(8, "Linear8bitLt"), (4, "Linear4bit")])
 def test_bitsandbytes_head_stays_unquantized(embedded_model, bits, layer):
     spec = EngineSpec(config=BenchConfig(name="b", engine="hf", dtype="float32",

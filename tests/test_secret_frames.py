@@ -62,6 +62,7 @@ def _inner(tmp_path: Path, source: str, *args: str, model: Path | None = None) -
     return proc.stdout + proc.stderr, (tmp_path / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_failing_calls_under_showlocals_keep_the_token_out(embedded_model, tmp_path):
     # qbench's plugin off: only the frames themselves keep the environment out of the locals
     output, html = _inner(tmp_path, FAILING_CALLS, "-p", "no:qbench", model=embedded_model)
@@ -71,6 +72,7 @@ def test_failing_calls_under_showlocals_keep_the_token_out(embedded_model, tmp_p
     assert "HF_TOKEN" not in output  # no environment was printed at all, not even masked
 
 
+@pytest.mark.slow
 def test_report_sections_and_locals_are_scrubbed(tmp_path):
     output, html = _inner(tmp_path, PRINTS_TOKEN)
     assert "1 failed" in output and "Captured stdout call" in output, output[-3000:]

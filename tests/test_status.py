@@ -9,6 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # pytest sessions in subprocesses
+
 TESTS = '''
 import time
 from pathlib import Path
