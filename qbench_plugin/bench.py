@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from . import ceiling
+from .dataset import EvalSet
 from .engine import Engine
-from .load import EvalSet
 from .measure import LatencyRecorder, baseline_comparison, classification_metrics, latency_stats, make_batches
 from .options import Settings
 from .rounds import CaseTiming

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .dataset import DataError, load_texts
 from .embedded import EMBEDDED, default_cache_dir, resolve_model
 from .engine import EngineUnavailable
-from .load import DataError, load_texts
 from .quantize import (DEFAULT_WORKER_TIMEOUT_S, QuantContext, QuantRecipe, checkpoint_metrics, head_is_unquantized,
                        make_checkpoint)
 

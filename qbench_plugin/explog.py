@@ -13,9 +13,9 @@ import pandas as pd
 from typing import Any, Callable, Iterable, Sequence
 
 from . import gpus, loadgrid, tables
-from .compare import NOISE, TOLERATED, counts_text, engine_changes, unmatched, wide as compare_wide
+from .compare import NOISE, TOLERATED, counts_text, engine_changes, unmatched
 from .loadgrid import texts_a_request
-from .summary import LOAD_SOURCE, MATRIX_SOURCE, RunResults, ceiling_display, memory_column, saturation_points
+from .summary import LOAD_SOURCE, MATRIX_SOURCE, RunResults, memory_column, saturation_points
 from .tables import MISSING, STATUS_WORDS, fmt, value
 
 SECTIONS = (
@@ -375,7 +375,7 @@ def recommendations(r: RunResults) -> str:
         d = r.deployment
         win = r.recommendations["balanced"]
         out.append(f"\nDeployment settings from the balanced pick ({win.config}, batch size {win.batch_size}):\n")
-        out.append("```bash\n" + "\n".join(f"{k}={v}" for k, v in d.items() if k != "notes") + "\n```")
+        out.append("```bash\n" + tables.deployment_env(r) + "\n```")
         out.extend(f"- {note}" for note in d["notes"])
     return "\n".join(out)
 
@@ -429,11 +429,11 @@ def saved_run_comparison(r: RunResults) -> str:
            f"memory change within the tolerance of run-to-run drift (every number is in {'compare.csv'}).\n"]
     if engines := engine_changes(long):
         out.append(f"Engines differ: {engines}.\n")
-    table = compare_wide(long)
-    if table.empty:
+    header, rows = tables.comparison(r)
+    if not rows:
         out.append("No case ran in both runs.")
     else:
-        out.append(md_table(list(table.columns), table.itertuples(index=False)))
+        out.append(md_table(header, rows))
     if extra := unmatched(long):
         out.append(f"\nCases in one run only: {extra}.")
     return "\n".join(out)
@@ -471,9 +471,8 @@ def throughput_ceiling(r: RunResults) -> str:
         out.append(f"- Saturation point of {p['config']}: {p['texts/s']} texts/s at batch size {p['batch size']} "
                    f"({p['how']}; tokenization timed: {p['tokenization timed']}), {p95}, "
                    f"peak memory {p['peak memory MiB']} MiB, MFU {p['MFU']}.")
-    frame = ceiling_display(r.ceiling)
     out.append("")
-    out.append(md_table(list(frame.columns), frame.itertuples(index=False)))
+    out.append(md_table(*tables.ceiling_all(r)))
     return "\n".join(out)
 
 

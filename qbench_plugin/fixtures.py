@@ -10,9 +10,9 @@ import pytest
 from . import gates, preflight, quantize
 from .bench import is_out_of_memory
 from .config import BenchConfig
+from .dataset import EvalSet, load_texts, model_labels
 from .embedded import default_cache_dir, resolve_model
 from .engine import Engine, EngineUnavailable, cuda_available
-from .load import EvalSet, load_texts, model_labels
 from .matrix import Matrix
 from .options import Settings
 from .pool import EnginePool

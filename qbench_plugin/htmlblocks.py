@@ -13,10 +13,10 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from . import gpus, tables
-from .compare import NOISE, counts_text, engine_changes, unmatched, wide as compare_wide
+from .compare import NOISE, counts_text, engine_changes, unmatched
 from .loadgrid import texts_a_request
 from .plots import Plot
-from .summary import LOAD_SOURCE, MATRIX_SOURCE, RunResults, ceiling_best, ceiling_display
+from .summary import LOAD_SOURCE, MATRIX_SOURCE, RunResults
 from .tables import MISSING, fmt
 
 STYLE = """<style>
@@ -61,8 +61,8 @@ def recommendation_html(r: RunResults) -> list[str]:
     else:
         out.append(f"<p>No recommendation: {_e(r.no_recommendation)}.</p>")
     if r.deployment:
-        env = "\n".join(f"{k}={v}" for k, v in r.deployment.items() if k != "notes")
-        out.append(f"<h3>Deployment settings (balanced pick)</h3><pre class=\"qbench-env\">{_e(env)}</pre>")
+        out.append("<h3>Deployment settings (balanced pick)</h3>"
+                   f"<pre class=\"qbench-env\">{_e(tables.deployment_env(r))}</pre>")
         out.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in r.deployment["notes"]) + "</ul>")
     out.append("<h3>Accuracy gates</h3>")
     out.append(_table(_frame(*tables.eligibility(r)), "qbench qbench-gates"))
@@ -172,9 +172,9 @@ def ceiling_html(r: RunResults) -> list[str]:
     out = ["<h2>Throughput ceiling</h2>",
            "<p>\"tokenization timed: no\": pre-tokenized input, tokenizer outside the timed region; tokenizer rows "
            "time the tokenizer alone. Saturation points (highest texts/s per config):</p>"]
-    out.append(_table(ceiling_display(ceiling_best(r.ceiling)), "qbench qbench-ceiling-best"))
+    out.append(_table(_frame(*tables.ceiling_points(r)), "qbench qbench-ceiling-best"))
     out.append("<details><summary>All sweep points</summary>")
-    out.append(_table(ceiling_display(r.ceiling), "qbench qbench-ceiling"))
+    out.append(_table(_frame(*tables.ceiling_all(r)), "qbench qbench-ceiling"))
     out.append("</details>")
     return out
 
@@ -185,7 +185,7 @@ def comparison_html(r: RunResults) -> list[str]:
     return [f"<h2>Compared with saved run {_e(r.comparison_source)}</h2>",
             f"<p>{_e(counts_text(r.comparison))}; values are this run's, change is from the saved run; "
             f"&quot;{NOISE}&quot;: the bootstrap 95% interval of this run / saved run includes 1.</p>",
-            _table(compare_wide(r.comparison), "qbench qbench-compare")] + (
+            _table(_frame(*tables.comparison(r)), "qbench qbench-compare")] + (
         [f"<p><b>Engines differ</b>: {_e(engines)}.</p>"] if (engines := engine_changes(r.comparison)) else []) + (
         [f"<p>Cases in one run only: {_e(extra)}.</p>"] if (extra := unmatched(r.comparison)) else [])
 

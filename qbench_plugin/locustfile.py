@@ -111,7 +111,7 @@ def load_labels(source: str) -> list[str]:
     if (path / "config.json").is_file():
         id2label = json.loads((path / "config.json").read_text(encoding="utf-8"))["id2label"]
         return [id2label[str(i)] for i in range(len(id2label))]
-    from qbench_plugin.load import model_labels  # hub ids: through transformers
+    from qbench_plugin.dataset import model_labels  # hub ids: through transformers
 
     return model_labels(source)
 

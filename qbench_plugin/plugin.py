@@ -15,6 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from .config import ConfigError
+from .dataset import DataError
 from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
     qbench_config, qbench_engine, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_matrix, qbench_model,
     qbench_pool, qbench_quant_context, qbench_settings, qbench_store,
@@ -26,7 +27,6 @@ from .metrics import CONFIG_METRICS, DERIVED_METRICS
 from .options import Settings, add_options
 from .outputs import ReportState
 from .report import matrix_frame, summary_html
-from .load import DataError
 from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
 from .run import RunStore, git_commit, new_run_id
 from .redact import scrub, scrub_report, scrub_text

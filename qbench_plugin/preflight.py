@@ -7,20 +7,18 @@ starts; the fixtures then take what was validated here instead of loading it aga
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import BenchConfig, load_selected
+from .dataset import (DataError, EvalSet, load_eval_set, load_texts, model_labels, normalized, row_places,
+                      same_rows_for_every_split)
 from .embedded import EMBEDDED, Progress, resolve_model
-from .load import (DataError, EvalSet, load_eval_set, load_texts, model_labels, normalized, over_length_rows,
-                   row_places, same_rows_for_every_split)
 from .options import Settings
 from .run import RunStore
-from .workload import measure_workload, token_counts
+from .workload import measure_workload, over_length_rows, token_lengths, truncated
 
 # a Hugging Face repo id: "name" or "owner/name" of letters, digits, '-', '_', '.' (no leading '.' or '-')
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
@@ -36,7 +34,7 @@ class Inputs:
     labels: list[str]
     eval_set: EvalSet
     over_length: list[int]  # rows longer than max_model_len, truncated by the engines
-    token_counts: tuple[int, ...] | None = None  # per row, truncated (None: could not be counted)
+    token_counts: tuple[int, ...] | None = None  # per row, truncated as the engines truncate
 
 
 def _first_line(exc: BaseException) -> str:
@@ -95,14 +93,15 @@ def check_inputs(settings: Settings, progress: Progress | None = None) -> Inputs
     labels = _guard(f"--qbench-model {s.model}: reading its config", lambda: model_labels(model))
     eval_set = _guard(f"--qbench-dataset {s.dataset} split {s.split}",
                       lambda: load_eval_set(s.dataset, s.split, s.text_column, s.label_column, labels))
-    over = _guard(f"--qbench-model {s.model}: tokenizing the split",
-                  lambda: over_length_rows(model, eval_set.texts, s.max_model_len))
+    lengths = _guard(f"--qbench-model {s.model}: tokenizing the split", lambda: token_lengths(model, eval_set.texts))
+    over = over_length_rows(lengths, s.max_model_len)
     if over and s.truncation == "reject":
         place = row_places(s.dataset, s.split, len(eval_set.texts))
         raise PreflightError(f"dataset {s.dataset} split {s.split}: {len(over)} texts are longer than max_model_len "
                              f"{s.max_model_len} tokens ({place(over)}); raise --qbench-max-model-len or use "
                              "--qbench-truncation truncate")
-    return Inputs(model=model, labels=labels, eval_set=eval_set, over_length=over)
+    return Inputs(model=model, labels=labels, eval_set=eval_set, over_length=over,
+                  token_counts=tuple(truncated(lengths, s.max_model_len)))
 
 
 CALIBRATED = ("gptq", "awq", "int8")  # methods whose checkpoint qbench makes from calibration texts
@@ -147,13 +146,8 @@ def prepare(settings: Settings, store: RunStore, progress: Progress | None = Non
     calibration = check_calibration(settings, configs or (), inputs.eval_set.texts)
     store.dataset.update(inputs.eval_set.facts, source=s.dataset, split=s.split, truncation=s.truncation,
                          max_model_len=s.max_model_len, truncated_rows=len(inputs.over_length), **calibration)
-    try:
-        counts = tuple(token_counts(inputs.model, inputs.eval_set.texts, s.max_model_len))
-    except Exception as exc:  # noqa: BLE001  (measure_workload records why; MFU falls back or is missing)
-        logging.getLogger("qbench").warning("qbench: could not count tokens per text: %s", exc)
-        counts = None
-    store.workload.update(measure_workload(inputs.model, inputs.eval_set.texts, s.max_model_len, counts))
-    return dataclasses.replace(inputs, token_counts=counts)
+    store.workload.update(measure_workload(inputs.model, inputs.eval_set.texts, s.max_model_len, inputs.token_counts))
+    return inputs
 
 
 def saved_baseline(settings: Settings) -> dict | None:

@@ -1,4 +1,4 @@
-"""The report's decision tables as (header, rows) of display strings, one builder per table.
+"""The report's tables as (header, rows) of display strings, one builder per table.
 
 explog.py renders them as Markdown and htmlblocks.py as HTML, so the experiment log and the HTML
 report show the same rows, formatted once, from the run's one RunResults.
@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 
 from . import gpus, loadgrid
-from .summary import KINDS, RunResults, cost_per_requests
+from .compare import wide as compare_wide
+from .summary import KINDS, RunResults, ceiling_best, ceiling_display, cost_per_requests
 
 MISSING = "not measured"
 STATUS_WORDS = {"ready": "ran", "skipped": "skipped", "failed": "failed", "pending": "not run"}
@@ -160,3 +161,28 @@ def load_cost(r: RunResults) -> Table:
                      fmt(cost_per_requests(c.rps, p.spot_per_hour, 1_000_000), 4, money=True) if spot else "no spot price"]
         rows.append(line)
     return header, rows
+
+
+def _of(frame: pd.DataFrame) -> Table:
+    """A frame another module already formats (the sweep's, the comparison's) as (header, rows)."""
+    return list(frame.columns), [list(row) for row in frame.itertuples(index=False)]
+
+
+def ceiling_points(r: RunResults) -> Table:
+    """Each swept config's saturation point (the sweep's gain rule, not the raw maximum)."""
+    return _of(ceiling_display(ceiling_best(r.ceiling)))
+
+
+def ceiling_all(r: RunResults) -> Table:
+    """Every sweep point, in the order the sweep ran them."""
+    return _of(ceiling_display(r.ceiling))
+
+
+def comparison(r: RunResults) -> Table:
+    """One row per case in both this run and the saved one, a column per compared metric."""
+    return _of(compare_wide(r.comparison))
+
+
+def deployment_env(r: RunResults) -> str:
+    """The balanced pick's serving settings as NAME=value lines (its notes are r.deployment["notes"])."""
+    return "\n".join(f"{k}={v}" for k, v in r.deployment.items() if k != "notes")

@@ -12,12 +12,28 @@ from typing import Any, Sequence
 log = logging.getLogger("qbench")
 
 
-def token_counts(model: str, texts: Sequence[str], max_model_len: int) -> list[int]:
-    """Tokens of each text with the model's own tokenizer, truncated as the engine truncates (max_model_len)."""
+def token_lengths(model: str, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text with the model's own tokenizer, special tokens included, not truncated. The
+    split is tokenized once a run: the over-length check and the per-text counts both read this."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    return [len(row) for row in tokenizer(list(texts), truncation=True, max_length=max_model_len)["input_ids"]]
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+
+def over_length_rows(lengths: Sequence[int], max_model_len: int) -> list[int]:
+    """Rows longer than max_model_len tokens, which the engines truncate (or --qbench-truncation reject refuses)."""
+    return [i for i, n in enumerate(lengths) if n > max_model_len]
+
+
+def truncated(lengths: Sequence[int], max_model_len: int) -> list[int]:
+    """Each text's tokens as the engine reads them: a longer text keeps its first max_model_len tokens."""
+    return [min(n, max_model_len) for n in lengths]
+
+
+def token_counts(model: str, texts: Sequence[str], max_model_len: int) -> list[int]:
+    """Tokens of each text with the model's own tokenizer, truncated as the engine truncates (max_model_len)."""
+    return truncated(token_lengths(model, texts), max_model_len)
 
 
 def mean_tokens_per_text(model: str, texts: Sequence[str], max_model_len: int,

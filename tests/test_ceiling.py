@@ -12,8 +12,8 @@ import pytest
 
 from qbench_plugin import ceiling
 from qbench_plugin.config import BenchConfig
+from qbench_plugin.dataset import load_eval_set, model_labels
 from qbench_plugin.engine import EngineSpec, start_engine
-from qbench_plugin.load import load_eval_set, model_labels
 from qbench_plugin.quantize import weights_bytes
 from qbench_plugin.summary import ceiling_best, ceiling_display, ceiling_table
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from qbench_plugin.bench import is_out_of_memory
-from qbench_plugin.load import model_labels
+from qbench_plugin.dataset import model_labels
 from qbench_plugin.rounds import RoundPlan, run_rounds
 from qbench_plugin.redact import MASK, scrub, scrub_text
 

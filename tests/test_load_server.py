@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qbench_plugin.dataset import model_labels
 from qbench_plugin.embedded import DATA_DIR
-from qbench_plugin.load import model_labels
 from qbench_plugin.loadtest import Endpoint, EndpointError, LoadSpec, check_endpoint, run_load
 from qbench_plugin.metrics import LOAD_METRICS
 from qbench_plugin.serve import ServerSpec, free_port, start_server

@@ -8,9 +8,9 @@ import torch
 
 from qbench_plugin import gpus, quantize
 from qbench_plugin.config import BenchConfig, ConfigError, load_config
+from qbench_plugin.dataset import load_texts, model_labels
 from qbench_plugin.engine import EngineSpec, start_engine
 from qbench_plugin.heads import Head, classification_head
-from qbench_plugin.load import load_texts, model_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANT_PYTHON = ROOT / ".venv-quant" / "bin" / "python"

@@ -7,8 +7,8 @@ import pytest
 
 from qbench_plugin import quantize
 from qbench_plugin.config import BenchConfig, load_config
+from qbench_plugin.dataset import load_texts, model_labels
 from qbench_plugin.engine import EngineSpec, EngineUnavailable, start_engine
-from qbench_plugin.load import load_texts, model_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANT_PYTHON = ROOT / ".venv-quant" / "bin" / "python"

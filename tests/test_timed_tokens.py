@@ -47,3 +47,20 @@ def test_mfu_uses_each_cases_timed_tokens():
     derived = add_derived(table, {"mean_tokens_per_text": 20.0, "non_embedding_params": 1e9}, 100.0)
     assert list(derived["tokens_per_s"]) == pytest.approx([1000.0, 3000.0, 2000.0])  # no record: the split's mean
     assert derived["mfu"][1] == pytest.approx(2 * 1e9 * 3000.0 / 1e12 / 100.0)
+
+
+def test_the_split_tokenized_once_gives_the_engines_truncated_counts(embedded_model):
+    """The over-length check and the per-text counts read one tokenization; truncating its lengths gives
+    what the tokenizer's own truncation does."""
+    from transformers import AutoTokenizer
+
+    from qbench_plugin.workload import over_length_rows, token_counts, token_lengths, truncated
+
+    texts = ["where is my order", "refund " * 40, "", "cancel it please, it never came " * 3]
+    lengths = token_lengths(str(embedded_model), texts)
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model))
+    for limit in (4, 16, 256):
+        expected = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=limit)["input_ids"]]
+        assert truncated(lengths, limit) == token_counts(str(embedded_model), texts, limit) == expected
+        assert over_length_rows(lengths, limit) == [i for i, n in enumerate(lengths) if n > limit]
+    assert over_length_rows(lengths, 16) == [1, 3]

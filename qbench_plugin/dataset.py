@@ -1,4 +1,5 @@
-"""Load the model's label set and the evaluation split: hub ids, local folders, or the embedded default.
+"""The dataset: the model's label set and the evaluation split, from hub ids, local folders, or the embedded
+default. (Named dataset, not load: in qbench "load" is the load tests.)
 
 Hub ids (e.g. codefactory4791/intent-classification-qwen, codefactory4791/amazon_test) go through
 transformers and datasets unchanged; the same code takes local paths, which is how it is tested.
@@ -207,11 +208,3 @@ def load_eval_set(dataset: str, split: str, text_column: str, label_column: str,
     return EvalSet(texts=list(texts), label_ids=np.asarray(ids, dtype=np.int64), labels=labels,
                    source=dataset, split=split, facts=facts)
 
-
-def over_length_rows(model: str, texts: list[str], max_model_len: int) -> list[int]:
-    """Rows whose text is longer than max_model_len tokens with the model's tokenizer."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-    return [i for i, n in enumerate(lengths) if n > max_model_len]
