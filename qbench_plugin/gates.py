@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .config import Gates
+import pandas as pd
+
+from .config import BenchConfig, Gates
 from .metrics import BY_NAME
 from .baseline import read_saved
 from .probe import HostCheck, probe_seconds
@@ -258,3 +260,39 @@ def undecided_fails(result: GateResult) -> GateResult:
 def perf_comparisons(cases: int, thresholds: Mapping[str, float], samples: int) -> int:
     """How many perf intervals a run of `cases` latency cases of `samples` batches decides."""
     return cases * sum(1 for m in thresholds if m in GATED_METRICS and too_few_for_tail(m, samples) is None)
+
+
+# -- which configs the report may recommend ---------------------------------------------------------
+
+def accuracy_gate_failures(record: Mapping[str, Any], config: BenchConfig | None,
+                           overrides: Mapping[str, float | None] | None = None) -> list[str]:
+    """Why a config may not be recommended; empty when it may. `record` is a config's qbench.json entry."""
+    name = record.get("name") or (config.name if config else "?")
+    metrics = record.get("metrics") or {}
+    if record.get("status") not in (None, "ready"):
+        return [f"config {name} did not run ({record.get('status')})"]
+    if metrics.get("accuracy") is None:
+        return [f"config {name}: accuracy not measured"]
+    rules = effective_gates(config.gates if config else Gates(), dict(overrides or {}))
+    verdicts = accuracy_gates(name, rules, metrics, (record.get("info") or {}).get("baseline"))
+    # undecidable (None), e.g. a drop gate on the baseline itself, does not exclude: gates.py's CI rule
+    return [v.message for v in verdicts if v.passed is False]
+
+
+def passes_accuracy_gates(record: Mapping[str, Any], config: BenchConfig | None,
+                          overrides: Mapping[str, float | None] | None = None) -> bool:
+    """The one predicate recommendations use; swap its body to change what 'passes' means."""
+    return not accuracy_gate_failures(record, config, overrides)
+
+
+def gate_frame(configs: Mapping[str, Mapping[str, Any]], bench_configs: Mapping[str, BenchConfig],
+               overrides: Mapping[str, float | None] | None = None) -> pd.DataFrame:
+    rows = []
+    for name, rec in configs.items():
+        cfg = bench_configs.get(name)
+        failures = accuracy_gate_failures({"name": name, **rec}, cfg, overrides)
+        rules = cfg.gates.model_dump(exclude_none=True) if cfg else {}
+        rows.append({"config": name, "status": rec.get("status"), "eligible": not failures,
+                     "gates": ", ".join(f"{k}={v}" for k, v in rules.items()) or "none",
+                     "why_not": "; ".join(failures)})
+    return pd.DataFrame(rows, columns=["config", "status", "eligible", "gates", "why_not"])

@@ -16,7 +16,9 @@ from . import gpus, tables
 from .compare import NOISE, counts_text, engine_changes, unmatched
 from .loadgrid import texts_a_request
 from .plots import Plot
-from .summary import LOAD_SOURCE, MATRIX_SOURCE, RunResults
+from .cost import LOAD_SOURCE, MATRIX_SOURCE
+from .design import measurement_design
+from .summary import RunResults
 from .tables import MISSING, fmt
 
 STYLE = """<style>
@@ -192,8 +194,6 @@ def comparison_html(r: RunResults) -> list[str]:
 
 def measurement_html(r: RunResults) -> list[str]:
     """How the matrix was timed (rounds, seed, groups, idle engines): the experiment log's section."""
-    from .explog import measurement_design
-
     paragraphs = [p.strip() for p in measurement_design(r).split("\n\n") if p.strip()]
     return ["<h2>How it was measured</h2>"] + [f"<p>{_e(p)}</p>".replace("\n", "<br>") for p in paragraphs]
 

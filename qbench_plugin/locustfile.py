@@ -16,7 +16,7 @@ master likewise sends the texts, labels and model name to every worker before us
 Measured window: the run's figures should describe full concurrency, so the process that owns the
 run records when Locust started its last user (its `spawning_complete` event), lets `--qbench-settle`
 seconds pass, measures for `--qbench-window` seconds and then quits Locust itself; the record
-carries those times and loadtest.summarize cuts the window from them. qbench also passes
+carries those times and loadstats.summarize cuts the window from them. qbench also passes
 `--reset-stats`, so Locust's own statistics start at spawning_complete too.
 
 Open loop (`--qbench-user-rate`, requests/s per user): each user sends on a fixed schedule, one slot

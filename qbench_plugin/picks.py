@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from .config import BenchConfig
 from .uncertainty import MIN_ROUNDS, MIN_SAMPLES, Timed, ratio_interval
 
 KINDS = ("latency", "throughput", "balanced")
@@ -258,3 +259,41 @@ def reference_lines(eligible: pd.DataFrame, samples, engine: str) -> list[Refere
         lines.append(ReferenceLine(str(name), str(row["engine"]), int(row["batch_size"]), str(best["config"]), engine,
                                    int(best["batch_size"]), ratio, found[1:] if found else None))
     return lines
+
+
+# -- the winner's deployment settings ---------------------------------------------------------------
+
+def deployment_settings(rec: Recommendation, record: Mapping[str, Any], config: BenchConfig | None,
+                        settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Serving settings that reproduce the winner's measured setup (env-var style names)."""
+    info = record.get("info") or {}
+    kwargs = info.get("engine_kwargs") or {}
+    if kwargs.get("quantization"):
+        quantization = kwargs["quantization"]
+    elif rec.method in ("gptq", "awq", "int8"):
+        quantization = "compressed-tensors"  # vLLM reads it from the checkpoint's config; named for clarity
+    elif rec.method == "none":
+        quantization = "none"
+    else:
+        quantization = rec.method
+    utilization = kwargs.get("gpu_memory_utilization", config.gpu_memory_utilization if config else 0.5)
+    out: dict[str, Any] = {
+        "MODEL": info.get("model") or settings.get("model"),
+        "QUANTIZATION": quantization,
+        "MAX_NUM_SEQS": rec.batch_size,
+        "GPU_MEMORY_UTILIZATION": utilization,
+        "MAX_MODEL_LEN": kwargs.get("max_model_len", settings.get("max_model_len")),
+        "DTYPE": kwargs.get("dtype", config.dtype if config else None),
+    }
+    notes = [f"MAX_NUM_SEQS is the winning batch size ({rec.batch_size}): the concurrency that was measured"]
+    if info.get("device") == "cpu":
+        notes.append("measured on CPU, where vLLM sizes its KV cache with VLLM_CPU_KVCACHE_SPACE (GiB) and "
+                     "ignores GPU_MEMORY_UTILIZATION; the value shown is the config's, for a GPU deployment")
+    if rec.engine != "vllm":
+        note = (f"the winner ran on the {rec.engine} engine (transformers), not vLLM; these settings describe "
+                f"its quantization for a vLLM deployment, whose speed is that of a vllm config, not the one measured")
+        if rec.method == "bitsandbytes":
+            note += "; vLLM >= 0.28 has no bitsandbytes"
+        notes.append(note)
+    out["notes"] = notes
+    return out

@@ -1,11 +1,11 @@
 """The pytest plugin: options, markers, parametrization, and pytest-benchmark / pytest-html hooks.
 
-Registered through the `pytest11` entry point `qbench`.
+Registered through the `pytest11` entry point `qbench`. The hooks stay small: what pytest-benchmark's
+JSON gets is benchjson.py's, the terminal summary terminal.py's, the fixtures fixtures.py's.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
+from .benchjson import PENDING_JSON, attach_results, benchmark_json_target, regroup
 from .config import ConfigError
 from .dataset import DataError
 from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
@@ -23,16 +24,15 @@ from .fixtures import (  # noqa: F401  (fixtures are found by pytest through thi
 from .load_fixtures import parametrize_load, qbench_endpoint, qbench_load_config  # noqa: F401
 from .machine import machine_info as describe_machine
 from .htmlblocks import headline_html, results_html
-from .metrics import CONFIG_METRICS, DERIVED_METRICS
 from .options import Settings, add_options
 from .outputs import ReportState
-from .report import matrix_frame, summary_html
+from .report import summary_html
 from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
 from .run import RunStore, git_commit, new_run_id
 from .redact import scrub, scrub_report, scrub_text
 from .status import RunStatus
+from .terminal import write_summary
 
-PENDING_JSON = "benchmark.json.writing"  # pytest-benchmark's output until the run has finished
 
 MARKERS = {
     "gpu": "needs a CUDA GPU; `pytest benchmarks -m gpu` runs the GPU configs",
@@ -91,7 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.self_contained_html = True
         if hasattr(config.option, "benchmark_json") and not config.option.benchmark_json:
             # pytest-benchmark writes in place; write beside and rename when done (see sessionfinish)
-            config.option.benchmark_json = _benchmark_json_target(out_dir / PENDING_JSON)
+            config.option.benchmark_json = benchmark_json_target(out_dir / PENDING_JSON)
     config.pluginmanager.register(RunStatus(store), "qbench-status")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(HtmlReport(store), "qbench-html")
@@ -110,18 +110,6 @@ def _progress_writer(config: pytest.Config) -> Callable[[str], None]:
             reporter.write_line(line)
 
     return write
-
-
-def _benchmark_json_target(path: Path):
-    """What --benchmark-json holds: a Path from pytest-benchmark 5.3, an open binary file before
-    (seen with 5.2.3 on the GPU image)."""
-    from importlib.metadata import version
-
-    from packaging.version import Version
-
-    if Version(version("pytest-benchmark")) >= Version("5.3"):
-        return path
-    return open(path, "wb")  # noqa: SIM115  (pytest-benchmark closes it after writing)
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -255,32 +243,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state.store.planned_cases[:] = cases
 
 
-# pytest-benchmark's table and `pytest-benchmark compare --group-by=group` group cases by this name. A
-# config's latency cases share the config's name; one-round measurements (the accuracy pass, a sweep, a
-# load test) and the overhead pairs get a group of their own, so they do not skew the latency columns.
-GROUP_SUFFIX = {"accuracy": "accuracy", "saturation": "sweep", "load": "load", "overhead": "overhead", "residency": "residency",
-                "suite": "overhead"}
-
-
-def benchmark_group(config: str, kind: str | None) -> str:
-    suffix = GROUP_SUFFIX.get(kind or "")
-    return f"{config} {suffix}" if suffix else config
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     """Regroup a benchmark by the kind its measurement recorded (extra_info "kind"), after the test ran:
     the measuring code (bench.py, loadtest.py) names the config, pytest-benchmark keeps the name in the
     record pedantic() made."""
     yield
-    bench = getattr(item, "funcargs", {}).get("benchmark")
-    stats = getattr(bench, "stats", None)
-    if stats is None:
-        return
-    kind = bench.extra_info.get("kind")
-    group = benchmark_group(str(bench.extra_info.get("config") or stats.group), kind)
-    if kind in GROUP_SUFFIX:
-        bench.group = stats.group = group
+    regroup(getattr(item, "funcargs", {}).get("benchmark"))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -313,26 +282,8 @@ def _results(config: pytest.Config):
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
     """Attach per-config results (accuracy, cold start, memory) to every case of that config."""
-    store: RunStore = config._qbench.store
     _results(config)  # puts tokens/s, TFLOP/s and MFU into the cases' metrics
-    derived = {(c.config, c.batch_size): c.metrics for c in store.cases}
-    for bench in output_json.get("benchmarks", []):
-        extra = bench.setdefault("extra_info", {})
-        record = store.configs.get(extra.get("config"))
-        if record is None:
-            continue
-        for name in CONFIG_METRICS:
-            extra.setdefault(name, record.metrics.get(name))
-        extra.setdefault("method", record.method)
-        if extra.get("kind") == "latency":
-            case = derived.get((extra.get("config"), extra.get("batch_size")), {})
-            for name in DERIVED_METRICS:
-                extra.setdefault(name, case.get(name))
-    output_json["qbench"] = store.to_json()
-    # pytest-benchmark writes this dict after the hook returns: mask secrets in place
-    cleaned = scrub(json.loads(json.dumps(output_json, default=str)))
-    output_json.clear()
-    output_json.update(cleaned)
+    attach_results(config._qbench.store, output_json)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -356,61 +307,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     state: QbenchState | None = getattr(config, "_qbench", None)
-    if state is None or not (state.store.configs or state.store.loads):
-        return
-    tr = terminalreporter
-    tr.section("qbench")
-    frame = matrix_frame(state.store)
-    if not frame.empty:
-        tr.write_line(frame.to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
-    for rec in state.store.configs.values():
-        acc = rec.metrics.get("accuracy")
-        line = f"{rec.name} [{rec.method}, {rec.engine}]: {rec.status}"
-        if acc is not None:
-            line += f", accuracy {acc:.4f}, macro-F1 {rec.metrics.get('macro_f1'):.4f}"
-        if rec.reason:
-            line += f" ({rec.reason})"
-        tr.write_line(scrub_text(line))
-    for load in state.store.loads:
-        m = load.metrics
-        line = f"load {load.name}{f' {load.point}' if load.point else ''} ({load.kind} {load.target}): {load.status}"
-        if m.get("load_requests") is not None:
-            line += (f", {m['load_requests']} requests, {m['load_failures']} failed, {m['load_rps']} req/s, "
-                     f"p95 {m['load_latency_p95_ms']} ms")
-            if m.get("load_late_requests"):
-                line += f", {m['load_late_requests']} sent late"
-        if load.reason:
-            line += f" ({load.reason.splitlines()[0]})"
-        tr.write_line(scrub_text(line))
-    for gate in state.store.gates:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[gate.passed]
-        tr.write_line(scrub_text(f"gate {verdict} {gate.message}"))
-    _report_summary(tr, state)
-    if state.store.out_dir is not None:
-        tr.write_line(f"results: {state.store.out_dir}")
-
-
-def _report_summary(tr, state: QbenchState) -> None:
-    report = state.report
-    if report is None:
-        return
-    if report.error:
-        tr.write_line(f"qbench report failed: {scrub_text(report.error)}")
-    results = report.results
-    if results is None:
-        return
-    if results.comparison is not None:
-        from .compare import to_text
-
-        tr.write_line(scrub_text(f"compared with saved run {results.comparison_source} (values are this run's):"))
-        tr.write_line(scrub_text(to_text(results.comparison)))
-    if data := results.dataset_text():
-        tr.write_line(scrub_text(f"qbench {data}"))
-    tr.write_line(scrub_text(results.headline()))
-    for capacity in results.capacity:
-        tr.write_line(scrub_text(f"qbench load capacity: {capacity.text()}"))
-    for line in results.ceiling_lines():
-        tr.write_line(scrub_text(line))
+    if state is not None:
+        write_summary(terminalreporter, state.store, state.report)
 
 
 class HtmlReport:

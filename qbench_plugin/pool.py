@@ -29,6 +29,7 @@ from . import quantize
 from .config import BenchConfig
 from .engine import Engine, EngineSpec, EngineUnavailable, cuda_available, start_engine
 from .measure import mib
+from .memory import MemoryWatch, engine_pids, main_rss, torch_reserved
 from .run import ConfigRecord, RunStore
 
 log = logging.getLogger("qbench")
@@ -42,112 +43,6 @@ def is_memory_error(exc: BaseException) -> bool:
     """Start-up failures that another group (fewer engines at once) might not have."""
     text = f"{type(exc).__name__} {exc}".lower()
     return isinstance(exc, MemoryError) or any(word in text for word in MEMORY_WORDS)
-
-
-def _processes_pss(pids: list[int]) -> int | None:
-    """PSS of these processes and their children (USS + a fair share of shared pages), or RSS where
-    the kernel does not expose PSS."""
-    import psutil
-
-    total, seen = 0, False
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for proc in procs:
-            try:
-                info = proc.memory_full_info()
-                total += getattr(info, "pss", info.rss)
-                seen = True
-            except psutil.Error:
-                continue
-    return total if seen else None
-
-
-def _main_rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def _gpu_bytes_by_pid() -> dict[int, int]:
-    """Device memory per process (NVML), empty where NVML is not available."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        out: dict[int, int] = {}
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                out[proc.pid] = out.get(proc.pid, 0) + int(proc.usedGpuMemory or 0)
-        return out
-    except Exception:  # noqa: BLE001  (no NVML, no driver: per-process GPU memory is unknown)
-        return {}
-
-
-def engine_pids(engine: Engine) -> list[int]:
-    """The processes a vLLM engine runs in (its engine core; workers are their children)."""
-    try:
-        procs = engine.llm.llm_engine.engine_core.resources.engine_manager.processes
-        return [p.pid for p in procs if p.pid]
-    except AttributeError:
-        return []
-
-
-@dataclass
-class MemoryWatch:
-    """One engine's memory: ready reading and the peak of the readings taken between timed blocks."""
-
-    pids: list[int] = field(default_factory=list)  # its own processes; empty: it lives in this process
-    main_baseline: int = 0  # this process's RSS before an in-process engine loaded
-    others_inprocess: int = 0  # growth of this process due to in-process engines loaded after it
-    gpu_baseline: int = 0  # this process's reserved device memory before an in-process engine loaded
-    ready: int | None = None
-    peak: int | None = None
-    gpu_ready: int | None = None
-    gpu_peak: int | None = None
-
-    def read(self) -> tuple[int | None, int | None]:
-        if self.pids:
-            host = _processes_pss(self.pids)
-            by_pid = _gpu_bytes_by_pid()
-            gpu = sum(by_pid.get(pid, 0) for pid in self._tree()) if by_pid else None
-        else:
-            host = max(0, _main_rss() - self.main_baseline - self.others_inprocess)
-            reserved = _torch_reserved()
-            gpu = None if reserved is None else max(0, reserved - self.gpu_baseline)
-        return host, gpu
-
-    def _tree(self) -> list[int]:
-        import psutil
-
-        out = list(self.pids)
-        for pid in self.pids:
-            try:
-                out += [c.pid for c in psutil.Process(pid).children(recursive=True)]
-            except psutil.Error:
-                pass
-        return out
-
-    def sample(self, first: bool = False) -> None:
-        host, gpu = self.read()
-        if first:
-            self.ready, self.gpu_ready = host, gpu
-        if host is not None:
-            self.peak = max(self.peak or 0, host)
-        if gpu is not None:
-            self.gpu_peak = max(self.gpu_peak or 0, gpu)
-
-
-def _torch_reserved() -> int | None:
-    if not cuda_available():
-        return None
-    import torch
-
-    return int(torch.cuda.memory_reserved())
 
 
 @dataclass
@@ -215,7 +110,7 @@ class EnginePool:
                 extra.update(self._residency_kwargs(cfg, vllm_count))
             in_process = spec.engine != "vllm"
             if in_process:
-                member.memory.main_baseline, member.memory.gpu_baseline = _main_rss(), _torch_reserved() or 0
+                member.memory.main_baseline, member.memory.gpu_baseline = main_rss(), torch_reserved() or 0
             self.progress(f"qbench: starting {cfg.name} ({spec.engine}, {cfg.method})")
             began = time.perf_counter_ns()
             engine = start_engine(dataclasses.replace(spec, model=prepared.model), self.labels, extra)

@@ -5,25 +5,26 @@ the report options, and returns one `RunResults`; the CSVs, plots, HTML blocks, 
 and the terminal line all render from that object, so they cannot disagree.
 
 Recommendations consider only (config, batch size) rows whose config passed its accuracy gates
-(`passes_accuracy_gates`, which defers to gates.py so the report and CI agree on what passes).
+(`gates.passes_accuracy_gates`, so the report and CI agree on what passes). Prices, peak and traffic
+tiers are cost.py's; the picks and the winner's deployment settings are picks.py's.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from . import gates as gate_rules
-from . import gpus, loadgrid
-from .picks import KINDS, Recommendation, ReferenceLine, balance_scores, recommend  # noqa: F401  (KINDS: tables.py)
+from . import loadgrid
 from .ceiling import leader
-from .config import BenchConfig, Gates
+from .config import BenchConfig
+from .cost import (Peak, Pricing, TrafficPlan, add_costs, cost_per_requests, load_traffic_plan, resolve_peak,
+                   resolve_pricing, traffic_plan)
+from .gates import gate_frame
 from .metrics import CASE_METRICS, CONFIG_METRICS, DERIVED_METRICS
+from .picks import Recommendation, ReferenceLine, balance_scores, deployment_settings, recommend
 from .run import describe_not_run
 
-TIERS_PER_MIN = (100, 1_000, 10_000)
 DEFAULT_P95_TARGET_MS = 100.0
 
 
@@ -144,273 +145,6 @@ def saturation_points(frame: pd.DataFrame) -> pd.DataFrame:
         shown["how"] = [s if o == "dataset" else f"{s}, {o.replace('_', '-')} batches"
                         for s, o in zip(shown["settings"], shown["order"])]
     return shown
-
-
-# -- gates --------------------------------------------------------------------------------------------
-
-def accuracy_gate_failures(record: Mapping[str, Any], config: BenchConfig | None,
-                           overrides: Mapping[str, float | None] | None = None) -> list[str]:
-    """Why a config may not be recommended; empty when it may. `record` is a config's qbench.json entry."""
-    name = record.get("name") or (config.name if config else "?")
-    metrics = record.get("metrics") or {}
-    if record.get("status") not in (None, "ready"):
-        return [f"config {name} did not run ({record.get('status')})"]
-    if metrics.get("accuracy") is None:
-        return [f"config {name}: accuracy not measured"]
-    rules = gate_rules.effective_gates(config.gates if config else Gates(), dict(overrides or {}))
-    verdicts = gate_rules.accuracy_gates(name, rules, metrics, (record.get("info") or {}).get("baseline"))
-    # undecidable (None), e.g. a drop gate on the baseline itself, does not exclude: gates.py's CI rule
-    return [v.message for v in verdicts if v.passed is False]
-
-
-def passes_accuracy_gates(record: Mapping[str, Any], config: BenchConfig | None,
-                          overrides: Mapping[str, float | None] | None = None) -> bool:
-    """The one predicate recommendations use; swap its body to change what 'passes' means."""
-    return not accuracy_gate_failures(record, config, overrides)
-
-
-def gate_frame(configs: Mapping[str, Mapping[str, Any]], bench_configs: Mapping[str, BenchConfig],
-               overrides: Mapping[str, float | None] | None = None) -> pd.DataFrame:
-    rows = []
-    for name, rec in configs.items():
-        cfg = bench_configs.get(name)
-        failures = accuracy_gate_failures({"name": name, **rec}, cfg, overrides)
-        rules = cfg.gates.model_dump(exclude_none=True) if cfg else {}
-        rows.append({"config": name, "status": rec.get("status"), "eligible": not failures,
-                     "gates": ", ".join(f"{k}={v}" for k, v in rules.items()) or "none",
-                     "why_not": "; ".join(failures)})
-    return pd.DataFrame(rows, columns=["config", "status", "eligible", "gates", "why_not"])
-
-
-# -- recommendations ---------------------------------------------------------------------------------
-
-def _num(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def deployment_settings(rec: Recommendation, record: Mapping[str, Any], config: BenchConfig | None,
-                        settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Serving settings that reproduce the winner's measured setup (env-var style names)."""
-    info = record.get("info") or {}
-    kwargs = info.get("engine_kwargs") or {}
-    if kwargs.get("quantization"):
-        quantization = kwargs["quantization"]
-    elif rec.method in ("gptq", "awq", "int8"):
-        quantization = "compressed-tensors"  # vLLM reads it from the checkpoint's config; named for clarity
-    elif rec.method == "none":
-        quantization = "none"
-    else:
-        quantization = rec.method
-    utilization = kwargs.get("gpu_memory_utilization", config.gpu_memory_utilization if config else 0.5)
-    out: dict[str, Any] = {
-        "MODEL": info.get("model") or settings.get("model"),
-        "QUANTIZATION": quantization,
-        "MAX_NUM_SEQS": rec.batch_size,
-        "GPU_MEMORY_UTILIZATION": utilization,
-        "MAX_MODEL_LEN": kwargs.get("max_model_len", settings.get("max_model_len")),
-        "DTYPE": kwargs.get("dtype", config.dtype if config else None),
-    }
-    notes = [f"MAX_NUM_SEQS is the winning batch size ({rec.batch_size}): the concurrency that was measured"]
-    if info.get("device") == "cpu":
-        notes.append("measured on CPU, where vLLM sizes its KV cache with VLLM_CPU_KVCACHE_SPACE (GiB) and "
-                     "ignores GPU_MEMORY_UTILIZATION; the value shown is the config's, for a GPU deployment")
-    if rec.engine != "vllm":
-        note = (f"the winner ran on the {rec.engine} engine (transformers), not vLLM; these settings describe "
-                f"its quantization for a vLLM deployment, whose speed is that of a vllm config, not the one measured")
-        if rec.method == "bitsandbytes":
-            note += "; vLLM >= 0.28 has no bitsandbytes"
-        notes.append(note)
-    out["notes"] = notes
-    return out
-
-
-# -- cost, peak, tiers ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Pricing:
-    gpu: str | None
-    on_demand_per_hour: float | None
-    spot_per_hour: float | None
-    source: str
-    note: str | None = None
-
-    @property
-    def available(self) -> bool:
-        return self.on_demand_per_hour is not None or self.spot_per_hour is not None
-
-
-def _device_label(device_names: list[str]) -> str:
-    return ", ".join(device_names) if device_names else "this machine's CPU (no GPU)"
-
-
-def resolve_pricing(options: ReportOptions, device_names: list[str], cpu_count: int | None = None) -> Pricing:
-    """The hourly price of one replica: given, else the priced-as or detected GPU's list price, else, on a
-    machine without a GPU, its vCPUs at the CPU list price (gpus.CPU); every assumption says so."""
-    spec = gpus.by_name(options.gpu_type) if options.gpu_type else gpus.detect(device_names)
-    cpu_run = spec is None and not device_names
-    vcpus = cpu_count or 1
-    cpu_on_demand = round(gpus.CPU.on_demand_per_vcpu_hour * vcpus, 6) if cpu_run else None
-    # a given on-demand price is the user's machine, not ours: our CPU spot price would not match it
-    cpu_spot = round(gpus.CPU.spot_per_vcpu_hour * vcpus, 6) if cpu_run and options.price_per_hour is None else None
-    on_demand = options.price_per_hour if options.price_per_hour is not None else (
-        spec.on_demand_per_hour if spec else cpu_on_demand)
-    spot = options.spot_price_per_hour if options.spot_price_per_hour is not None else (
-        spec.spot_per_hour if spec else cpu_spot)
-    if on_demand is None and spot is None:
-        return Pricing(None, None, None, f"no known GPU on {_device_label(device_names)} and no --qbench-gpu-type "
-                       f"({', '.join(gpus.known_names())}) or --qbench-price-per-hour given")
-    given = [o for o, v in (("--qbench-price-per-hour", options.price_per_hour),
-                            ("--qbench-spot-price-per-hour", options.spot_price_per_hour)) if v is not None]
-    parts = [f"{' and '.join(given)} as given"] if given else []
-    if spec and (options.price_per_hour is None or options.spot_price_per_hour is None):
-        parts.append(f"list-price assumption for {spec.name} ({spec.price_source}, as of {gpus.PRICES_AS_OF})")
-    if cpu_run and options.price_per_hour is None:
-        parts.append(f"list-price assumption for a CPU replica: {vcpus} vCPUs (this machine's logical cores) x "
-                     f"${gpus.CPU.on_demand_per_vcpu_hour}/vCPU-hour on-demand, ${gpus.CPU.spot_per_vcpu_hour} spot "
-                     f"({gpus.CPU.price_source}, as of {gpus.PRICES_AS_OF})")
-    note = None
-    measured_on = gpus.detect(device_names)
-    if not cpu_run and (measured_on is None or (spec is not None and measured_on != spec)):
-        priced_as = spec.name if spec else "the given price"
-        note = (f"throughput was measured on {_device_label(device_names)} but is priced as {priced_as}: "
-                f"the cost of that hardware if it delivered this throughput, not a measurement of it")
-    name = spec.name if spec else (gpus.CPU.label(vcpus) if cpu_run and options.price_per_hour is None else "custom")
-    return Pricing(name, on_demand, spot, "; ".join(parts), note)
-
-
-@dataclass(frozen=True)
-class Peak:
-    tflops: float | None
-    source: str
-
-
-def resolve_peak(options: ReportOptions, device_names: list[str]) -> Peak:
-    """The peak MFU divides by: given, or the detected GPU's; never the priced-as GPU's (not what ran)."""
-    if options.peak_tflops:
-        return Peak(options.peak_tflops, "--qbench-peak-tflops")
-    spec = gpus.detect(device_names)
-    if spec:
-        return Peak(spec.peak_tflops, f"{spec.name} dense bf16/fp16 peak (table in gpus.py)")
-    if device_names:
-        return Peak(None, f"unknown: {', '.join(device_names)} is not in the table; pass --qbench-peak-tflops")
-    return Peak(None, "unknown on CPU: pass --qbench-peak-tflops (this CPU's dense bf16 TFLOP/s) to get MFU")
-
-
-def cost_per_requests(throughput_per_s: float | None, price_per_hour: float | None, requests: int) -> float | None:
-    """USD for `requests` requests (one text each) on one fully busy replica at the measured throughput."""
-    if not throughput_per_s or price_per_hour is None or not math.isfinite(throughput_per_s):
-        return None
-    return price_per_hour / (throughput_per_s * 3600.0) * requests
-
-
-def add_costs(table: pd.DataFrame, pricing: Pricing) -> pd.DataFrame:
-    table = table.copy()
-    thr = table["throughput_samples_per_s"]
-    for column, price, n in (("cost_per_1k_usd", pricing.on_demand_per_hour, 1_000),
-                             ("cost_per_1m_usd", pricing.on_demand_per_hour, 1_000_000),
-                             ("spot_cost_per_1k_usd", pricing.spot_per_hour, 1_000),
-                             ("spot_cost_per_1m_usd", pricing.spot_per_hour, 1_000_000)):
-        table[column] = [cost_per_requests(t, price, n) for t in thr]
-        table[column] = pd.to_numeric(table[column])
-    return table
-
-
-@dataclass(frozen=True)
-class Tier:
-    requests_per_min: int
-    replicas: int
-    utilization: float  # share of the replicas' measured capacity the tier uses
-    on_demand_per_hour: float | None
-    spot_per_hour: float | None
-
-
-MATRIX_SOURCE = "in-process matrix"
-LOAD_SOURCE = "server load grid"
-
-
-@dataclass(frozen=True)
-class TrafficPlan:
-    p95_target_ms: float
-    config: str | None
-    batch_size: int | None  # texts per batch (matrix) or per HTTP request (load grid)
-    capacity_per_replica_per_s: float | None  # texts/s (matrix) or HTTP requests/s (load grid)
-    latency_p95_ms: float | None
-    tiers: tuple[Tier, ...]
-    reason: str | None  # why there is no plan
-    source: str = MATRIX_SOURCE  # where the capacity comes from
-    point: str | None = None  # load grid: the capacity's point (loadgrid.LoadPoint.id)
-    note: str | None = None  # load grid: e.g. the serving config's accuracy was not measured in this run
-
-    @property
-    def from_load(self) -> bool:
-        return self.source == LOAD_SOURCE
-
-
-def replicas_needed(requests_per_min: float, capacity_per_s: float) -> int:
-    """Replicas at the measured throughput, no headroom: a request is one text."""
-    if capacity_per_s <= 0:
-        raise ValueError("capacity must be positive")
-    return max(1, math.ceil(requests_per_min / 60.0 / capacity_per_s - 1e-9))
-
-
-def traffic_plan(eligible: pd.DataFrame, p95_target_ms: float, pricing: Pricing,
-                 tiers: Iterable[int] = TIERS_PER_MIN) -> TrafficPlan:
-    """Serve each tier with the eligible row of highest throughput whose p95 meets the target."""
-    if eligible.empty:
-        return TrafficPlan(p95_target_ms, None, None, None, None, (), "no config passed its accuracy gates")
-    meeting = eligible[eligible["latency_p95_ms"] <= p95_target_ms]
-    if meeting.empty:
-        fastest = eligible["latency_p95_ms"].min()
-        return TrafficPlan(p95_target_ms, None, None, None, None, (),
-                           f"no eligible (config, batch size) has p95 <= {p95_target_ms:g} ms; the lowest "
-                           f"measured is {fastest:.2f} ms (raise --qbench-p95-target-ms or use faster hardware)")
-    best = meeting.sort_values(["throughput_samples_per_s", "latency_p95_ms", "config"],
-                               ascending=[False, True, True], kind="stable").iloc[0]
-    capacity = float(best["throughput_samples_per_s"])
-    return TrafficPlan(p95_target_ms, str(best["config"]), int(best["batch_size"]), capacity,
-                       float(best["latency_p95_ms"]), _tiers(capacity, pricing, tiers), None)
-
-
-def _tiers(capacity: float, pricing: Pricing, tiers: Iterable[int]) -> tuple[Tier, ...]:
-    out = []
-    for rpm in tiers:
-        n = replicas_needed(rpm, capacity)
-        out.append(Tier(rpm, n, rpm / 60.0 / (n * capacity),
-                        n * pricing.on_demand_per_hour if pricing.on_demand_per_hour is not None else None,
-                        n * pricing.spot_per_hour if pricing.spot_per_hour is not None else None))
-    return tuple(out)
-
-
-def load_traffic_plan(capacities: Iterable[loadgrid.Capacity], eligibility: pd.DataFrame,
-                      configs: Mapping[str, Mapping[str, Any]], p95_target_ms: float, pricing: Pricing,
-                      tiers: Iterable[int] = TIERS_PER_MIN) -> TrafficPlan:
-    """Tiers from the server's capacity at the target (loadgrid.capacities): the config with the highest
-    requests/s under the target, among configs that did not fail their accuracy gates. A request is one
-    HTTP request of the capacity point's batch size. A config whose accuracy this run did not measure
-    (a load-only run) may serve, with a note saying so."""
-    accuracy_measured = {name for name, rec in configs.items() if rec.get("status") == "ready"
-                         and (rec.get("metrics") or {}).get("accuracy") is not None}
-    blocked = {row["config"]: row["why_not"] for _, row in eligibility.iterrows()
-               if not row["eligible"] and row["config"] in accuracy_measured}
-    capacities = list(capacities)
-    found = [c for c in capacities if c.found and c.config not in blocked]
-    if not found:
-        why = "; ".join(c.text() for c in capacities if c.config not in blocked)
-        if blocked:
-            why = "; ".join(filter(None, [why, "not eligible: " + ", ".join(
-                f"{name} ({reason})" for name, reason in blocked.items())]))
-        return TrafficPlan(p95_target_ms, None, None, None, None, (), f"no load-grid capacity: {why}",
-                           source=LOAD_SOURCE)
-    best = max(found, key=lambda c: (c.rps, -c.latency_p95_ms))
-    note = None
-    if best.config not in accuracy_measured:
-        note = f"{best.config}'s accuracy was not measured in this run, so its accuracy gates were not checked"
-    return TrafficPlan(p95_target_ms, best.config, best.batch_size, best.rps, best.latency_p95_ms,
-                       _tiers(best.rps, pricing, tiers), None, source=LOAD_SOURCE, point=best.point, note=note)
 
 
 # -- aggregate tables --------------------------------------------------------------------------------

@@ -1,18 +1,21 @@
 """The report's tables as (header, rows) of display strings, one builder per table.
 
-explog.py renders them as Markdown and htmlblocks.py as HTML, so the experiment log and the HTML
-report show the same rows, formatted once, from the run's one RunResults.
+The experiment log (explog.py with findings.py, decisions.py and design.py) renders them as Markdown
+through md_table and htmlblocks.py as HTML, so the log and the HTML report show the same rows, formatted
+once, from the run's one RunResults.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
 from . import gpus, loadgrid
 from .compare import wide as compare_wide
-from .summary import KINDS, RunResults, ceiling_best, ceiling_display, cost_per_requests
+from .cost import cost_per_requests
+from .picks import KINDS
+from .summary import RunResults, ceiling_best, ceiling_display
 
 MISSING = "not measured"
 STATUS_WORDS = {"ready": "ran", "skipped": "skipped", "failed": "failed", "pending": "not run"}
@@ -35,6 +38,17 @@ def fmt(value: Any, digits: int = 2, pct: bool = False, money: bool = False, sig
     if money:
         return f"${number:,.{digits}f}"
     return f"{number:,.{digits}f}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Table as Markdown, for the experiment log (htmlblocks.py makes the HTML)."""
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def value(row: pd.Series | dict, name: str) -> Any:

@@ -9,7 +9,8 @@ from qbench_plugin.config import BenchConfig
 from qbench_plugin.endpoint import InvalidResponse, auth_headers, build_request, parse_response
 from qbench_plugin.load_fixtures import select_load_configs
 from qbench_plugin.loadgrid import LATE_TOLERANCE_MS, MAX_LATE_SHARE, LoadPoint, capacities, display, grid_points, load_table
-from qbench_plugin.loadtest import Endpoint, LoadSpec, locust_commands, measured_window, summarize
+from qbench_plugin.loadstats import measured_window, summarize
+from qbench_plugin.loadtest import Endpoint, LoadSpec, locust_commands
 from qbench_plugin.redact import mask_env_secret
 from qbench_plugin.metrics import LOAD_METRICS
 from qbench_plugin.serve import ServerSpec, Unservable, engine_cli_args, server_command

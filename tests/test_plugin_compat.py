@@ -1,15 +1,15 @@
 """pytest-benchmark's --benchmark-json changed type in 5.3 (Path); the GPU image has 5.2.3 (file)."""
 import importlib.metadata
 
-from qbench_plugin import plugin
+from qbench_plugin import benchjson
 
 
 def test_benchmark_json_target_follows_the_installed_pytest_benchmark(tmp_path, monkeypatch):
-    target = tmp_path / plugin.PENDING_JSON
+    target = tmp_path / benchjson.PENDING_JSON
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.3.1")
-    assert plugin._benchmark_json_target(target) == target
+    assert benchjson.benchmark_json_target(target) == target
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.2.3")
-    handle = plugin._benchmark_json_target(target)
+    handle = benchjson.benchmark_json_target(target)
     try:
         assert handle.mode == "wb" and handle.name == str(target)
     finally:

@@ -10,13 +10,14 @@ import pytest
 
 from qbench_plugin import gpus, tables
 from qbench_plugin.config import BenchConfig
+from qbench_plugin.cost import (LOAD_SOURCE, cost_per_requests, replicas_needed, resolve_peak, resolve_pricing,
+                                traffic_plan)
 from qbench_plugin.explog import SECTIONS, experiment_log, find_placeholders
+from qbench_plugin.gates import passes_accuracy_gates
 from qbench_plugin.htmlblocks import headline_html, results_html
+from qbench_plugin.picks import balance_scores
 from qbench_plugin.plots import make_plots
-from qbench_plugin.summary import (
-    ReportOptions, balance_scores, build_results, cost_per_requests, passes_accuracy_gates, replicas_needed,
-    LOAD_SOURCE, resolve_peak, resolve_pricing, traffic_plan,
-)
+from qbench_plugin.summary import ReportOptions, build_results
 
 
 def _case(config, bs, p95, thr):
@@ -272,7 +273,7 @@ def test_a_tied_pick_names_the_tie_and_goes_to_less_memory_then_accuracy():
 def test_log_and_html_show_the_same_decision_tables():
     import html
 
-    from qbench_plugin.explog import md_table
+    from qbench_plugin.tables import md_table
 
     r = build_results(RUN, machine={"gpu_names": []}, bench_configs=CONFIGS,
                       options=ReportOptions(price_per_hour=3.6, p95_target_ms=15.0))
@@ -413,7 +414,7 @@ def test_no_grid_point_under_the_target_means_no_tiers_not_an_extrapolation():
 def test_log_and_html_show_the_same_load_tables():
     import html
 
-    from qbench_plugin.explog import md_table
+    from qbench_plugin.tables import md_table
 
     run = dict(RUN, loads=LOADS)
     r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
