@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .decisions import cost_analysis, recommendations, scaling
 from .design import measurement_design, saved_run_comparison, suite_overhead, throughput_ceiling
 from .findings import baseline_comparison, key_findings, load_test, observations
 from .summary import RunResults
+from .tails import too_few_for_tail
 from .tables import STATUS_WORDS, fmt, md_table
 
 SECTIONS = (
@@ -107,7 +108,21 @@ def per_method(r: RunResults) -> str:
         out.append("")
     out.append("Latencies are per batch (one `classify` call, tokenization included); throughput is texts per "
                "second over all timed batches.")
+    if note := tail_note(r.settings.get("samples")):
+        out.append(note)
     return "\n".join(out)
+
+
+def tail_note(samples: Any) -> str | None:
+    """What a p95/p99 of this run's batch count is (tails.py): below the gated minimum it is about the
+    largest of n, a slow call rather than a percentile, and the table shows it as measured."""
+    if not isinstance(samples, int) or samples <= 0:
+        return None
+    few = [line for m in ("latency_p95_ms", "latency_p99_ms") if (line := too_few_for_tail(m, samples))]
+    if not few:
+        return None
+    return ("Tails: " + "; ".join(f.split("; not gated")[0] for f in few) + ". Read these as the slowest calls, "
+            "not as percentiles; the perf gates leave them out (`--qbench-samples` raises the count).")
 
 
 BUILDERS: tuple[tuple[str, Callable[[RunResults], str]], ...] = (

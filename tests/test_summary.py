@@ -476,3 +476,13 @@ def test_a_quick_run_of_few_rounds_still_gets_picks_but_not_its_cut_short_cases(
     r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
     assert r.recommendations and ("int8", 8) not in {(x.config, x.batch_size) for x in r.recommendations.values()}
     assert r.left_out == ["int8 at batch size 8: 1 round of 2 timed batches; at least 2 rounds are needed to rank it"]
+
+
+def test_the_log_says_when_a_tail_is_about_the_largest_of_n():
+    """Item 5 of issue 18: p95/p99 of too few batches are shown as measured, and the log says what they are."""
+    from qbench_plugin.explog import tail_note
+
+    note = tail_note(50)
+    assert "p95 of 50 batches is about the 3rd largest (max of n)" in note and "p99 of 50 batches" in note
+    assert "p95" not in tail_note(200) and "p99 of 200 batches" in tail_note(200)
+    assert tail_note(500) is None and tail_note(None) is None
