@@ -71,7 +71,7 @@ def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings,
                       qbench_store: RunStore) -> gates.GateKeeper:
     s = qbench_settings
     try:
-        saved = preflight.saved_baseline(s)
+        saved, saved_probe = preflight.saved_baseline(s) or (None, None)
         thresholds = gates.parse_thresholds(s.perf_thresholds)
     except ValueError as exc:
         raise pytest.UsageError(f"qbench: {exc}") from None
@@ -80,7 +80,6 @@ def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings,
     device = _device_name()
     noise = s.run_noise if s.run_noise is not None else run_noise_for(device)
     qbench_store.measurement["run_noise"] = noise
-    saved_probe = gates.load_saved_probe(s.perf_baseline) if s.perf_baseline else None
     # every perf interval the run decides shares one error budget (tails.py)
     comparisons = gates.perf_comparisons(len(pytestconfig._qbench.matrix_cases), thresholds, s.samples)
     if saved is not None:

@@ -142,12 +142,8 @@ def timed_of(extra: Mapping[str, Any]) -> Timed:
     return Timed.of(samples, int(extra.get("batch_size") or 1), rounds)
 
 
-def load_saved_probe(path: str | Path) -> list[float] | None:
-    """The saved run's per-round host-probe seconds (probe.py), or None when it has none."""
-    try:
-        data = read_saved(path)[1]
-    except ValueError:
-        return None  # load_saved_cases has already said what is wrong with the file
+def probe_of(data: Mapping[str, Any]) -> list[float] | None:
+    """A saved pytest-benchmark JSON's per-round host-probe seconds (probe.py), or None without one."""
     record = data.get("qbench") if isinstance(data, dict) else None
     return probe_seconds(((record or {}).get("measurement") or {}).get("host_probe"))
 

@@ -150,9 +150,10 @@ def prepare(settings: Settings, store: RunStore, progress: Progress | None = Non
     return inputs
 
 
-def saved_baseline(settings: Settings) -> dict | None:
-    """The perf baseline's latency cases, or a ValueError when it cannot be read or measured something
-    else than this run will (another model, dataset, split, max_model_len or device: baseline.py)."""
+def saved_baseline(settings: Settings) -> tuple[dict, list[float] | None] | None:
+    """The perf baseline's latency cases and its host-probe seconds (None without a probe), or a
+    ValueError when it cannot be read or measured something else than this run will (another model,
+    dataset, split, max_model_len or device: baseline.py)."""
     from . import baseline, gates
 
     if not settings.perf_baseline:
@@ -163,7 +164,7 @@ def saved_baseline(settings: Settings) -> dict | None:
     why = baseline.incompatibility(here, baseline.saved_identity(data), strict=settings.gate_strict)
     if why:
         raise ValueError(f"{path}: not comparable with this run: {why}")
-    return cases
+    return cases, gates.probe_of(data)
 
 
 def check_gate_inputs(settings: Settings) -> None:
