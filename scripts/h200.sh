@@ -16,7 +16,8 @@
 #   bash scripts/h200.sh load OUT [CONFIGS] [pytest args...]   the seed's load grid (after prepare): CONFIGS
 #                                       (default fp16_baseline,gptq_4bit) x users 10,20,50 x 1,8,32 texts a
 #                                       request, one server per config, 4 Locust workers, into OUT/ (about
-#                                       35 s a point: 18 points and two server starts take ~12 minutes, so
+#                                       35 s a point: 18 points and two server starts take ~12 minutes;
+#                                       ~9 min with --qbench-load-duration 10, as published), so
 #                                       run it detached, as the matrix was)
 #
 # With a machine to yourself, one command does all of it (the stages only split it into calls of
