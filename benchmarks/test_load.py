@@ -7,7 +7,7 @@ x offered rate in open loop (--qbench-load-rate), all against the config's one s
 """
 import pytest
 
-from qbench_plugin.loadtest import check_endpoint, measure_load
+from qbench_plugin.loadtest.loadtest import check_endpoint, measure_load
 
 pytestmark = [pytest.mark.load, pytest.mark.slow]
 

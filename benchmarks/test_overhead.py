@@ -12,7 +12,7 @@ import time
 import pytest
 
 from qbench_plugin.bench import measure_latency
-from qbench_plugin.measure import latency_stats, paired_ratio
+from qbench_plugin.measure.measure import latency_stats, paired_ratio
 
 TARGET = 0.98
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from qbench_plugin.measure import latency_stats, make_batches, paired_ratio
+from qbench_plugin.measure.measure import latency_stats, make_batches, paired_ratio
 
 PAIRS = 20
 TARGET = 0.95  # stopped / resident: idle neighbours may cost at most 5%

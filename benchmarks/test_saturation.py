@@ -6,7 +6,7 @@ config alone and closes the config's engine to start variants."""
 import pytest
 
 from qbench_plugin.bench import measure_ceiling
-from qbench_plugin.ceiling import best
+from qbench_plugin.measure.ceiling import best
 
 
 @pytest.mark.saturation

@@ -7,13 +7,14 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from . import ceiling
-from .dataset import EvalSet
-from .engine import Engine
-from .measure import LatencyRecorder, baseline_comparison, classification_metrics, latency_stats, make_batches
-from .options import Settings
-from .rounds import CaseTiming
-from .run import CaseRecord, RunStore
+from qbench_plugin.measure import ceiling
+from qbench_plugin.dataset.dataset import EvalSet
+from qbench_plugin.engines.engine import Engine
+from qbench_plugin.measure.measure import (LatencyRecorder, baseline_comparison, classification_metrics, latency_stats,
+                                           make_batches)
+from qbench_plugin.options import Settings
+from qbench_plugin.measure.rounds import CaseTiming
+from qbench_plugin.record.run import CaseRecord, RunStore
 
 
 def measure_latency(benchmark, engine: Engine, texts: list[str], batch_size: int, *, samples: int, warmup: int,

@@ -12,12 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .dataset import DataError, load_texts
-from .embedded import EMBEDDED, default_cache_dir, resolve_model
-from .engine import EngineUnavailable
-from .quantize import (DEFAULT_WORKER_TIMEOUT_S, QuantContext, QuantRecipe, checkpoint_metrics, head_is_unquantized,
-                       make_checkpoint)
+from qbench_plugin.config import ConfigError, load_config
+from qbench_plugin.dataset.dataset import DataError, load_texts
+from qbench_plugin.dataset.embedded import EMBEDDED, default_cache_dir, resolve_model
+from qbench_plugin.engines.engine import EngineUnavailable
+from qbench_plugin.quantize.quantize import (DEFAULT_WORKER_TIMEOUT_S, QuantContext, QuantRecipe, checkpoint_metrics,
+                                             head_is_unquantized, make_checkpoint)
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -41,8 +41,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import CompareError, compare_configs, compare_paths, print_rich, shift_text
-    from .run import write_text_atomic
+    from qbench_plugin.report.compare import CompareError, compare_configs, compare_paths, print_rich, shift_text
+    from qbench_plugin.record.run import write_text_atomic
 
     try:
         if args.configs:

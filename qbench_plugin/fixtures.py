@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import pytest
 
-from . import gates, preflight, quantize
-from .bench import is_out_of_memory
-from .config import BenchConfig
-from .dataset import EvalSet, load_texts, model_labels
-from .embedded import default_cache_dir, resolve_model
-from .engine import Engine, EngineUnavailable, cuda_available
-from .matrix import Matrix
-from .options import Settings
-from .pool import EnginePool
-from .rounds import RoundPlan
-from .run import RunStore
-from .probe import probe_seconds
-from .uncertainty import run_noise_for
+from qbench_plugin.gates import gates
+from qbench_plugin import preflight
+from qbench_plugin.quantize import quantize
+from qbench_plugin.bench import is_out_of_memory
+from qbench_plugin.config import BenchConfig
+from qbench_plugin.dataset.dataset import EvalSet, load_texts, model_labels
+from qbench_plugin.dataset.embedded import default_cache_dir, resolve_model
+from qbench_plugin.engines.engine import Engine, EngineUnavailable, cuda_available
+from qbench_plugin.measure.matrix import Matrix
+from qbench_plugin.options import Settings
+from qbench_plugin.measure.pool import EnginePool
+from qbench_plugin.measure.rounds import RoundPlan
+from qbench_plugin.record.run import RunStore
+from qbench_plugin.stats.probe import probe_seconds
+from qbench_plugin.stats.uncertainty import run_noise_for
 
 
 @pytest.fixture(scope="session")

@@ -18,16 +18,16 @@ from typing import Iterator
 
 import pytest
 
-from . import quantize
-from .config import BenchConfig
-from .endpoint import KINDS
-from .engine import EngineSpec, EngineUnavailable, cuda_available, resolve_dtype
-from .loadgrid import LoadPoint, grid_points
-from .loadtest import Endpoint, served_model
-from .redact import env_secret
-from .options import Settings
-from .run import LoadRecord, RunStore
-from .serve import ServerError, ServerSpec, Unservable, engine_cli_args, start_server
+from qbench_plugin.quantize import quantize
+from qbench_plugin.config import BenchConfig
+from qbench_plugin.loadtest.endpoint import KINDS
+from qbench_plugin.engines.engine import EngineSpec, EngineUnavailable, cuda_available, resolve_dtype
+from qbench_plugin.loadtest.loadgrid import LoadPoint, grid_points
+from qbench_plugin.loadtest.loadtest import Endpoint, served_model
+from qbench_plugin.redact import env_secret
+from qbench_plugin.options import Settings
+from qbench_plugin.record.run import LoadRecord, RunStore
+from qbench_plugin.loadtest.serve import ServerError, ServerSpec, Unservable, engine_cli_args, start_server
 
 REMOTE_ID = "endpoint"
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from .embedded import EMBEDDED
+from qbench_plugin.dataset.embedded import EMBEDDED
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -81,7 +81,7 @@ _optional_positive_float = _number(float, "a positive number", above=0, optional
 
 
 def _model(value: str) -> str:
-    from .embedded import parse_embedded
+    from qbench_plugin.dataset.embedded import parse_embedded
 
     try:
         parse_embedded(value)
@@ -97,7 +97,7 @@ def _on_off(value: str) -> bool:
 
 
 def _engine_settings(value: str) -> tuple[dict[str, int], ...]:
-    from .ceiling import parse_engine_settings
+    from qbench_plugin.measure.ceiling import parse_engine_settings
 
     try:
         return tuple(parse_engine_settings(value))
@@ -116,7 +116,7 @@ def _replica_counts(value: str) -> tuple[int, ...]:
 
 
 def _endpoint_kind(value: str) -> str:
-    from .endpoint import KINDS
+    from qbench_plugin.loadtest.endpoint import KINDS
 
     if value not in KINDS:
         raise pytest.UsageError(f"--qbench-endpoint-kind must be one of {', '.join(KINDS)}, got {value!r}")
@@ -124,7 +124,7 @@ def _endpoint_kind(value: str) -> str:
 
 
 def _gpu_type(value: str) -> str:
-    from .gpus import by_name, known_names
+    from qbench_plugin.report.gpus import by_name, known_names
 
     if value and by_name(value) is None:
         raise pytest.UsageError(f"--qbench-gpu-type {value!r} is not in the price table; known: "
@@ -317,7 +317,7 @@ class Settings:
                                     f"--qbench-split ({values['split']!r}): calibrating on it would flatter accuracy")
         if values["samples"] < 1:
             raise pytest.UsageError("--qbench-samples must be at least 1")
-        from .rounds import RoundPlan
+        from qbench_plugin.measure.rounds import RoundPlan
 
         try:
             RoundPlan.from_samples(values["samples"], values["rounds"], values["warmup"], 0)

@@ -14,24 +14,24 @@ from typing import Any, Callable
 
 import pytest
 
-from .benchjson import PENDING_JSON, attach_results, benchmark_json_target, regroup
-from .config import ConfigError
-from .dataset import DataError
-from .fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
+from qbench_plugin.record.benchjson import PENDING_JSON, attach_results, benchmark_json_target, regroup
+from qbench_plugin.config import ConfigError
+from qbench_plugin.dataset.dataset import DataError
+from qbench_plugin.fixtures import (  # noqa: F401  (fixtures are found by pytest through this module)
     qbench_config, qbench_engine, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_matrix, qbench_model,
     qbench_pool, qbench_quant_context, qbench_settings, qbench_store,
 )
-from .load_fixtures import parametrize_load, qbench_endpoint, qbench_load_config  # noqa: F401
-from .machine import machine_info as describe_machine
-from .htmlblocks import headline_html, results_html
-from .options import Settings, add_options
-from .outputs import ReportState
-from .report import summary_html
-from .preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
-from .run import RunStore, git_commit, new_run_id
-from .redact import scrub, scrub_report, scrub_text
-from .status import RunStatus
-from .terminal import write_summary
+from qbench_plugin.load_fixtures import parametrize_load, qbench_endpoint, qbench_load_config  # noqa: F401
+from qbench_plugin.machine import machine_info as describe_machine
+from qbench_plugin.report.htmlblocks import headline_html, results_html
+from qbench_plugin.options import Settings, add_options
+from qbench_plugin.report.outputs import ReportState
+from qbench_plugin.report.report import summary_html
+from qbench_plugin.preflight import Inputs, PreflightError, check_configs, check_gate_inputs, prepare
+from qbench_plugin.record.run import RunStore, git_commit, new_run_id
+from qbench_plugin.redact import scrub, scrub_report, scrub_text
+from qbench_plugin.status import RunStatus
+from qbench_plugin.report.terminal import write_summary
 
 
 MARKERS = {

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import BenchConfig, load_selected
-from .dataset import (DataError, EvalSet, load_eval_set, load_texts, model_labels, normalized, row_places,
-                      same_rows_for_every_split)
-from .embedded import EMBEDDED, Progress, resolve_model
-from .options import Settings
-from .run import RunStore
-from .workload import measure_workload, over_length_rows, token_lengths, truncated
+from qbench_plugin.config import BenchConfig, load_selected
+from qbench_plugin.dataset.dataset import (DataError, EvalSet, load_eval_set, load_texts, model_labels, normalized,
+                                           row_places, same_rows_for_every_split)
+from qbench_plugin.dataset.embedded import EMBEDDED, Progress, resolve_model
+from qbench_plugin.options import Settings
+from qbench_plugin.record.run import RunStore
+from qbench_plugin.dataset.workload import measure_workload, over_length_rows, token_lengths, truncated
 
 # a Hugging Face repo id: "name" or "owner/name" of letters, digits, '-', '_', '.' (no leading '.' or '-')
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
@@ -154,7 +154,7 @@ def saved_baseline(settings: Settings) -> tuple[dict, list[float] | None] | None
     """The perf baseline's latency cases and its host-probe seconds (None without a probe), or a
     ValueError when it cannot be read or measured something else than this run will (another model,
     dataset, split, max_model_len or device: baseline.py)."""
-    from . import baseline, gates
+    from qbench_plugin.gates import baseline, gates
 
     if not settings.perf_baseline:
         return None
@@ -170,7 +170,7 @@ def saved_baseline(settings: Settings) -> tuple[dict, list[float] | None] | None
 def check_gate_inputs(settings: Settings) -> None:
     """--qbench-perf-thresholds parses and --qbench-perf-baseline reads and is comparable (the gatekeeper
     reads them again)."""
-    from . import gates
+    from qbench_plugin.gates import gates
 
     for option, check in (("--qbench-perf-thresholds", lambda: gates.parse_thresholds(settings.perf_thresholds)),
                           ("--qbench-perf-baseline", lambda: saved_baseline(settings))):

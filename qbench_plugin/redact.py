@@ -1,7 +1,8 @@
 """Keep secrets out of everything qbench writes: JSON, HTML, CSV, Markdown, logs.
 
-(Named redact, not secrets: the quantization worker runs as a script from this folder, where a
-secrets.py would shadow the standard library module that numpy imports.)
+(Named redact, not secrets: a secrets.py would shadow the standard library module that numpy imports
+in any script run from its folder, as the quantization worker once ran from this one; tests/test_layout.py
+keeps such names out of the folders scripts run from.)
 
 Tokens reach transformers, datasets, vLLM and HTTP clients through the environment only; this
 module masks their values (and anything shaped like a Hugging Face token) wherever a string is

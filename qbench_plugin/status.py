@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from .run import RunStore
+from qbench_plugin.record.run import RunStore
 
 SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 

@@ -31,7 +31,7 @@ QUANT_PYTHON=${QUANT_PYTHON:-/tmp/q/bin/python}
 stage=${1:-}; shift || true
 case "$stage" in
   prepare)
-    python3 -c "from qbench_plugin.embedded import resolve_model; print(resolve_model('$MODEL'))"
+    python3 -c "from qbench_plugin.dataset.embedded import resolve_model; print(resolve_model('$MODEL'))"
     for cfg in ${QBENCH_PREPARE_CONFIGS:-gptq_4bit awq_4bit int8_w8a8}; do
       python3 -m qbench_plugin.cli quantize "configs/$cfg.json" --model "$MODEL" --quant-python "$QUANT_PYTHON"
     done ;;

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qbench_plugin.embedded import ensure_model
+from qbench_plugin.dataset.embedded import ensure_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # vLLM starts its engine in a spawned process; keep its CPU KV cache small on 2-core CI machines.

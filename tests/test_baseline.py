@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from qbench_plugin.baseline import identity, incompatibility, read_saved, saved_identity
+from qbench_plugin.gates.baseline import identity, incompatibility, read_saved, saved_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 H200 = ROOT / "results" / "examples" / "h200" / "run-2026-11-28"

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow  # a pytest session in a subprocess
 
 TESTS = '''
 from qbench_plugin.bench import measure_latency
-from qbench_plugin.run import RunStore
+from qbench_plugin.record.run import RunStore
 
 
 class NeverCalled:

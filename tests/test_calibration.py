@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qbench_plugin.compare import NOISE_TESTED, compare_configs
+from qbench_plugin.report.compare import NOISE_TESTED, compare_configs
 
 pytestmark = pytest.mark.slow  # two benchmark runs in subprocesses, each starting vLLM engines
 

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from qbench_plugin import embedded
+from qbench_plugin.dataset import embedded
 from qbench_plugin.config import load_configs
-from qbench_plugin.dataset import load_eval_set, model_labels
+from qbench_plugin.dataset.dataset import load_eval_set, model_labels
 from qbench_plugin.preflight import PreflightError, check_calibration
 
 ROOT = Path(__file__).resolve().parents[1]

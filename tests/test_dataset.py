@@ -4,8 +4,8 @@ import json
 import datasets
 import pytest
 
-from qbench_plugin.dataset import DataError, load_eval_set, model_labels
-from qbench_plugin.embedded import DATA_DIR, read_jsonl
+from qbench_plugin.dataset.dataset import DataError, load_eval_set, model_labels
+from qbench_plugin.dataset.embedded import DATA_DIR, read_jsonl
 
 LABELS = ["cancel_order", "order_status", "refund_request"]
 

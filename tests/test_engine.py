@@ -4,8 +4,8 @@ import pytest
 
 from qbench_plugin.bench import predict
 from qbench_plugin.config import BenchConfig
-from qbench_plugin.dataset import load_eval_set, model_labels
-from qbench_plugin.engine import EngineSpec, start_engine
+from qbench_plugin.dataset.dataset import load_eval_set, model_labels
+from qbench_plugin.engines.engine import EngineSpec, start_engine
 
 pytestmark = pytest.mark.slow  # starts the vLLM and transformers engines
 

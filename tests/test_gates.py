@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from qbench_plugin.config import Gates
-from qbench_plugin.gates import (GateFailure, GateKeeper, accuracy_gates, effective_gates, load_saved_cases,
-                                 parse_thresholds, perf_comparisons, perf_gates)
-from qbench_plugin.uncertainty import Timed, ratio_interval
+from qbench_plugin.gates.gates import (GateFailure, GateKeeper, accuracy_gates, effective_gates, load_saved_cases,
+                                       parse_thresholds, perf_comparisons, perf_gates)
+from qbench_plugin.stats.uncertainty import Timed, ratio_interval
 
 METRICS = {"accuracy": 0.93, "accuracy_delta": -0.015, "flip_rate": 0.04}
 

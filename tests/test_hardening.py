@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from qbench_plugin.bench import is_out_of_memory
-from qbench_plugin.dataset import model_labels
-from qbench_plugin.rounds import RoundPlan, run_rounds
+from qbench_plugin.dataset.dataset import model_labels
+from qbench_plugin.measure.rounds import RoundPlan, run_rounds
 from qbench_plugin.redact import MASK, scrub, scrub_text
 
 ROOT = Path(__file__).resolve().parents[1]

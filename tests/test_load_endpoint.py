@@ -1,4 +1,4 @@
-"""What counts as a valid endpoint answer (qbench_plugin.endpoint), and the pure parts of load tests:
+"""What counts as a valid endpoint answer (qbench_plugin.loadtest.endpoint), and the pure parts of load tests:
 request shapes, metrics from per-request records and their measured window, the Locust command lines,
 the config selection, the grid's points, the load table and the capacity at a p95 target."""
 import json
@@ -6,14 +6,15 @@ import json
 import pytest
 
 from qbench_plugin.config import BenchConfig
-from qbench_plugin.endpoint import InvalidResponse, auth_headers, build_request, parse_response
+from qbench_plugin.loadtest.endpoint import InvalidResponse, auth_headers, build_request, parse_response
 from qbench_plugin.load_fixtures import select_load_configs
-from qbench_plugin.loadgrid import LATE_TOLERANCE_MS, MAX_LATE_SHARE, LoadPoint, capacities, display, grid_points, load_table
-from qbench_plugin.loadstats import measured_window, summarize
-from qbench_plugin.loadtest import Endpoint, LoadSpec, locust_commands
+from qbench_plugin.loadtest.loadgrid import (LATE_TOLERANCE_MS, MAX_LATE_SHARE, LoadPoint, capacities, display,
+                                             grid_points, load_table)
+from qbench_plugin.loadtest.loadstats import measured_window, summarize
+from qbench_plugin.loadtest.loadtest import Endpoint, LoadSpec, locust_commands
 from qbench_plugin.redact import mask_env_secret
-from qbench_plugin.metrics import LOAD_METRICS
-from qbench_plugin.serve import ServerSpec, Unservable, engine_cli_args, server_command
+from qbench_plugin.record.metrics import LOAD_METRICS
+from qbench_plugin.loadtest.serve import ServerSpec, Unservable, engine_cli_args, server_command
 
 LABELS = ["cancel_order", "order_status", "refund_request"]
 KEY = "sk-unit-test-9f8e7d6c5b4a"

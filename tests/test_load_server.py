@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qbench_plugin.dataset import model_labels
-from qbench_plugin.embedded import DATA_DIR
-from qbench_plugin.loadtest import Endpoint, EndpointError, LoadSpec, check_endpoint, run_load
-from qbench_plugin.metrics import LOAD_METRICS
-from qbench_plugin.serve import ServerSpec, free_port, start_server
+from qbench_plugin.dataset.dataset import model_labels
+from qbench_plugin.dataset.embedded import DATA_DIR
+from qbench_plugin.loadtest.loadtest import Endpoint, EndpointError, LoadSpec, check_endpoint, run_load
+from qbench_plugin.record.metrics import LOAD_METRICS
+from qbench_plugin.loadtest.serve import ServerSpec, free_port, start_server
 
 pytestmark = pytest.mark.slow  # starts `vllm serve` and runs Locust against it
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from qbench_plugin.measure import LatencyRecorder, classification_metrics, latency_stats, make_batches, paired_ratio
+from qbench_plugin.measure.measure import (LatencyRecorder, classification_metrics, latency_stats, make_batches,
+                                           paired_ratio)
 
 
 def test_percentiles_match_numpy_and_hand_values():

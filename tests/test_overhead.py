@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qbench_plugin.measure import paired_ratio
+from qbench_plugin.measure.measure import paired_ratio
 
 pytestmark = pytest.mark.slow  # a benchmark run in a subprocess with the real engine
 

@@ -1,7 +1,7 @@
 """pytest-benchmark's --benchmark-json changed type in 5.3 (Path); the GPU image has 5.2.3 (file)."""
 import importlib.metadata
 
-from qbench_plugin import benchjson
+from qbench_plugin.record import benchjson
 
 
 def test_benchmark_json_target_follows_the_installed_pytest_benchmark(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qbench_plugin.metrics import REQUIRED
+from qbench_plugin.record.metrics import REQUIRED
 
 pytestmark = pytest.mark.slow  # benchmark runs in subprocesses with the real engines and llm-compressor
 
@@ -175,7 +175,7 @@ def test_report_files_tables_and_recommendation(run):
 
 
 def test_experiment_log_is_filled_from_the_run(run):
-    from qbench_plugin.explog import SECTIONS, find_placeholders
+    from qbench_plugin.report.explog import SECTIONS, find_placeholders
 
     _, run_dir = run
     text = (run_dir / "EXPERIMENT_LOG.md").read_text()
@@ -214,7 +214,7 @@ def test_run_is_compared_with_the_saved_run(run, tmp_path):
 def test_the_host_probe_is_timed_after_every_round(run):
     """The probe (probe.py) ran once per round of the real matrix, with every component, and the log
     says what it measured."""
-    from qbench_plugin.probe import VERSION, probe_seconds
+    from qbench_plugin.stats.probe import VERSION, probe_seconds
 
     _, run_dir = run
     measurement = json.loads((run_dir / "qbench.json").read_text())["measurement"]

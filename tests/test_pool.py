@@ -4,13 +4,13 @@ dropped; a config that fails for another reason fails alone."""
 import numpy as np
 import pytest
 
-from qbench_plugin import matrix as matrix_module
-from qbench_plugin import pool as pool_module
-from qbench_plugin import quantize
+from qbench_plugin.measure import matrix as matrix_module
+from qbench_plugin.measure import pool as pool_module
+from qbench_plugin.quantize import quantize
 from qbench_plugin.config import BenchConfig
-from qbench_plugin.matrix import Matrix
-from qbench_plugin.rounds import RoundPlan
-from qbench_plugin.run import RunStore
+from qbench_plugin.measure.matrix import Matrix
+from qbench_plugin.measure.rounds import RoundPlan
+from qbench_plugin.record.run import RunStore
 
 
 class _StandIn:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qbench_plugin import embedded
+from qbench_plugin.dataset import embedded
 from qbench_plugin.config import ConfigError, load_selected
-from qbench_plugin.dataset import row_places
+from qbench_plugin.dataset.dataset import row_places
 from qbench_plugin.preflight import PreflightError, check_model_ref
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The host probe's record and what a comparison makes of it. Pure logic except the one real timing."""
 import pytest
 
-from qbench_plugin.probe import HOST_SPREAD, VERSION, HostCheck, HostProbe, probe_seconds, record_round
+from qbench_plugin.stats.probe import HOST_SPREAD, VERSION, HostCheck, HostProbe, probe_seconds, record_round
 
 
 def test_a_round_appends_each_components_time_and_the_total():

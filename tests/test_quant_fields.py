@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from qbench_plugin import gpus, quantize
+from qbench_plugin.report import gpus
+from qbench_plugin.quantize import quantize
 from qbench_plugin.config import BenchConfig, ConfigError, load_config
-from qbench_plugin.dataset import load_texts, model_labels
-from qbench_plugin.engine import EngineSpec, start_engine
-from qbench_plugin.heads import Head, classification_head
+from qbench_plugin.dataset.dataset import load_texts, model_labels
+from qbench_plugin.engines.engine import EngineSpec, start_engine
+from qbench_plugin.engines.heads import Head, classification_head
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANT_PYTHON = ROOT / ".venv-quant" / "bin" / "python"

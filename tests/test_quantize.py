@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from qbench_plugin import quantize
+from qbench_plugin.quantize import quantize
 from qbench_plugin.config import BenchConfig, load_config
-from qbench_plugin.dataset import load_texts, model_labels
-from qbench_plugin.engine import EngineSpec, EngineUnavailable, start_engine
+from qbench_plugin.dataset.dataset import load_texts, model_labels
+from qbench_plugin.engines.engine import EngineSpec, EngineUnavailable, start_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANT_PYTHON = ROOT / ".venv-quant" / "bin" / "python"

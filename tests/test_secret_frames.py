@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from qbench_plugin import engine, serve
+from qbench_plugin.engines import engine
+from qbench_plugin.loadtest import serve
 from qbench_plugin.redact import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,8 @@ FAILING_CALLS = '''
 import os
 from pathlib import Path
 
-from qbench_plugin import quantize, serve
+from qbench_plugin.quantize import quantize
+from qbench_plugin.loadtest import serve
 from qbench_plugin.redact import child_env
 
 

@@ -8,16 +8,16 @@ import math
 import pandas as pd
 import pytest
 
-from qbench_plugin import gpus, tables
+from qbench_plugin.report import gpus, tables
 from qbench_plugin.config import BenchConfig
-from qbench_plugin.cost import (LOAD_SOURCE, cost_per_requests, replicas_needed, resolve_peak, resolve_pricing,
-                                traffic_plan)
-from qbench_plugin.explog import SECTIONS, experiment_log, find_placeholders
-from qbench_plugin.gates import passes_accuracy_gates
-from qbench_plugin.htmlblocks import headline_html, results_html
-from qbench_plugin.picks import balance_scores
-from qbench_plugin.plots import make_plots
-from qbench_plugin.summary import ReportOptions, build_results
+from qbench_plugin.report.cost import (LOAD_SOURCE, cost_per_requests, replicas_needed, resolve_peak, resolve_pricing,
+                                       traffic_plan)
+from qbench_plugin.report.explog import SECTIONS, experiment_log, find_placeholders
+from qbench_plugin.gates.gates import passes_accuracy_gates
+from qbench_plugin.report.htmlblocks import headline_html, results_html
+from qbench_plugin.report.picks import balance_scores
+from qbench_plugin.report.plots import make_plots
+from qbench_plugin.report.summary import ReportOptions, build_results
 
 
 def _case(config, bs, p95, thr):
@@ -239,7 +239,7 @@ def _timed(run, seeds_and_means):
 
     import numpy as np
 
-    from qbench_plugin.measure import latency_stats
+    from qbench_plugin.measure.measure import latency_stats
 
     run = copy.deepcopy(run)
     for case in run["cases"]:
@@ -273,7 +273,7 @@ def test_a_tied_pick_names_the_tie_and_goes_to_less_memory_then_accuracy():
 def test_log_and_html_show_the_same_decision_tables():
     import html
 
-    from qbench_plugin.tables import md_table
+    from qbench_plugin.report.tables import md_table
 
     r = build_results(RUN, machine={"gpu_names": []}, bench_configs=CONFIGS,
                       options=ReportOptions(price_per_hour=3.6, p95_target_ms=15.0))
@@ -296,8 +296,8 @@ def test_memory_ranking_falls_back_when_some_configs_have_no_weights_reading():
 
 
 def test_a_stopped_run_says_so_everywhere_and_lists_what_did_not_run():
-    from qbench_plugin.report import summary_html
-    from qbench_plugin.run import CaseRecord, ConfigRecord, RunStore
+    from qbench_plugin.report.report import summary_html
+    from qbench_plugin.record.run import CaseRecord, ConfigRecord, RunStore
 
     store = RunStore(run_id="r", out_dir=None, settings=RUN["settings"], status="partial", status_reason="interrupted (Ctrl-C)")
     store.planned_configs[:] = ["base", "int8", "fast"]
@@ -414,7 +414,7 @@ def test_no_grid_point_under_the_target_means_no_tiers_not_an_extrapolation():
 def test_log_and_html_show_the_same_load_tables():
     import html
 
-    from qbench_plugin.tables import md_table
+    from qbench_plugin.report.tables import md_table
 
     run = dict(RUN, loads=LOADS)
     r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS,
@@ -431,7 +431,7 @@ def test_log_and_html_show_the_same_load_tables():
 
 
 def test_the_measurement_design_is_in_the_log_and_the_html():
-    from qbench_plugin.htmlblocks import measurement_html
+    from qbench_plugin.report.htmlblocks import measurement_html
 
     run = dict(RUN, measurement={"design": "interleaved rounds", "rounds": 10, "block": 5, "warmup": 5, "seed": 1234,
                                  "groups": [["a", "b"], ["big"]], "not_resident": {"big": "could not start beside a, b"},
@@ -480,7 +480,7 @@ def test_a_quick_run_of_few_rounds_still_gets_picks_but_not_its_cut_short_cases(
 
 def test_the_log_says_when_a_tail_is_about_the_largest_of_n():
     """Item 5 of issue 18: p95/p99 of too few batches are shown as measured, and the log says what they are."""
-    from qbench_plugin.explog import tail_note
+    from qbench_plugin.report.explog import tail_note
 
     note = tail_note(50)
     assert "p95 of 50 batches is about the 3rd largest (max of n)" in note and "p99 of 50 batches" in note

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qbench_plugin.rounds import RoundPlan, row_order, run_rounds
-from qbench_plugin.summary import add_derived
+from qbench_plugin.measure.rounds import RoundPlan, row_order, run_rounds
+from qbench_plugin.report.summary import add_derived
 
 
 class _Recorder:
@@ -54,7 +54,7 @@ def test_the_split_tokenized_once_gives_the_engines_truncated_counts(embedded_mo
     what the tokenizer's own truncation does."""
     from transformers import AutoTokenizer
 
-    from qbench_plugin.workload import over_length_rows, token_counts, token_lengths, truncated
+    from qbench_plugin.dataset.workload import over_length_rows, token_counts, token_lengths, truncated
 
     texts = ["where is my order", "refund " * 40, "", "cancel it please, it never came " * 3]
     lengths = token_lengths(str(embedded_model), texts)

@@ -3,8 +3,8 @@ H200: blocks of one engine moved between 944 and 1,468 texts/s). Pure logic: no 
 import numpy as np
 import pytest
 
-from qbench_plugin.rounds import RoundPlan
-from qbench_plugin.uncertainty import Timed, case_interval, ratio_interval
+from qbench_plugin.measure.rounds import RoundPlan
+from qbench_plugin.stats.uncertainty import Timed, case_interval, ratio_interval
 
 ROUNDS, BLOCK = 10, 5
 

@@ -8,7 +8,7 @@ batch size slows by the same factor."""
 import os
 import time
 
-from qbench_plugin import engine as engines
+from qbench_plugin.engines import engine as engines
 
 
 def _slowed(factory, extra: float):

@@ -1,0 +1,294 @@
+"""CI gates: accuracy against fixed thresholds and the run's baseline, and performance against a
+saved run.
+
+Performance decisions are noise-aware: each latency statistic is compared through a bootstrap
+confidence interval of the ratio current/saved over the rounds both runs kept (uncertainty.py), and
+a case regresses only when the whole interval lies beyond the threshold, so noise alone does not
+fail CI. Tails are gated only from enough batches, and each interval's level is corrected for the
+number of comparisons the run makes (tails.py). A saved run that measured something else is refused
+(baseline.py).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from qbench_plugin.config import BenchConfig, Gates
+from qbench_plugin.record.metrics import BY_NAME
+from qbench_plugin.gates.baseline import read_saved
+from qbench_plugin.stats.probe import HostCheck, probe_seconds
+from qbench_plugin.gates.tails import family_confidence, resamples_for, too_few_for_tail
+from qbench_plugin.stats.uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, RESAMPLES, Timed, ratio_interval, widen
+
+# metric -> allowed relative change in the worse direction (0.10: 10 % slower / less / more memory)
+DEFAULT_PERF_THRESHOLDS: dict[str, float] = {
+    "latency_p50_ms": 0.10,
+    "latency_p95_ms": 0.15,
+    "latency_p99_ms": 0.25,
+    "throughput_samples_per_s": 0.10,
+}
+GATED_METRICS = (*DEFAULT_PERF_THRESHOLDS, "latency_mean_ms")  # the names --qbench-perf-thresholds takes
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    config: str
+    passed: bool | None  # None: not decidable (missing data); fails CI only under --qbench-gate-strict
+    measured: float | None
+    threshold: float | None
+    message: str
+    case: str | None = None
+    # True: not gated by rule (a tail of too few batches), a choice made before the run rather than
+    # missing data, so --qbench-gate-strict does not fail it
+    by_rule: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- accuracy -----------------------------------------------------------------------------------
+
+def effective_gates(gates: Gates, overrides: dict[str, float | None]) -> Gates:
+    """The config's gates with command-line overrides applied (an override wins when set)."""
+    values = gates.model_dump()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Gates(**values)
+
+
+def accuracy_gates(config: str, gates: Gates, metrics: dict[str, Any], baseline: str | None,
+                   is_baseline: bool = False) -> list[GateResult]:
+    """Evaluate the accuracy gates one config has; each result names config, threshold and value.
+
+    The run's baseline config is not compared with itself: its drop and flip rate are 0 by definition,
+    which is decided, not missing (--qbench-gate-strict fails what is missing)."""
+    if is_baseline and metrics.get("accuracy_delta") is None:
+        metrics, baseline = {**metrics, "accuracy_delta": 0.0, "flip_rate": 0.0}, f"{config} (itself)"
+    results = []
+    accuracy = metrics.get("accuracy")
+    if gates.min_accuracy is not None:
+        results.append(_check("min_accuracy", config, accuracy, gates.min_accuracy, lambda v, t: v >= t,
+                              "accuracy {v:.4f} is below min_accuracy {t:.4f}",
+                              "accuracy {v:.4f} >= min_accuracy {t:.4f}"))
+    if gates.max_accuracy_drop is not None:
+        delta = metrics.get("accuracy_delta")
+        drop = None if delta is None else -delta
+        results.append(_check("max_accuracy_drop", config, drop, gates.max_accuracy_drop, lambda v, t: v <= t,
+                              f"accuracy drop vs baseline {baseline} {{v:.4f}} exceeds max_accuracy_drop {{t:.4f}}",
+                              f"accuracy drop vs baseline {baseline} {{v:.4f}} <= max_accuracy_drop {{t:.4f}}",
+                              missing="no baseline comparison (is this the baseline, or did the baseline not run?)"))
+    if gates.max_flip_rate is not None:
+        results.append(_check("max_flip_rate", config, metrics.get("flip_rate"), gates.max_flip_rate,
+                              lambda v, t: v <= t,
+                              f"flip rate vs baseline {baseline} {{v:.4f}} exceeds max_flip_rate {{t:.4f}}",
+                              f"flip rate vs baseline {baseline} {{v:.4f}} <= max_flip_rate {{t:.4f}}",
+                              missing="no baseline comparison (is this the baseline, or did the baseline not run?)"))
+    return results
+
+
+def _check(gate: str, config: str, value: float | None, threshold: float, ok: Callable[[float, float], bool],
+           fail_msg: str, pass_msg: str, missing: str = "not measured") -> GateResult:
+    if value is None:
+        return GateResult(gate, config, None, None, threshold, f"config {config}: {gate} {threshold}: {missing}")
+    passed = bool(ok(value, threshold))
+    msg = (pass_msg if passed else fail_msg).format(v=value, t=threshold)
+    return GateResult(gate, config, passed, float(value), threshold, f"config {config}: {msg}")
+
+
+# -- performance --------------------------------------------------------------------------------
+
+def parse_thresholds(text: str) -> dict[str, float]:
+    """'latency_p95_ms=15%,throughput_samples_per_s=5%' -> {...: 0.15, ...: 0.05} over the defaults."""
+    thresholds = dict(DEFAULT_PERF_THRESHOLDS)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValueError(f"perf threshold {part!r}: expected METRIC=PERCENT% with METRIC one of "
+                             f"{', '.join(GATED_METRICS)}")
+        if name not in GATED_METRICS:  # a name that is never checked would pass silently
+            raise ValueError(f"perf threshold {part!r}: {name!r} is not gated; valid: {', '.join(GATED_METRICS)}")
+        value = value.strip()
+        number = float(value.rstrip("%")) / 100 if value.endswith("%") else float(value)
+        if number < 0:
+            raise ValueError(f"perf threshold {part!r}: must be >= 0")
+        thresholds[name] = number
+    return thresholds
+
+
+def load_saved_cases(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """(config, batch size) -> extra_info of each latency case in a saved pytest-benchmark JSON."""
+    return cases_of(*read_saved(path))
+
+
+def cases_of(path: Path, data: Mapping[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    cases = {}
+    for bench in data.get("benchmarks", []):
+        extra = bench.get("extra_info", {})
+        if extra.get("kind") == "latency":
+            cases[(extra["config"], int(extra["batch_size"]))] = extra
+    if not cases:
+        raise ValueError(f"{path}: no qbench latency cases in this file")
+    return cases
+
+
+def timed_of(extra: Mapping[str, Any]) -> Timed:
+    """A case's samples and round labels as a pytest-benchmark extra_info or qbench case holds them."""
+    samples = extra.get("latency_samples_ns") or extra.get("samples_ns") or []
+    rounds = extra.get("latency_sample_rounds") or extra.get("sample_rounds") or None
+    return Timed.of(samples, int(extra.get("batch_size") or 1), rounds)
+
+
+def probe_of(data: Mapping[str, Any]) -> list[float] | None:
+    """A saved pytest-benchmark JSON's per-round host-probe seconds (probe.py), or None without one."""
+    record = data.get("qbench") if isinstance(data, dict) else None
+    return probe_seconds(((record or {}).get("measurement") or {}).get("host_probe"))
+
+
+def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dict[str, Any] | None,
+               thresholds: dict[str, float], run_noise: float = 0.0,
+               confidence: float = CONFIDENCE, host_note: str = "") -> list[GateResult]:
+    """Compare one case with the same case of a saved run, metric by metric.
+
+    The interval of current/saved resamples each run's rounds on its own (uncertainty.py), so both
+    runs' between-round spread is in it, and is widened by the machine's A/A-measured run-to-run
+    noise (a whole session's speed moves, every config alike); a case regresses only when the whole
+    interval lies beyond the threshold in the worse direction. `confidence` is each interval's level (the
+    run's family level, Bonferroni-corrected by the caller); a tail of too few batches is not gated.
+    host_note: what the two runs' host probes say of the machines (HostCheck.note), added to each
+    message so a verdict that the host explains says so."""
+    case = f"{config}-bs{batch_size}"
+    if saved is None:
+        return [GateResult("perf_regression", config, None, None, None,
+                           f"case {case}: not in the saved run; nothing to compare", case)]
+    cur, old = timed_of({**current, "batch_size": batch_size}), timed_of({**saved, "batch_size": batch_size})
+    if not (cur.decidable and old.decidable):
+        return [GateResult("perf_regression", config, None, None, None,
+                           f"case {case}: {cur.units} current and {old.units} saved rounds (or unlabelled batches); "
+                           f"at least {MIN_ROUNDS} rounds ({MIN_SAMPLES} unlabelled batches) each are needed to decide",
+                           case)]
+    results = []
+    for metric, threshold in thresholds.items():
+        if metric not in GATED_METRICS:
+            continue
+        few = too_few_for_tail(metric, min(cur.samples_ns.size, old.samples_ns.size))
+        if few is not None:
+            results.append(GateResult("perf_regression:" + metric, config, None, None, threshold,
+                                      f"case {case}: {metric}: {few}", case, by_rule=True))
+            continue
+        found = ratio_interval(cur, old, metric, paired=False, confidence=confidence,
+                               resamples=resamples_for(confidence, RESAMPLES))
+        ratio, low, high = widen(found, run_noise)
+        higher_is_better = BY_NAME[metric].higher_is_better
+        # regression only when the whole interval is beyond the threshold in the worse direction
+        if higher_is_better:
+            regressed, change = high < 1 - threshold, 1 - ratio
+        else:
+            regressed, change = low > 1 + threshold, ratio - 1
+        word = "worse" if change > 0 else "better"
+        msg = (f"case {case}: {metric} {abs(change):.1%} {word} than the saved run "
+               f"(ratio {ratio:.3f}, {_level(confidence)} CI {low:.3f}-{high:.3f} over rounds and run-to-run "
+               f"noise {run_noise:.0%}; allowed {threshold:.0%} worse){host_note}")
+        results.append(GateResult("perf_regression:" + metric, config, not regressed, ratio, threshold,
+                                  ("REGRESSION " if regressed else "") + msg, case))
+    return results
+
+
+def _level(confidence: float) -> str:
+    return f"{confidence * 100:.4f}".rstrip("0").rstrip(".") + "%"
+
+
+# -- enforcing ----------------------------------------------------------------------------------
+
+class GateFailure(AssertionError):
+    """A gate that failed: the test fails with every failing gate's message."""
+
+
+class GateKeeper:
+    """Holds a run's gate settings, evaluates gates as cases finish and keeps every verdict."""
+
+    def __init__(self, overrides: dict[str, float | None], saved_cases: dict | None, thresholds: dict[str, float],
+                 record: Callable[[GateResult], None], run_noise: float = 0.0, *, strict: bool = False,
+                 comparisons: int = 1, saved_probe: list[float] | None = None,
+                 current_probe: Callable[[], list[float] | None] = lambda: None):
+        self.overrides = overrides
+        self.run_noise = run_noise
+        self.saved_probe, self.current_probe = saved_probe, current_probe
+        self.saved_cases = saved_cases
+        self.thresholds = thresholds
+        self._record = record
+        self.strict = strict
+        # every perf interval of the run at this level, so that all of them hold together at CONFIDENCE
+        self.confidence = family_confidence(CONFIDENCE, comparisons)
+
+    def _enforce(self, results: list[GateResult]) -> list[GateResult]:
+        if self.strict:
+            results = [undecided_fails(r) if r.passed is None and not r.by_rule else r for r in results]
+        for result in results:
+            self._record(result)
+        failed = [r.message for r in results if r.passed is False]
+        if failed:
+            raise GateFailure("\n".join(failed))
+        return results
+
+    def check_accuracy(self, config: str, gates: Gates, metrics: dict[str, Any], baseline: str | None,
+                       is_baseline: bool = False) -> list[GateResult]:
+        return self._enforce(accuracy_gates(config, effective_gates(gates, self.overrides), metrics, baseline,
+                                            is_baseline))
+
+    def check_latency(self, config: str, batch_size: int, extra: dict[str, Any]) -> list[GateResult]:
+        if self.saved_cases is None:
+            return []
+        saved = self.saved_cases.get((config, batch_size))
+        host = HostCheck.of(self.current_probe(), self.saved_probe)
+        return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, self.run_noise,
+                                        confidence=self.confidence, host_note=host.note("this run", "the saved run")))
+
+
+def undecided_fails(result: GateResult) -> GateResult:
+    """Under --qbench-gate-strict a gate that could not be decided is a failure, saying why."""
+    return replace(result, passed=False, message=f"UNDECIDED (--qbench-gate-strict) {result.message}")
+
+
+def perf_comparisons(cases: int, thresholds: Mapping[str, float], samples: int) -> int:
+    """How many perf intervals a run of `cases` latency cases of `samples` batches decides."""
+    return cases * sum(1 for m in thresholds if m in GATED_METRICS and too_few_for_tail(m, samples) is None)
+
+
+# -- which configs the report may recommend ---------------------------------------------------------
+
+def accuracy_gate_failures(record: Mapping[str, Any], config: BenchConfig | None,
+                           overrides: Mapping[str, float | None] | None = None) -> list[str]:
+    """Why a config may not be recommended; empty when it may. `record` is a config's qbench.json entry."""
+    name = record.get("name") or (config.name if config else "?")
+    metrics = record.get("metrics") or {}
+    if record.get("status") not in (None, "ready"):
+        return [f"config {name} did not run ({record.get('status')})"]
+    if metrics.get("accuracy") is None:
+        return [f"config {name}: accuracy not measured"]
+    rules = effective_gates(config.gates if config else Gates(), dict(overrides or {}))
+    verdicts = accuracy_gates(name, rules, metrics, (record.get("info") or {}).get("baseline"))
+    # undecidable (None), e.g. a drop gate on the baseline itself, does not exclude: gates.py's CI rule
+    return [v.message for v in verdicts if v.passed is False]
+
+
+def passes_accuracy_gates(record: Mapping[str, Any], config: BenchConfig | None,
+                          overrides: Mapping[str, float | None] | None = None) -> bool:
+    """The one predicate recommendations use; swap its body to change what 'passes' means."""
+    return not accuracy_gate_failures(record, config, overrides)
+
+
+def gate_frame(configs: Mapping[str, Mapping[str, Any]], bench_configs: Mapping[str, BenchConfig],
+               overrides: Mapping[str, float | None] | None = None) -> pd.DataFrame:
+    rows = []
+    for name, rec in configs.items():
+        cfg = bench_configs.get(name)
+        failures = accuracy_gate_failures({"name": name, **rec}, cfg, overrides)
+        rules = cfg.gates.model_dump(exclude_none=True) if cfg else {}
+        rows.append({"config": name, "status": rec.get("status"), "eligible": not failures,
+                     "gates": ", ".join(f"{k}={v}" for k, v in rules.items()) or "none",
+                     "why_not": "; ".join(failures)})
+    return pd.DataFrame(rows, columns=["config", "status", "eligible", "gates", "why_not"])

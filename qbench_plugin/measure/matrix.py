@@ -1,0 +1,140 @@
+"""The session's latency matrix: every selected (config, batch size), timed once in interleaved rounds.
+
+The first latency test that asks for its case triggers the whole matrix (rounds.py) over the engines
+the pool holds; every latency test then reports its own case (pytest-benchmark entry, gates). When
+not every engine could be resident at once, each group of engines that could is interleaved within
+itself, and the groups run in an A B A order: the first group's rounds are split in halves around the
+others (its engines restarted for the second half), so drift that grows over the run hits the first
+group and the rest alike on average. The run records the groups, the order and why.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from qbench_plugin.measure.measure import latency_stats
+from qbench_plugin.measure.pool import EnginePool
+from qbench_plugin.stats.probe import HostProbe, record_round
+from qbench_plugin.measure.rounds import Case, CaseTiming, RoundPlan, RoundsInterrupted, run_rounds
+from qbench_plugin.record.run import CaseRecord, RunStore
+from qbench_plugin.stats.uncertainty import Timed, case_intervals
+
+
+class Matrix:
+    def __init__(self, pool: EnginePool, cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan,
+                 store: RunStore, *, is_out_of_memory: Callable[[BaseException], bool],
+                 progress: Callable[[str], None] = lambda line: None, token_counts: Sequence[int] | None = None):
+        self.pool, self.cases, self.texts, self.plan = pool, list(dict.fromkeys(cases)), list(texts), plan
+        self.token_counts = token_counts  # per text: each case's MFU counts the tokens it timed
+        self.store, self.is_out_of_memory, self.progress = store, is_out_of_memory, progress
+        self.timings: dict[Case, CaseTiming] | None = None
+        self._all_measured = False
+        self._probe: HostProbe | None = None
+
+    def timing(self, case: Case) -> CaseTiming | None:
+        """The case's timing; the first call measures every case (interleaved), or with
+        --qbench-interleave off every case of the asked config (its engine alone)."""
+        if self.timings is None:
+            self.timings = {}
+            design = self.store.measurement
+            design.update(self.plan.as_dict(), groups=[], orders=[], seconds=0.0, device=self.pool.device_name,
+                          design="interleaved rounds" if self.pool.co_resident else "one config at a time, in rounds")
+        measured = self._all_measured if self.pool.co_resident else any(c[0] == case[0] for c in self.timings)
+        if case not in self.timings and not measured:
+            began = time.perf_counter()
+            if self.pool.co_resident:
+                self._all_measured = True
+                self._measure_groups()
+            else:
+                self.pool.get(self.pool.members[case[0]].config)
+                self._measure_group([c for c in self.cases if c[0] == case[0]], [case[0]])
+            design = self.store.measurement
+            design["not_resident"] = dict(self.pool.group_reasons)
+            design["seconds"] = round(design["seconds"] + time.perf_counter() - began, 3)
+            self.store.save()
+        return self.timings.get(case)
+
+    def _measure_groups(self) -> None:
+        first = self.pool.start()
+        first_cases = [c for c in self.cases if c[0] in first and c not in self.timings]
+
+        def waiting() -> list[str]:
+            names = self.pool.waiting()
+            return names if any(c[0] in names for c in self.cases) else []
+
+        if not waiting():
+            self._measure_group(first_cases, first)
+            return
+        half, visits = self.plan.rounds // 2, self.store.measurement.setdefault("visits", [])
+        self._measure_group(first_cases, first, range(half))
+        visits.append(f"group 1, rounds 1-{half}")
+        while waiting():
+            names = waiting()
+            self.pool.close_all(f"closed after its group's rounds, to start {', '.join(names)}")
+            resident = self.pool.start(names)
+            self._measure_group([c for c in self.cases if c[0] in resident and c not in self.timings], resident)
+            visits.append(f"group {len(self.store.measurement['groups'])}, rounds 1-{self.plan.rounds}")
+        self.pool.close_all("closed to restart the first group for its second half of rounds")
+        again = self.pool.reopen(first)
+        self._record(self.timings[c] for c in first_cases if c[0] not in again)  # could not restart: first half only
+        self._measure_group([c for c in first_cases if c[0] in again], again, range(half, self.plan.rounds), group=0)
+        visits.append(f"group 1 again (restarted), rounds {half + 1}-{self.plan.rounds}")
+
+    def _measure_group(self, todo: list[Case], resident: list[str], rounds: range | None = None,
+                       group: int | None = None) -> None:
+        if not todo:
+            return
+        design = self.store.measurement
+        if group is None:
+            group = len(design["groups"])
+            design["groups"].append(sorted({c[0] for c in todo}))
+            design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(todo)])
+        self.progress(f"qbench: timing {len(todo)} cases in {self.plan.rounds} rounds of {self.plan.block} "
+                      f"batches each, order shuffled per round (seed {self.plan.seed})")
+        if self._probe is None:
+            self._probe = HostProbe(cuda=self.pool.device == "cuda")
+            design["host_probe"] = {}
+
+        def after_round(index: int) -> None:
+            design["rounds_done"] = index + 1
+            record_round(design["host_probe"], self._probe, index)  # after the round: no engine is working
+            self.store.save()
+
+        try:
+            found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
+                               is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
+                               between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress,
+                               rounds=rounds, token_counts=self.token_counts)
+        except RoundsInterrupted as stopped:
+            design["interrupted"] = f"Ctrl-C after {stopped.rounds_done} of {self.plan.rounds} rounds"
+            self._record(self._merged(stopped.timings).values(), status="partial")  # whole rounds are kept
+            raise
+        found = self._merged(found)
+        self.timings.update(found)
+        if rounds is None or rounds.stop == self.plan.rounds:  # a first half waits for its second
+            self._record(found.values())
+
+    def _merged(self, found: dict[Case, CaseTiming]) -> dict[Case, CaseTiming]:
+        """A second visit's samples appended to the first's (the first group's halves)."""
+        for case, timing in found.items():
+            before = self.timings.get(case)
+            if before is not None and before is not timing:
+                timing.samples_ns[:0], timing.rounds[:0] = before.samples_ns, before.rounds
+                timing.tokens[:0] = before.tokens
+                timing.error = timing.error or before.error
+        return found
+
+    def _record(self, timings, status: str = "passed") -> None:
+        for t in timings:
+            if t.out_of_memory:
+                self.store.out_of_memory[t.config] = (t.batch_size, t.error or "out of memory")
+            if not t.samples_ns or t.error:
+                continue
+            stats = latency_stats(t.samples_ns, t.batch_size)
+            if t.tokens and len(t.tokens) == len(t.samples_ns):
+                stats["timed_tokens_per_text"] = sum(t.tokens) / (len(t.samples_ns) * t.batch_size)
+            intervals = case_intervals(Timed.of(t.samples_ns, t.batch_size, t.rounds))
+            self.store.cases.append(CaseRecord(config=t.config, batch_size=t.batch_size, metrics=stats,
+                                               samples_ns=list(t.samples_ns), sample_rounds=list(t.rounds),
+                                               intervals=intervals, group=t.group, status=status))
+        self.store.save()

@@ -1,0 +1,110 @@
+"""How a run was measured, in words: the rounds' design, the suite's overhead over bare calls, the
+throughput-ceiling sweep and the comparison with a saved run. The experiment log's closing sections;
+the HTML report shows measurement_design too."""
+from __future__ import annotations
+
+from qbench_plugin.report import tables
+from qbench_plugin.report.compare import NOISE, TOLERATED, counts_text, engine_changes, unmatched
+from qbench_plugin.report.summary import RunResults, saturation_points
+from qbench_plugin.report.tables import fmt, md_table
+
+
+def saved_run_comparison(r: RunResults) -> str:
+    long = r.comparison
+    out = [f"This run (B) against saved run {r.comparison_source} (A): {counts_text(long)}; values are this run's, "
+           f"the change is from A; \"{NOISE}\": the bootstrap 95% interval of B/A includes 1; \"{TOLERATED}\": a "
+           f"memory change within the tolerance of run-to-run drift (every number is in {'compare.csv'}).\n"]
+    if engines := engine_changes(long):
+        out.append(f"Engines differ: {engines}.\n")
+    header, rows = tables.comparison(r)
+    if not rows:
+        out.append("No case ran in both runs.")
+    else:
+        out.append(md_table(header, rows))
+    if extra := unmatched(long):
+        out.append(f"\nCases in one run only: {extra}.")
+    return "\n".join(out)
+
+
+def suite_overhead(r: RunResults) -> str:
+    if not r.overhead:
+        return "Not measured in this run (benchmarks/test_overhead.py, marked slow, vLLM engine only)."
+    out = ["The suite's throughput over bare `llm.classify` calls on the same batches: each timed suite call "
+           "follows a bare call on its batch; suite/bare is the median of the per-pair ratios, with its "
+           "bootstrap 95% interval. The target is missed only when the whole interval lies below it; "
+           "\"within noise\" means the median is below the target and the interval reaches it.\n"]
+
+    def verdict(o: dict) -> str:
+        v = o.get("verdict") or ("met" if o["ratio"] >= o["target"] else "missed")
+        return v if v == "met" else f"{v} (target {o['target']})"
+
+    rows = [(name, o["batch_size"], fmt(o["bare_latency_p50_ms"], 3), fmt(o["suite_latency_p50_ms"], 3),
+             fmt(o["ratio"], 3), "-" if not o.get("ci95") else f"{o['ci95'][0]:.3f}-{o['ci95'][1]:.3f}", verdict(o))
+            for name, o in r.overhead.items()]
+    out.append(md_table(["config", "batch size", "bare p50 ms", "suite p50 ms", "suite/bare", "95% interval",
+                         "target"], rows))
+    return "\n".join(out)
+
+
+def throughput_ceiling(r: RunResults) -> str:
+    if r.ceiling.empty:
+        return "No saturation sweep in this run (`--qbench-sweep on` adds one for `--qbench-sweep-configs`)."
+    out = ["Points from `benchmarks/test_saturation.py`. \"tokenization timed: no\" means the engine got "
+           "pre-tokenized input (vLLM TokensPrompt, HF padded tensors) and the tokenizer ran outside the timed "
+           "region; tokenizer rows time the tokenizer alone. Memory is the GPU's (device-wide) where there is one, "
+           "else the process tree's RSS.\n"]
+    for _, p in saturation_points(r.ceiling).iterrows():
+        p95 = f"p95 {p['p95 ms']} ms" if p["p95 ms"] != "-" else "no per-batch p95 (replicas run concurrently)"
+        out.append(f"- Saturation point of {p['config']}: {p['texts/s']} texts/s at batch size {p['batch size']} "
+                   f"({p['how']}; tokenization timed: {p['tokenization timed']}), {p95}, "
+                   f"peak memory {p['peak memory MiB']} MiB, MFU {p['MFU']}.")
+    out.append("")
+    out.append(md_table(*tables.ceiling_all(r)))
+    return "\n".join(out)
+
+
+def measurement_design(r: RunResults) -> str:
+    m = r.measurement
+    if not m:
+        return "No latency matrix was timed in this run (or it was recorded before qbench timed in rounds)."
+    groups = m.get("groups") or []
+    out = [f"Design: {m.get('design', 'interleaved rounds')}. Each case's {m['rounds'] * m['block']} timed batches "
+           f"were split into {m['rounds']} rounds of {m['block']}, after {m['warmup']} untimed warm-up batches; in "
+           f"every round each case ran one untimed call and then its block, the cases in a fresh random order "
+           f"(seed {m['seed']}; `qbench.json` -> `measurement.orders` has every round's order). Garbage collection "
+           "was off inside a block and memory was read between blocks, never during one. The matrix took "
+           f"{fmt(m.get('seconds'), 1)} s.\n",
+           "Intervals (95%) come from the rounds: a bootstrap that resamples whole rounds, so drift over seconds to "
+           "minutes is inside them. Two configs of this run are compared round by round (paired); two runs are "
+           "compared with each run's rounds resampled on its own.\n"]
+    if len(groups) > 1:
+        out.append("Not every engine could be resident at once; each group below was interleaved within itself, and "
+                   "the first group's rounds were split in halves around the others (A B A), so comparisons across "
+                   "groups are not paired round by round but drift that grew over the run hit them alike on average:\n")
+        out.extend(f"- group {i + 1}: {', '.join(g)}" for i, g in enumerate(groups))
+        out.extend(f"- {name}: {why}" for name, why in (m.get("not_resident") or {}).items())
+        if m.get("visits"):
+            out.append(f"- order: {'; '.join(m['visits'])}")
+    elif groups:
+        out.append(f"Every engine was resident for the whole matrix: {', '.join(groups[0])}.")
+    idle = m.get("idle_engines_by_config") or ({m["idle_engines"]["config"]: m["idle_engines"]}
+                                                if m.get("idle_engines") else {})
+    if idle:
+        out.append("\nIdle engines (`benchmarks/test_residency.py`): each config below timed with the other vLLM "
+                   "engines resident and idle, against the same engines stopped (SIGSTOP), in alternating block pairs; "
+                   "stopped / resident time below 1 means the idle engines cost it time:\n")
+        out.extend(f"- {x['config']} at batch size {x['batch_size']}, beside {', '.join(x['idle_engines'])}: "
+                   f"{x['stopped_over_resident']:.3f} (95% interval {x['ci95'][0]:.3f}-{x['ci95'][1]:.3f}, "
+                   f"{x['pairs']} pairs): {x['verdict']}" for x in idle.values())
+    if m.get("run_noise") is not None:
+        out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%} (the device's A/A figure, "
+                   "or `--qbench-run-noise`).")
+    probe = m.get("host_probe") or {}
+    if probe.get("seconds"):
+        ms = [1e3 * x for x in probe["seconds"]]
+        out.append(f"\nHost probe (a fixed workload of {', '.join(probe.get('components', []))}, once per round; "
+                   f"probe.py): median {sorted(ms)[len(ms) // 2]:.2f} ms over {len(ms)} rounds, "
+                   f"{min(ms):.2f}-{max(ms):.2f} ms. Comparing two runs, qbench compare and the perf gates print the probes' ratio: a host slower or faster beyond the probe's own spread is named as the likely cause of a whole-run shift.")
+    if m.get("interrupted"):
+        out.append(f"\nInterrupted: {m['interrupted']}; the cases keep those whole rounds.")
+    return "\n".join(out)
