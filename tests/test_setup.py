@@ -32,9 +32,34 @@ def test_steps_are_timed(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts")
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    for stamp in (".venv/.qbench-installed-cpu", ".venv-quant/.qbench-installed"):
+    for stamp in (".venv/.qbench-installed-cpu", ".venv-quant/.qbench-installed", ".venv/.qbench-bytecode"):
         (tmp_path / stamp).parent.mkdir(exist_ok=True)
         (tmp_path / stamp).touch()
     out = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], env=dict(os.environ, QBENCH_EXTRA="cpu"),
                          capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout == "qbench setup [   0s] already installed (cpu); nothing to do\n"
+
+
+def test_bytecode_is_compiled_once_for_an_installed_venv(tmp_path):
+    """A .venv installed before setup compiled bytecode (no stamp) gets it on the next run, and only
+    then: with PYTHONDONTWRITEBYTECODE set, nothing else ever caches it."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "calls.log"
+    for tool in ("python", "uv"):  # stand-ins that record how setup called them
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n[ "$1" = -c ] && echo /site\nexit 0\n')
+        (bin_dir / tool).chmod(0o755)
+    for stamp in (".venv/.qbench-installed-cpu", ".venv-quant/.qbench-installed"):
+        (tmp_path / stamp).parent.mkdir(exist_ok=True)
+        (tmp_path / stamp).touch()
+    env = dict(os.environ, QBENCH_EXTRA="cpu")
+    first = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], env=env,
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert "compiling bytecode in .venv" in first.stdout
+    assert "python -m compileall -qq -j 0 /site" in calls.read_text().splitlines()
+    second = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], env=env,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert second.stdout == "qbench setup [   0s] already installed (cpu); nothing to do\n"
