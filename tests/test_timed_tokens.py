@@ -64,3 +64,31 @@ def test_the_split_tokenized_once_gives_the_engines_truncated_counts(embedded_mo
         assert truncated(lengths, limit) == token_counts(str(embedded_model), texts, limit) == expected
         assert over_length_rows(lengths, limit) == [i for i, n in enumerate(lengths) if n > limit]
     assert over_length_rows(lengths, 16) == [1, 3]
+
+
+class _Interrupted(_Recorder):
+    """Answers `after` calls, then is interrupted as status.py's signal handler interrupts a run."""
+
+    def __init__(self, after: int, message: str):
+        super().__init__()
+        self.after, self.message = after, message
+
+    def classify(self, texts):
+        if len(self.calls) == self.after:
+            raise KeyboardInterrupt(self.message)
+        return super().classify(texts)
+
+
+@pytest.mark.parametrize("message, how", [("qbench: SIGTERM", "SIGTERM"), ("qbench: Ctrl-C (SIGINT)", "Ctrl-C"),
+                                          ("", "Ctrl-C")])
+def test_an_interruption_keeps_whole_rounds_and_names_the_signal(message, how):
+    from qbench_plugin.measure.rounds import RoundsInterrupted
+
+    plan = RoundPlan.from_samples(samples=6, rounds=3, warmup=1, seed=3)
+    # warm-up, then two whole rounds of (one untimed call + a block of 2), then the third round's first call
+    engine = _Interrupted(after=plan.warmup + 2 * (plan.block + 1) + 1, message=message)
+    with pytest.raises(RoundsInterrupted) as caught:
+        run_rounds({"a": engine}, [("a", 1)], [f"t{i}" for i in range(20)], plan, is_out_of_memory=lambda exc: False)
+    assert caught.value.how == how and caught.value.rounds_done == 2
+    assert f"interrupted ({how}) after 2 whole rounds" in str(caught.value)
+    assert caught.value.timings[("a", 1)].rounds == [0, 0, 1, 1]

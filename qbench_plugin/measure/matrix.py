@@ -106,7 +106,7 @@ class Matrix:
                                between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress,
                                rounds=rounds, token_counts=self.token_counts)
         except RoundsInterrupted as stopped:
-            design["interrupted"] = f"Ctrl-C after {stopped.rounds_done} of {self.plan.rounds} rounds"
+            design["interrupted"] = f"{stopped.how} after {stopped.rounds_done} of {self.plan.rounds} rounds"
             self._record(self._merged(stopped.timings).values(), status="partial")  # whole rounds are kept
             raise
         found = self._merged(found)

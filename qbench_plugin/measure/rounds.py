@@ -127,23 +127,24 @@ def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequ
 
         _rounds(plan, cases, timings, stopped, call, timed, stop, between_blocks, after_round, progress, began,
                 range(plan.rounds) if rounds is None else rounds)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         done = min((max(t.rounds) + 1 if t.rounds else 0) for t in timings.values() if t.error is None) \
             if any(t.error is None for t in timings.values()) else 0
         for t in timings.values():  # a round cut short is dropped for every case, so all keep equal rounds
             keep = [i for i, r in enumerate(t.rounds) if r < done]
             t.samples_ns, t.rounds = [t.samples_ns[i] for i in keep], [t.rounds[i] for i in keep]
             t.tokens = [t.tokens[i] for i in keep if i < len(t.tokens)]
-        raise RoundsInterrupted(timings, done) from None
+        raise RoundsInterrupted(timings, done, how="SIGTERM" if "SIGTERM" in str(exc) else "Ctrl-C") from None
     return timings
 
 
 class RoundsInterrupted(KeyboardInterrupt):
-    """Ctrl-C during the rounds, with what the finished rounds measured."""
+    """Ctrl-C (or SIGTERM, which status.py turns into the same KeyboardInterrupt, naming it) during the
+    rounds, with what the finished rounds measured."""
 
-    def __init__(self, timings: dict[Case, CaseTiming], rounds_done: int):
-        super().__init__(f"interrupted (Ctrl-C) after {rounds_done} whole rounds")
-        self.timings, self.rounds_done = timings, rounds_done
+    def __init__(self, timings: dict[Case, CaseTiming], rounds_done: int, how: str = "Ctrl-C"):
+        super().__init__(f"interrupted ({how}) after {rounds_done} whole rounds")
+        self.timings, self.rounds_done, self.how = timings, rounds_done, how
 
 
 def _rounds(plan, cases, timings, stopped, call, timed, stop, between_blocks, after_round, progress, began,
