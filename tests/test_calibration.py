@@ -29,9 +29,10 @@ def a_and_slow_b(tmp_path_factory, embedded_model):
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "plugins"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "slowed_engine", "benchmarks", "-k", "latency",
                            f"--qbench-configs-dir={configs}", "--qbench-batch-sizes=1,8",
-                           # 40 rounds of 5: a busy 2-core CI machine left 10 rounds' paired intervals at
-                           # +-20-30% for p50, too wide to see 25%; rounds are cheap beside the engine starts
-                           "--qbench-samples=200", "--qbench-rounds=40",
+                           # 50 rounds of 10: 10 rounds left p50's paired interval at +-20-30% on a busy
+                           # 2-core machine, too wide to see 25%; and a tail is decided only with 5 batches
+                           # beyond it (tails.py), so p99 needs 500. Rounds are cheap beside the engine starts
+                           "--qbench-samples=500", "--qbench-rounds=50",
                            f"--qbench-results-dir={tmp / 'results'}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -46,14 +47,16 @@ def _speed(run_dir, a, b):
     return speed
 
 
-def test_a_slower_config_is_flagged_worse_round_by_round(a_and_slow_b):
-    """Throughput is called worse at every batch size and nothing better. p50 and the tails (p95/p99
-    on a busy 2-core machine) are not always decided: seen 4, 5, 6 and 8 of 8 deltas worse."""
-    speed = _speed(a_and_slow_b, "a", "b")
+@pytest.mark.parametrize("reference", ["a", "a2"])
+def test_a_slower_config_is_flagged_worse_round_by_round(a_and_slow_b, reference):
+    """The issue's bar: at least 80% of the slowed config's speed deltas called worse (7 of its 8),
+    throughput worse at every batch size, nothing better. Seen: 8 of 8 against both identical
+    configs, the weakest interval 1.19-1.27 (p50 at bs 8)."""
+    speed = _speed(a_and_slow_b, reference, "b")
     table = speed[["case", "metric", "a", "b", "ci_low", "ci_high", "verdict"]].to_string()
     throughput = speed[speed["metric"] == "throughput_samples_per_s"]
     assert (throughput["verdict"] == "worse").all(), table
-    assert (speed["verdict"] == "worse").sum() >= 3 and not (speed["verdict"] == "better").any(), table
+    assert (speed["verdict"] == "worse").mean() >= 0.8 and not (speed["verdict"] == "better").any(), table
 
 
 def test_the_slowed_config_is_told_from_an_identical_one(a_and_slow_b):
