@@ -5,6 +5,9 @@ interleave them (matrix.py); `qbench_engine`, parametrized over the configs, bor
 """
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from qbench_plugin.gates import gates
@@ -18,6 +21,7 @@ from qbench_plugin.engines.engine import Engine, EngineUnavailable, cuda_availab
 from qbench_plugin.measure.matrix import Matrix
 from qbench_plugin.options import Settings
 from qbench_plugin.measure.pool import EnginePool
+from qbench_plugin.load_fixtures import launch_early_server
 from qbench_plugin.measure.rounds import RoundPlan
 from qbench_plugin.record.run import RunStore
 from qbench_plugin.stats.probe import probe_seconds
@@ -64,7 +68,7 @@ def qbench_quant_context(qbench_settings: Settings) -> quantize.QuantContext:
     # preflight.check_calibration has checked that these texts are not the evaluated ones
     return quantize.QuantContext.detect(
         cache_dir=s.cache_dir or default_cache_dir(), quant_python=s.quant_python,
-        worker_timeout_s=s.quantize_timeout,
+        worker_timeout_s=s.quantize_timeout, make_unrunnable=s.quantize_unrunnable,
         calibration=lambda: load_texts(source, s.calibration_split, s.text_column))
 
 
@@ -111,11 +115,21 @@ def qbench_pool(pytestconfig: pytest.Config, qbench_settings: Settings, qbench_m
                              store=qbench_store, quant=qbench_quant_context, progress=state.progress,
                              co_resident=qbench_settings.interleave)
     state.pool = engine_pool
+    if state.early_config is not None:
+        log_dir = qbench_store.out_dir or Path(tempfile.mkdtemp(prefix="qbench-server-"))
+        state.early_server = launch_early_server(state.early_config, qbench_settings, qbench_model,
+                                                 qbench_quant_context, log_dir)
+        if state.early_server is not None:
+            engine_pool.neighbours[state.early_server.label] = [state.early_server.launched.child.proc.pid]
+            state.progress(f"qbench: starting the {state.early_config.name} server for the load tests beside the engines")
     try:
         yield engine_pool
     finally:
         engine_pool.close_all("the end of the session")
         state.pool = None
+        if state.early_server is not None:  # its load test never ran (deselected after a failure, Ctrl-C)
+            state.early_server.stop()
+            state.early_server = None
 
 
 @pytest.fixture(scope="session")

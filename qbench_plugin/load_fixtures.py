@@ -13,6 +13,8 @@ that config's one server.
 """
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -27,7 +29,8 @@ from qbench_plugin.loadtest.loadtest import Endpoint, served_model
 from qbench_plugin.redact import env_secret
 from qbench_plugin.options import Settings
 from qbench_plugin.record.run import LoadRecord, RunStore
-from qbench_plugin.loadtest.serve import ServerError, ServerSpec, Unservable, engine_cli_args, start_server
+from qbench_plugin.loadtest.serve import (Launched, Server, ServerError, ServerSpec, Unservable, engine_cli_args,
+                                          launch_server, start_server, wait_server)
 
 REMOTE_ID = "endpoint"
 
@@ -103,6 +106,71 @@ def server_spec(cfg: BenchConfig, settings: Settings, model: str, ctx: quantize.
     )
 
 
+@dataclass
+class EarlyServer:
+    """A load config's server launched while the pool's engines start, and the thread that waits for
+    its /health: most of a start on CPU is three processes importing vLLM one after another, which
+    overlaps the engines' own imports instead of following the whole matrix. Only on a CPU: on a
+    GPU the server would take device memory the pool's shares do not leave it."""
+
+    config: str
+    launched: Launched
+    done: threading.Event = field(default_factory=threading.Event)
+    server: Server | None = None
+    error: BaseException | None = None
+
+    def _wait(self) -> None:
+        try:
+            self.server = wait_server(self.launched)
+        except BaseException as exc:  # handed to the load test that needs this server
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> Server:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.server is not None
+        return self.server
+
+    @property
+    def label(self) -> str:
+        return f"vllm server ({self.config})"
+
+    def stop(self) -> None:
+        self.launched.child.stop()
+
+
+def early_server_config(items: list[pytest.Item], settings: Settings) -> BenchConfig | None:
+    """The config whose server the first selected load test needs, when it can start beside the
+    engines: a local server, on a CPU, engines co-resident, no sweep (whose memory readings count
+    this process's children), --qbench-load-server-early on."""
+    if not settings.load_server_early or settings.endpoint or settings.sweep or not settings.interleave:
+        return None
+    for item in items:
+        if "qbench_endpoint" in getattr(item, "fixturenames", ()):
+            cfg = getattr(getattr(item, "callspec", None), "params", {}).get("qbench_load_config")
+            if cfg is None or cfg.device == "cuda" or cuda_available():
+                return None
+            return cfg
+    return None
+
+
+def launch_early_server(cfg: BenchConfig, settings: Settings, model: str, ctx: quantize.QuantContext,
+                        log_dir: Path) -> EarlyServer | None:
+    """Launch cfg's server now and wait for it in a thread; None when it cannot run (its load test
+    then meets the same reason and reports it)."""
+    try:
+        spec = server_spec(cfg, settings, model, ctx)
+    except (EngineUnavailable, Unservable):
+        return None
+    # spawned from the main thread: PR_SET_PDEATHSIG is tied to the thread that forks
+    early = EarlyServer(cfg.name, launch_server(spec, log_dir / f"server-{cfg.name}.log"))
+    threading.Thread(target=early._wait, name=f"qbench-server-{cfg.name}", daemon=True).start()
+    return early
+
+
 @pytest.fixture(scope="session")
 def qbench_endpoint(request: pytest.FixtureRequest, qbench_load_config: BenchConfig | None,
                     qbench_settings: Settings, qbench_store: RunStore,
@@ -123,12 +191,22 @@ def qbench_endpoint(request: pytest.FixtureRequest, qbench_load_config: BenchCon
     except (EngineUnavailable, Unservable) as exc:
         qbench_store.add_load(LoadRecord(name=cfg.name, target="-", kind="vllm", status="skipped", reason=str(exc)))
         pytest.skip(str(exc))
+    state = request.config._qbench
+    early, state.early_server = (state.early_server, None) if state.early_server is not None else (None, None)
+    if early is not None and early.config != cfg.name:
+        early.stop()  # launched for another config (not expected: it is the first load test's)
+        early = None
+    if pool is not None and early is not None:
+        pool.neighbours.pop(early.label, None)
     log_dir = qbench_store.out_dir or Path(tmp_path_factory.mktemp("qbench-server"))
     try:
-        server = start_server(spec, log_dir / f"server-{cfg.name}.log")
+        server = early.result() if early is not None else start_server(spec, log_dir / f"server-{cfg.name}.log")
     except ServerError as exc:
         qbench_store.add_load(LoadRecord(name=cfg.name, target="-", kind="vllm", status="error", reason=str(exc)))
         raise
+    qbench_store.measurement["load_server_start"] = {
+        "config": cfg.name, "seconds": server.start_s,
+        "when": "with the engines (--qbench-load-server-early on)" if early is not None else "after the in-process tests"}
     try:
         yield Endpoint(name=cfg.name, url=server.url, kind="vllm", model=server.model, server=server)
     finally:

@@ -171,6 +171,8 @@ OPTIONS: tuple[_Option, ...] = (
             "--qbench-dataset; required when that is one file or one saved Dataset, whose every split is the same rows)"),
     _Option("quant_python", ".venv-quant/bin/python", "python of the llm-compressor environment (relative to the rootdir)"),
     _Option("quantize_timeout", "3600", "seconds the llm-compressor worker may take to make one checkpoint", _rate),
+    _Option("quantize_unrunnable", "off", "on: make a config's checkpoint even when no engine here can run it (e.g. "
+            "W4A16 on a CPU without AVX-512), to record its size and quantization time; off: skip it at once", _on_off),
     _Option("min_accuracy", "", "gate: minimum accuracy, for every config (overrides the configs' gates)", _optional_ratio),
     _Option("max_accuracy_drop", "", "gate: largest accuracy drop vs the baseline config, for every config", _optional_ratio),
     _Option("max_flip_rate", "", "gate: largest share of predictions that differ from the baseline's", _optional_ratio),
@@ -201,6 +203,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("load_workers", "0", "load tests: Locust workers to start on this machine (0: one plain Locust process)", _positive_int),
     _Option("load_expect_workers", "0", "load tests: workers the Locust master waits for, on any machine (0: --qbench-load-workers)", _positive_int),
     _Option("load_master_bind", "127.0.0.1:0", "load tests: HOST:PORT the Locust master listens on (port 0: a free one)"),
+    _Option("load_server_early", "on", "load tests on a CPU: on: start the first load config's vLLM server while the "
+            "engines start (its imports overlap theirs; it then waits idle, which test_residency measures); off: "
+            "start it after the in-process tests", _on_off),
     _Option("endpoint", "", "load an already running server at this URL instead of starting one per config"),
     _Option("endpoint_kind", "vllm", "kind of --qbench-endpoint: vllm (POST /classify) or runpod (POST /runsync)", _endpoint_kind),
     _Option("endpoint_key_env", "RUNPOD_API_KEY", "NAME of the environment variable holding the endpoint's API key (runpod)"),
@@ -275,6 +280,8 @@ class Settings:
     load_workers: int
     load_expect_workers: int
     load_master_bind: str
+    load_server_early: bool
+    quantize_unrunnable: bool
     endpoint: str
     endpoint_kind: str
     endpoint_key_env: str

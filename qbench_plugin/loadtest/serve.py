@@ -273,19 +273,37 @@ def server_env(spec: ServerSpec, log_path: Path) -> Environ:
     return env
 
 
-def start_server(spec: ServerSpec, log_path: Path, *, timeout_s: float = HEALTH_TIMEOUT_S) -> Server:
-    """Start the server, wait for GET /health to answer 200, and return it; stop it on any failure
-    (including Ctrl-C while waiting). Raises ServerError with the log's tail."""
-    import httpx
+@dataclass
+class Launched:
+    """A server process started but not yet known to answer: `wait_server` turns it into a Server."""
 
+    url: str
+    model: str
+    command: list[str]
+    child: Child
+    started_ns: int
+    log_path: Path
+
+
+def launch_server(spec: ServerSpec, log_path: Path) -> Launched:
+    """Start the server's process and return at once (it takes about a minute to answer on CPU)."""
     port = free_port(spec.host)
     cmd = server_command(spec, port)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write("# qbench: " + " ".join(cmd) + "\n")
-    url = f"http://{spec.host}:{port}"
     started = time.perf_counter_ns()
     child = spawn("vllm-server", cmd, log_path=log_path, env=server_env(spec, log_path))
+    return Launched(url=f"http://{spec.host}:{port}", model=spec.model, command=cmd, child=child,
+                    started_ns=started, log_path=log_path)
+
+
+def wait_server(launched: Launched, *, timeout_s: float = HEALTH_TIMEOUT_S) -> Server:
+    """Wait for GET /health to answer 200 and return the server; stop it on any failure (including
+    Ctrl-C while waiting). Raises ServerError with the log's tail."""
+    import httpx
+
+    url, child, log_path = launched.url, launched.child, launched.log_path
     try:
         with httpx.Client(timeout=5.0) as client:
             while True:
@@ -298,12 +316,17 @@ def start_server(spec: ServerSpec, log_path: Path, *, timeout_s: float = HEALTH_
                         break
                 except httpx.TransportError:
                     pass
-                if (time.perf_counter_ns() - started) / 1e9 > timeout_s:
+                if (time.perf_counter_ns() - launched.started_ns) / 1e9 > timeout_s:
                     raise ServerError(f"vLLM server did not answer {url}/health within {timeout_s:.0f} s; "
                                       f"last lines of {log_path}:\n{log_tail(log_path)}")
                 time.sleep(0.5)
     except BaseException:
         child.stop(grace_s=STARTING_GRACE_S)
         raise
-    return Server(url=url, model=spec.model, command=cmd, child=child,
-                  start_s=round((time.perf_counter_ns() - started) / 1e9, 3))
+    return Server(url=url, model=launched.model, command=launched.command, child=child,
+                  start_s=round((time.perf_counter_ns() - launched.started_ns) / 1e9, 3))
+
+
+def start_server(spec: ServerSpec, log_path: Path, *, timeout_s: float = HEALTH_TIMEOUT_S) -> Server:
+    """Start the server and wait until it answers (launch_server, then wait_server)."""
+    return wait_server(launch_server(spec, log_path), timeout_s=timeout_s)

@@ -100,10 +100,19 @@ class Matrix:
             record_round(design["host_probe"], self._probe, index)  # after the round: no engine is working
             self.store.save()
 
+        # A config's memory is read once a round, after its largest batch's block (where its peak is):
+        # reading a vLLM engine walks its processes' page tables (50-130 ms on a 2-core CPU), which
+        # after every block cost ~12 s of a default CPU run.
+        largest = {config: max(bs for c, bs in todo if c == config) for config, _ in todo}
+
+        def between_blocks(case: tuple[str, int]) -> None:
+            if case[1] == largest[case[0]]:
+                self.pool.sample_memory([case[0]])
+
         try:
             found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
                                is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
-                               between_blocks=lambda config: self.pool.sample_memory([config]), progress=self.progress,
+                               between_blocks=between_blocks, progress=self.progress,
                                rounds=rounds, token_counts=self.token_counts)
         except RoundsInterrupted as stopped:
             design["interrupted"] = f"{stopped.how} after {stopped.rounds_done} of {self.plan.rounds} rounds"

@@ -69,6 +69,9 @@ class EnginePool:
         self.members: dict[str, Member] = {}
         self.groups: list[list[str]] = []  # configs started together, in the order they were measured
         self.group_reasons: dict[str, str] = {}  # config -> why it was not resident with the first group
+        # other processes qbench keeps idle beside the engines (a load test's server started early):
+        # label -> root pids, so `stopped` can pause them too when idle neighbours are measured
+        self.neighbours: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self._started = False
 
@@ -269,14 +272,18 @@ class EnginePool:
 
     @contextmanager
     def stopped(self, names: list[str]) -> Iterator[list[int]]:
-        """These engines' processes stopped (SIGSTOP) inside the block and resumed after it: what an
+        """These engines' (or neighbours') processes stopped (SIGSTOP) inside the block and resumed after it: what an
         idle engine costs its neighbours (threads that poll or spin) without closing and restarting it."""
         import psutil
 
         procs = []
         for name in names:
-            member = self.members[name]
-            for pid in member.memory._tree() if member.engine is not None and member.memory.pids else ():
+            if name in self.neighbours:
+                pids = MemoryWatch(pids=self.neighbours[name])._tree()
+            else:
+                member = self.members[name]
+                pids = member.memory._tree() if member.engine is not None and member.memory.pids else []
+            for pid in pids:
                 try:
                     procs.append(psutil.Process(pid))
                 except psutil.Error:

@@ -6,7 +6,7 @@ config. Instead, every resident engine stays up, and each of R rounds times a sh
 (config, batch size) in a fresh random order, seeded and recorded (google/benchmark's random
 interleaving; asv's rounds). Each block starts with one untimed call, so the switch from another
 engine is not inside the timed region; the garbage collector is off inside a block and memory is
-read between blocks, never during one. Every sample keeps its round index, which is where the
+read between blocks (when, is the caller's choice), never during one. Every sample keeps its round index, which is where the
 intervals come from (uncertainty.py), and, when the split's token counts are known, the tokens of the
 texts it timed (MFU counts what was timed, not the split's mean).
 
@@ -77,7 +77,7 @@ class CaseTiming:
 
 def run_rounds(engines: Mapping[str, Engine], cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan, *,
                is_out_of_memory: Callable[[BaseException], bool], group: int = 0,
-               between_blocks: Callable[[str], None] = lambda config: None,
+               between_blocks: Callable[[Case], None] = lambda case: None,
                after_round: Callable[[int], None] = lambda index: None,
                progress: Callable[[str], None] = lambda line: None,
                rounds: range | None = None, token_counts: Sequence[int] | None = None) -> dict[Case, CaseTiming]:
@@ -171,7 +171,7 @@ def _rounds(plan, cases, timings, stopped, call, timed, stop, between_blocks, af
             timing.samples_ns.extend(ns for ns, _ in block)
             timing.rounds.extend([index] * len(block))
             timing.tokens.extend(tokens for _, tokens in block if tokens is not None)
-            between_blocks(case[0])
+            between_blocks(case)
         gc.collect()
         after_round(index)
         progress(f"qbench: round {index + 1}/{plan.rounds} done ({time.perf_counter() - began:.0f} s, "

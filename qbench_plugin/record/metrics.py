@@ -63,7 +63,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("load_duration_s", "s", False, "load", "seconds of the measured window"),
     Metric("load_ramp_s", "s", False, "load", "seconds from Locust's start to its last user started (spawning_complete), outside the window"),
     Metric("load_run_rps", "requests/s", True, "load", "requests per second over the whole run, first request sent to last answer (ramp-up included; secondary)"),
-    Metric("load_server_start_s", "s", False, "load", "seconds until the server qbench started answered /health (None: remote)"),
+    Metric("load_server_start_s", "s", False, "load", "seconds from launching the server qbench started to its first /health answer (on a CPU it starts beside the engines unless --qbench-load-server-early off, so their starts overlap; None: remote)"),
 )
 BASELINE_METRICS = ("accuracy_delta", "macro_f1_delta", "flip_rate", "max_abs_prob_diff")
 BY_NAME = {m.name: m for m in METRICS}

@@ -72,7 +72,7 @@ def measurement_design(r: RunResults) -> str:
            f"were split into {m['rounds']} rounds of {m['block']}, after {m['warmup']} untimed warm-up batches; in "
            f"every round each case ran one untimed call and then its block, the cases in a fresh random order "
            f"(seed {m['seed']}; `qbench.json` -> `measurement.orders` has every round's order). Garbage collection "
-           "was off inside a block and memory was read between blocks, never during one. The matrix took "
+           "was off inside a block and memory was read between blocks (once a round per config, after its largest batch), never during one. The matrix took "
            f"{fmt(m.get('seconds'), 1)} s.\n",
            "Intervals (95%) come from the rounds: a bootstrap that resamples whole rounds, so drift over seconds to "
            "minutes is inside them. Two configs of this run are compared round by round (paired); two runs are "
