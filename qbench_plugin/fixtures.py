@@ -20,7 +20,7 @@ from qbench_plugin.dataset.embedded import default_cache_dir, resolve_model
 from qbench_plugin.engines.engine import Engine, EngineUnavailable, cuda_available
 from qbench_plugin.measure.matrix import Matrix
 from qbench_plugin.options import Settings
-from qbench_plugin.measure.pool import EnginePool
+from qbench_plugin.measure.pool import EnginePool, Neighbour
 from qbench_plugin.load_fixtures import launch_early_server
 from qbench_plugin.measure.rounds import RoundPlan
 from qbench_plugin.record.run import RunStore
@@ -120,7 +120,9 @@ def qbench_pool(pytestconfig: pytest.Config, qbench_settings: Settings, qbench_m
         state.early_server = launch_early_server(state.early_config, qbench_settings, qbench_model,
                                                  qbench_quant_context, log_dir)
         if state.early_server is not None:
-            engine_pool.neighbours[state.early_server.label] = [state.early_server.launched.child.proc.pid]
+            early = state.early_server
+            engine_pool.neighbours[early.label] = Neighbour(pids=[early.launched.child.proc.pid],
+                                                            started=early.done.wait)
             state.progress(f"qbench: starting the {state.early_config.name} server for the load tests beside the engines")
     try:
         yield engine_pool
@@ -128,6 +130,7 @@ def qbench_pool(pytestconfig: pytest.Config, qbench_settings: Settings, qbench_m
         engine_pool.close_all("the end of the session")
         state.pool = None
         if state.early_server is not None:  # its load test never ran (deselected after a failure, Ctrl-C)
+            engine_pool.unpark(state.early_server.label)
             state.early_server.stop()
             state.early_server = None
 

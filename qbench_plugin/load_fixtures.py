@@ -193,11 +193,11 @@ def qbench_endpoint(request: pytest.FixtureRequest, qbench_load_config: BenchCon
         pytest.skip(str(exc))
     state = request.config._qbench
     early, state.early_server = (state.early_server, None) if state.early_server is not None else (None, None)
+    if pool is not None and early is not None:
+        pool.unpark(early.label)  # stopped through the rounds: resumed for its own tests
     if early is not None and early.config != cfg.name:
         early.stop()  # launched for another config (not expected: it is the first load test's)
         early = None
-    if pool is not None and early is not None:
-        pool.neighbours.pop(early.label, None)
     log_dir = qbench_store.out_dir or Path(tmp_path_factory.mktemp("qbench-server"))
     try:
         server = early.result() if early is not None else start_server(spec, log_dir / f"server-{cfg.name}.log")

@@ -166,6 +166,8 @@ def test_plugin_runs_the_load_grid_against_one_server_start_and_reports_capacity
     assert engine_config["info"]["memory_peaks"] == "until the load tests"
     # on a CPU the server started beside the engine (its imports overlap the engine's), then idled
     assert written["measurement"]["load_server_start"]["when"].startswith("with the engines")
+    # ... and was stopped through the timed rounds, resumed for its load tests
+    assert list(written["measurement"]["neighbours"].values()) == ["stopped (SIGSTOP) through the timed rounds"]
     assert engine_config["metrics"]["memory_rss_peak_mib"] > 0
     loads = written["loads"]
     assert [load["point"] for load in loads] == ["u2-b1", "u4-b1", "u2-b4", "u4-b4"]

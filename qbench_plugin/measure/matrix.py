@@ -89,6 +89,9 @@ class Matrix:
             group = len(design["groups"])
             design["groups"].append(sorted({c[0] for c in todo}))
             design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(todo)])
+        parked = self.pool.park_neighbours()
+        if parked:
+            design.setdefault("neighbours", {}).update(parked)
         self.progress(f"qbench: timing {len(todo)} cases in {self.plan.rounds} rounds of {self.plan.block} "
                       f"batches each, order shuffled per round (seed {self.plan.seed})")
         if self._probe is None:
