@@ -172,3 +172,58 @@ def test_each_rung_is_a_point_and_graphs_are_skipped_without_cuda(hf_engine, tex
     assert points[1].path_settings["tokenize_mode"] == "thread"
     assert points[4].error == "skipped: CUDA graphs need a CUDA device (this run's device is cpu)"
     assert points[4].cuda_graphs and points[4].texts_per_s == 0
+
+
+# -- vLLM from strings, overlapped (a stand-in engine records what it is given) ---------------------
+
+class _TokensEngine:
+    name = "vllm"
+    max_length = 256
+
+    def __init__(self, model):
+        self.tokenizer_source, self.calls = str(model), []
+
+    def classify_encoded(self, prompts):
+        self.calls.append([p["prompt_token_ids"] for p in prompts])
+        return np.zeros((len(prompts), 2), dtype=np.float32)
+
+
+def test_vllm_strings_point_feeds_tokens_prompts_from_the_pipeline(embedded_model, texts):
+    from qbench_plugin.measure.overlapped import overlapped_point
+
+    engines = [_TokensEngine(embedded_model), _TokensEngine(embedded_model)]
+    point = overlapped_point(engines, texts[:64], 8, 32, config="c", mode="thread", workers=2,
+                             settings={"max_num_seqs": 64})
+    assert point.error is None and point.input == "strings" and point.overlapped and point.replicas == 2
+    assert point.texts == 64 and point.texts_per_s > 0 and point.deployable == "vllm"
+    assert point.path_settings == {"tokenize_mode": "thread", "tokenize_workers": 2}
+    timed = [ids for e in engines for call in e.calls[1:] for ids in call]  # calls[0]: each one's warm-up
+    assert sorted(timed) == sorted(_direct(embedded_model, [texts[:64]])[0])
+
+
+# -- what the report says ---------------------------------------------------------------------------
+
+def test_the_log_names_what_bounds_the_ceiling_with_the_evidence():
+    from qbench_plugin.report.bounds import bounds
+    from qbench_plugin.report.summary import ceiling_display, ceiling_table
+
+    def p(**kw):
+        base = dict(config="c", engine="hf", stage="engine", input="tokens", batch_size=256, texts=2560, seconds=1.0)
+        return ceiling.Point(**{**base, **kw}).as_dict()
+
+    points = [p(texts_per_s=10000.0), p(texts_per_s=19000.0, path="packed", compile_mode="max-autotune-no-cudagraphs",
+                                         compile_s=80.0, path_settings={"rung": "packed+compile", "rows": 16, "width": 512}),
+              p(input="strings", texts_per_s=17000.0, path="packed", overlapped=True,
+                path_settings={"rung": "packed", "tokenize_mode": "process", "tokenize_workers": 8}),
+              p(stage="tokenizer", input="strings", texts_per_s=20000.0)]
+    frame = ceiling_table(points, {"mean_tokens_per_text": 25, "non_embedding_params": 360e6}, 989.0)
+    found = bounds(frame, cpu_run=False)[0]
+    assert found["tokens_bound"] == "GPU compute" and found["mfu"] > 0.3  # 19,000 x 25 x 2 x 360e6 / 989e12
+    assert found["strings_bound"] == "tokenizer" and "tokenizer alone 20,000 texts/s" in found["evidence"]
+    shown = ceiling_display(frame)
+    assert "packed+compile" in shown["settings"][1] and "torch.compile max-autotune-no-cudagraphs" in shown["settings"][1]
+    assert shown["compile s"][1] == "80.0" and shown["deployable"][1] == "reference"
+    assert shown["tokenization timed"][2] == "yes, overlapped" and "8 process workers" in shown["settings"][2]
+    slow_gpu = ceiling_table(points[:1], {"mean_tokens_per_text": 25, "non_embedding_params": 360e6}, 989.0)
+    assert bounds(slow_gpu, cpu_run=False)[0]["tokens_bound"] == "undetermined"
+    assert bounds(slow_gpu, cpu_run=True)[0]["tokens_bound"].startswith("CPU compute")
