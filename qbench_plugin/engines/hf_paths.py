@@ -134,7 +134,10 @@ def scores_forward(model) -> Callable[..., Any]:
     base, head = model.base_model, _head(model)
 
     def forward(input_ids, position_ids, mask):
-        return head(base(input_ids=input_ids, position_ids=position_ids, attention_mask=mask).last_hidden_state)
+        # use_cache=False: a decoder config says True, and a KV cache built for one forward pass is
+        # memory and copies for nothing (and Python objects in a graph to capture)
+        hidden = base(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False)
+        return head(hidden.last_hidden_state)
 
     return forward
 

@@ -114,7 +114,7 @@ def rung_points(engine, texts: Sequence[str], lengths: Sequence[int], rungs: Seq
         finally:
             if runner is not None:
                 runner.close()
-            _reset_compiled(rung)
+            _release(rung, setup.device)
 
 
 def _failed(point: Point, exc: BaseException, runner, is_out_of_memory: Callable[[BaseException], bool]) -> Point:
@@ -215,10 +215,16 @@ def _bucket_one(ids: list[list[int]], *, buckets: Sequence[int], max_length: int
     return hf_paths.bucketed(ids, buckets, max_length, rows, pad)
 
 
-def _reset_compiled(rung: Rung) -> None:
-    """Drop dynamo's compiled frames between rungs: every rung compiles the same forward function, and
-    its guards would pile up to the recompile limit (inductor's disk cache is kept)."""
-    if rung.compile:
-        import torch
+def _release(rung: Rung, device: str) -> None:
+    """Between rungs: drop dynamo's compiled frames (every rung compiles the same forward function, and
+    its guards would pile up to the recompile limit; inductor's disk cache is kept), and give the
+    device back what the rung's graphs, activations or failed attempt held before the next one."""
+    import gc
 
+    import torch
+
+    if rung.compile:
         torch._dynamo.reset()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
