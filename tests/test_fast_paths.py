@@ -224,6 +224,9 @@ def test_the_log_names_what_bounds_the_ceiling_with_the_evidence():
     assert "packed+compile" in shown["settings"][1] and "torch.compile max-autotune-no-cudagraphs" in shown["settings"][1]
     assert shown["compile s"][1] == "80.0" and shown["deployable"][1] == "reference"
     assert shown["tokenization timed"][2] == "yes, overlapped" and "8 process workers" in shown["settings"][2]
-    slow_gpu = ceiling_table(points[:1], {"mean_tokens_per_text": 25, "non_embedding_params": 360e6}, 989.0)
-    assert bounds(slow_gpu, cpu_run=False)[0]["tokens_bound"] == "undetermined"
+    serial = [points[0], points[3], p(input="strings", texts_per_s=6700.0)]
+    slow_gpu = ceiling_table(serial, {"mean_tokens_per_text": 25, "non_embedding_params": 360e6}, 989.0)
+    found = bounds(slow_gpu, cpu_run=False)[0]
+    assert found["tokens_bound"] == "undetermined" and "in series" in found["strings_bound"]
+    assert "would give 6,667 texts/s" in found["evidence"]  # 1 / (1/10,000 + 1/20,000)
     assert bounds(slow_gpu, cpu_run=True)[0]["tokens_bound"].startswith("CPU compute")

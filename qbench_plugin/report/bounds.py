@@ -8,8 +8,9 @@ Three rates decide it: the best point from pre-tokenized input (tokens in), the 
   replicas) beat the best point without one by more than the sweep's 5%; else "undetermined", with
   the MFU: a low MFU alone does not say whether launches, padding or memory bandwidth hold it.
 - strings in: "same as tokens in" when it reaches 90% of the tokens-in rate (tokenization hidden);
-  "tokenizer" when it reaches 80% of the tokenizer alone; else "host" (the feeding, neither the
-  engine nor the tokenizer at its own rate).
+  "tokenizer" when it reaches 80% of the tokenizer alone; when its best point tokenized in series
+  (no overlap), "in series", with the rate the two in series would give (1 / (1/tokens + 1/tokenizer));
+  else "host" (the feeding, neither the engine nor the tokenizer at its own rate).
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def bounds(frame: pd.DataFrame, cpu_run: bool) -> list[dict[str, Any]]:
         ok = group[group["error"].isna() & (group["texts_per_s"] > 0)]
         engine = ok[ok["stage"] == "engine"]
         tokens, top = _rate(engine[engine["input"] == "tokens"])
-        strings, _ = _rate(engine[engine["input"] == "strings"])
+        strings, strings_top = _rate(engine[engine["input"] == "strings"])
         tokenizer, _ = _rate(ok[ok["stage"] == "tokenizer"])
         mfu = None if top is None or pd.isna(top.get("mfu")) else float(top["mfu"])
         host = _host_rungs(engine)
@@ -92,6 +93,10 @@ def bounds(frame: pd.DataFrame, cpu_run: bool) -> list[dict[str, Any]]:
             strings_bound = "same as tokens in (tokenization hidden)"
         elif tokenizer and strings >= NEAR_TOKENIZER * tokenizer:
             strings_bound = "tokenizer"
+        elif strings_top.get("overlapped") != True and tokens and tokenizer:  # noqa: E712
+            serial = 1 / (1 / tokens + 1 / tokenizer)
+            strings_bound = "tokenizer and engine in series (not overlapped)"
+            evidence.append(f"the two in series would give {serial:,.0f} texts/s")
         else:
             strings_bound = "host (feeding)"
         out.append({"config": config, "tokens_in": tokens, "strings_in": strings, "tokenizer": tokenizer, "mfu": mfu,
