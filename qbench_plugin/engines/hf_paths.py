@@ -74,6 +74,8 @@ def padded(ids: Sequence[Sequence[int]], width: int, rows: int | None = None, pa
     ends = np.empty(len(ids), dtype=np.int64)
     for r, row in enumerate(ids):
         n = len(row)
+        if n == 0:  # its "last token" would be the previous row's
+            raise ValueError(f"text {r} of the batch has no tokens")
         input_ids[r, :n] = row
         position_ids[r, :n] = np.arange(n)
         doc_ids[r, :n] = 0
@@ -100,6 +102,8 @@ def pack(ids: Sequence[Sequence[int]], rows: int, width: int, pad_id: int = 0,
     r, col, i = 0, 0, start
     while i < len(ids):
         n = len(ids[i])
+        if n == 0:  # its "last token" would be its neighbour's
+            raise ValueError(f"text {i} has no tokens")
         if n > width:
             raise ValueError(f"text {i} has {n} tokens, more than the packed row width {width}")
         if col + n > width:
