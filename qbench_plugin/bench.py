@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-from qbench_plugin.measure import ceiling
+from qbench_plugin.dataset.embedded import default_cache_dir
+from qbench_plugin.measure import ceiling, hf_rungs
+from qbench_plugin.measure.overlapped import overlapped_point
 from qbench_plugin.dataset.dataset import EvalSet
 from qbench_plugin.engines.engine import Engine
 from qbench_plugin.measure.measure import (LatencyRecorder, baseline_comparison, classification_metrics, latency_stats,
@@ -146,21 +149,42 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
                                                settings.max_model_len, config, engine.name))
         store.ceiling.extend(p.as_dict() for p in points)
         store.save()
+
+        def keep(found: ceiling.Point) -> None:  # every point saved as it lands: a crash keeps the ones before
+            points.append(found)
+            store.ceiling.append(found.as_dict())
+            store.save()
+
+        mode, workers = settings.sweep_tokenize, _tokenize_workers(settings)
+        tokens_top = ceiling.best([p for p in points if p.input == ceiling.TOKENS]) or top
+        if engine.name == "hf":
+            for found in hf_rungs.rung_points(engine, texts, lengths, _hf_rungs(settings, engine.device),
+                                              _rung_setup(settings, engine.device, tokens_top, lengths, config),
+                                              is_out_of_memory=is_out_of_memory):
+                keep(found)
+        elif mode != "off":
+            keep(overlapped_point([engine], texts, tokens_top.batch_size, settings.sweep_texts, config=config, mode=mode,
+                                  workers=workers, is_out_of_memory=is_out_of_memory))
         variants = settings.sweep_engine_settings if engine.name == "vllm" else ()
         if not variants and not settings.sweep_replicas:
             return points
         engine.close()
         for found in ceiling.variant_ladder(engine, variants, texts, lengths, sizes, settings.sweep_texts, points,
                                             **common):
-            points.append(found)
-            store.ceiling.append(found.as_dict())
-            store.save()
-        top = ceiling.best(points)
+            keep(found)
+        # replicas at the best padded point (the fast HF paths have no replicas; vLLM's points are all padded)
+        top = ceiling.best([p for p in points if p.path == "padded" and not p.overlapped])
         for count in settings.sweep_replicas if top is not None else ():
-            found = ceiling.replica_point(engine, count, top, texts, lengths, settings.sweep_texts, config=config)
-            points.append(found)
-            store.ceiling.append(found.as_dict())
-            store.save()
+            also = None
+            if engine.name == "vllm" and mode != "off":
+                def also(replicas, top=top):  # the same replicas from strings, one tokenizer pipeline feeding them
+                    return overlapped_point(replicas, texts, top.batch_size, settings.sweep_texts, config=config,
+                                            mode=mode, workers=workers, settings=top.engine_settings,
+                                            is_out_of_memory=is_out_of_memory)
+            found = ceiling.replica_point(engine, count, top, texts, lengths, settings.sweep_texts, config=config,
+                                          also=also)
+            for one in found if isinstance(found, list) else [found]:
+                keep(one)
         return points
 
     benchmark.pedantic(run, rounds=1, iterations=1)
@@ -169,3 +193,25 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
                                 points=[p.as_dict() for p in points],
                                 best=top.as_dict() if top else None)
     return points
+
+
+def _tokenize_workers(settings: Settings) -> int:
+    """--qbench-sweep-tokenize-workers, 0 meaning half the CPUs (the engine's own processes want the rest), at most 8."""
+    return settings.sweep_tokenize_workers or max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def _hf_rungs(settings: Settings, device: str) -> list[hf_rungs.Rung]:
+    value = settings.sweep_hf_rungs
+    return hf_rungs.parse_rungs(hf_rungs.DEFAULT_RUNGS.get(device, hf_rungs.DEFAULT_RUNGS["cpu"]) if value == "auto" else value)
+
+
+def _rung_setup(settings: Settings, device: str, top: ceiling.Point, lengths: list[int], config: str) -> hf_rungs.RungSetup:
+    mode = settings.sweep_compile_mode
+    return hf_rungs.RungSetup(
+        config=config, device=device, batch_size=top.batch_size, total=settings.sweep_texts,
+        max_length=settings.max_model_len, buckets=settings.sweep_buckets, pack_width=settings.sweep_pack_width,
+        compile_mode=hf_rungs.DEFAULT_COMPILE_MODE.get(device, "default") if mode == "auto" else mode,
+        cache_dir=hf_rungs.compile_cache(settings.cache_dir or default_cache_dir()),
+        mean_tokens=sum(lengths) / max(1, len(lengths)),
+        tokenize_mode=None if settings.sweep_tokenize == "off" else settings.sweep_tokenize,
+        tokenize_workers=_tokenize_workers(settings))

@@ -105,6 +105,32 @@ def _engine_settings(value: str) -> tuple[dict[str, int], ...]:
         raise pytest.UsageError(str(exc)) from None
 
 
+def _hf_rungs(value: str) -> str:
+    from qbench_plugin.measure.hf_rungs import parse_rungs
+
+    if value != "auto":
+        try:
+            parse_rungs(value)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return value
+
+
+def _buckets(value: str) -> tuple[int, ...]:
+    from qbench_plugin.engines.hf_paths import parse_buckets
+
+    try:
+        return tuple(parse_buckets(value))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _tokenize_mode(value: str) -> str:
+    if value not in ("process", "thread", "off"):
+        raise pytest.UsageError(f"expected process, thread or off, got {value!r}")
+    return value
+
+
 def _replica_counts(value: str) -> tuple[int, ...]:
     try:
         counts = tuple(int(part) for part in _csv(value))
@@ -213,11 +239,24 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("sweep_configs", "baseline", "configs that get a sweep: baseline, all, or comma-separated names", _csv),
     _Option("sweep_texts", "2048", "texts per sweep point (cycled from the split; never fewer than 5 batches)", _count),
     _Option("sweep_max_batch", "4096", "largest batch size the sweep tries", _count),
-    _Option("sweep_engine_settings", "max_num_seqs=512,max_num_batched_tokens=32768;max_num_seqs=1024,max_num_batched_tokens=131072",
+    _Option("sweep_engine_settings", "max_num_seqs=512,max_num_batched_tokens=32768;max_num_seqs=1024,max_num_batched_tokens=131072;"
+            "max_num_seqs=2048,max_num_batched_tokens=262144;"
+            "max_num_seqs=2048,max_num_batched_tokens=262144,async_scheduling=true,max_cudagraph_capture_size=1024",
             "vLLM settings to climb after the defaults, rung by rung while each beats the best by 5%: k=v,k=v;k=v (empty: none)",
             _engine_settings),
     _Option("sweep_replicas", "2", "engine replicas on one device to try at the best batch size, comma-separated (empty: none)",
             _replica_counts),
+    _Option("sweep_hf_rungs", "auto", "HF engine rungs past padded batches: bucketed or packed, each with any of +compile, "
+            "+graphs, +flex, comma-separated (auto: per device, see README; empty: none)", _hf_rungs),
+    _Option("sweep_compile_mode", "auto", "torch.compile mode of the +compile rungs (auto: max-autotune-no-cudagraphs on "
+            "CUDA, default on CPU)"),
+    _Option("sweep_buckets", "32,64", "padded lengths of the bucketed rungs, comma-separated (a longer batch pads to "
+            "--qbench-max-model-len)", _buckets),
+    _Option("sweep_pack_width", "512", "tokens a packed row holds (at least --qbench-max-model-len)", _count),
+    _Option("sweep_tokenize", "process", "strings-in points with tokenization overlapped: process or thread workers, or off",
+            _tokenize_mode),
+    _Option("sweep_tokenize_workers", "0", "tokenizer workers of the overlapped points (0: half the CPUs, at most 8)",
+            _positive_int),
     _Option("report", "auto", "write results/<run id>/report.html and benchmark.json: auto (when benchmarks/ runs), always, never"),
 )
 
@@ -291,6 +330,12 @@ class Settings:
     sweep_max_batch: int
     sweep_engine_settings: tuple[dict[str, int], ...]
     sweep_replicas: tuple[int, ...]
+    sweep_hf_rungs: str
+    sweep_compile_mode: str
+    sweep_buckets: tuple[int, ...]
+    sweep_pack_width: int
+    sweep_tokenize: str
+    sweep_tokenize_workers: int
     report: str
 
     @classmethod
@@ -319,6 +364,9 @@ class Settings:
         if values["sweep"] and values["sweep_max_batch"] < max(values["batch_sizes"]):
             raise pytest.UsageError(f"--qbench-sweep-max-batch {values['sweep_max_batch']} is below the largest "
                                     f"batch size {max(values['batch_sizes'])}, where the sweep starts")
+        if values["sweep"] and values["sweep_pack_width"] < values["max_model_len"]:
+            raise pytest.UsageError(f"--qbench-sweep-pack-width {values['sweep_pack_width']} is below "
+                                    f"--qbench-max-model-len {values['max_model_len']}: a longest text would not fit a row")
         if values["calibration_split"] == values["split"] and values["calibration_dataset"] in ("", values["dataset"]):
             raise pytest.UsageError(f"--qbench-calibration-split must differ from the evaluated split "
                                     f"--qbench-split ({values['split']!r}): calibrating on it would flatter accuracy")

@@ -13,6 +13,14 @@
 #                                       hf_reference at bs 1,8,32 three times (A, A again, then B with every
 #                                       engine 25% slower by construction: tests/plugins/slowed_engine.py),
 #                                       A' and B gated against A, qbench compare of both pairs
+#   bash scripts/h200.sh ceiling OUT [pytest args...]   the throughput-ceiling sweep of fp16_baseline and
+#                                       hf_reference alone (issue 21's rungs), into OUT/; prepares the fp16 model
+#                                       only. About 13 minutes (engines ~2.5, vLLM ~5, HF ~5.5, of which
+#                                       max-autotune of the one packed shape is ~3; ~1 with the inductor cache
+#                                       of an earlier run), so run it detached and poll. Cut it with
+#                                       QBENCH_CEILING_TEXTS (8192), QBENCH_CEILING_HF_RUNGS, QBENCH_CEILING_LADDER,
+#                                       QBENCH_CEILING_COMPILE_MODE (auto), QBENCH_CEILING_REPLICAS (2; empty: none).
+#                                       Points are saved as each lands: a run stopped midway keeps them
 #   bash scripts/h200.sh load OUT [CONFIGS] [pytest args...]   the seed's load grid (after prepare): CONFIGS
 #                                       (default fp16_baseline,gptq_4bit) x users 10,20,50 x 1,8,32 texts a
 #                                       request, one server per config, 4 Locust workers, into OUT/ (about
@@ -32,7 +40,8 @@ stage=${1:-}; shift || true
 case "$stage" in
   prepare)
     python3 -c "from qbench_plugin.dataset.embedded import resolve_model; print(resolve_model('$MODEL'))"
-    for cfg in ${QBENCH_PREPARE_CONFIGS:-gptq_4bit awq_4bit int8_w8a8}; do
+    # QBENCH_PREPARE_CONFIGS= (set, empty) trains the fp16 model only: `-`, not `:-`, keeps the empty value
+    for cfg in ${QBENCH_PREPARE_CONFIGS-gptq_4bit awq_4bit int8_w8a8}; do
       python3 -m qbench_plugin.cli quantize "configs/$cfg.json" --model "$MODEL" --quant-python "$QUANT_PYTHON"
     done ;;
   matrix)
@@ -52,6 +61,19 @@ case "$stage" in
       --qbench-model "$MODEL" --qbench-load-configs "$configs" --qbench-quant-python "$QUANT_PYTHON" \
       --qbench-load-users 10,20,50 --qbench-load-batch-size 1,8,32 --qbench-load-workers 4 \
       --qbench-results-dir "$out" "$@" 2>&1 | tee "$out/pytest-load.log" | grep -v " INFO \|^INFO" ;;
+  ceiling)
+    out=$1; shift
+    QBENCH_PREPARE_CONFIGS= bash "$0" prepare
+    # the sweep starts at batch 512 (--qbench-batch-sizes sets where; the matrix is deselected); the ladder
+    # jumps to 262144 batched tokens, then adds async scheduling and larger graph capture; the HF rungs
+    # compile one shape (the packed rows), which the graphs rung then replays
+    ladder=${QBENCH_CEILING_LADDER-max_num_seqs=2048,max_num_batched_tokens=262144;max_num_seqs=2048,max_num_batched_tokens=262144,async_scheduling=true,max_cudagraph_capture_size=2048}
+    QBENCH_TIME_LIMIT=${QBENCH_TIME_LIMIT:-1080} bash "$0" matrix "$out" fp16_baseline,hf_reference \
+      -m "gpu and saturation" --qbench-batch-sizes 512 --qbench-sweep on \
+      --qbench-sweep-configs fp16_baseline,hf_reference --qbench-sweep-texts "${QBENCH_CEILING_TEXTS:-8192}" \
+      --qbench-sweep-engine-settings "$ladder" --qbench-sweep-replicas "${QBENCH_CEILING_REPLICAS-2}" \
+      --qbench-sweep-hf-rungs "${QBENCH_CEILING_HF_RUNGS:-bucketed,packed,packed+compile,packed+compile+graphs}" \
+      --qbench-sweep-compile-mode "${QBENCH_CEILING_COMPILE_MODE:-auto}" "$@" ;;
   all)
     out=$1; shift
     bash "$0" prepare
@@ -81,5 +103,5 @@ case "$stage" in
       python3 -m qbench_plugin.cli compare "$base" "$(ls -d "$out/$run"/2*/)" --csv "$out/compare-a-$run.csv" \
         | tee "$out/compare-a-$run.txt"
     done ;;
-  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...]" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | ceiling OUT [pytest args...] | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...]" >&2; exit 2 ;;
 esac

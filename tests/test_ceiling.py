@@ -202,9 +202,13 @@ def test_sweep_through_the_plugin(tmp_path, embedded_model):
     assert {(p["input"], p["tokenization_in_timed_region"]) for p in engine} == {("strings", True), ("tokens", False)}
     assert {p["batch_size"] for p in engine if not p["engine_settings"]} == {16, 32, 64}
     assert any(p["engine_settings"] == {"max_num_seqs": 32} and p["replicas"] == 1 for p in engine)
-    (replicated,) = [p for p in engine if p["replicas"] == 2]
+    (replicated,) = [p for p in engine if p["replicas"] == 2 and p["input"] == "tokens"]
+    # strings in, tokenized by worker processes while the engine runs: one engine, and the replicas
+    overlapped = [p for p in engine if p["overlapped"]]
+    assert sorted(p["replicas"] for p in overlapped) == [1, 2], overlapped
+    assert all(p["input"] == "strings" and p["path_settings"]["tokenize_mode"] == "process" for p in overlapped)
     # at the best single-engine point's batch size (16, 32 or 64: the gain rule's leader), 5+ batches a replica
-    singles = [p for p in engine if p["replicas"] == 1 and p["error"] is None]
+    singles = [p for p in engine if p["replicas"] == 1 and p["error"] is None and not p["overlapped"]]
     single = singles[ceiling.leader(singles)]
     assert replicated["batch_size"] == single["batch_size"]
     assert replicated["texts"] == 2 * 5 * replicated["batch_size"] and replicated["texts_per_s"] > 0

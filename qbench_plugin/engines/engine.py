@@ -133,8 +133,16 @@ class VllmEngine:
         return self.llm.get_tokenizer()
 
     def encode(self, texts: Sequence[str]) -> list[dict]:
-        ids = self.tokenizer(list(texts), **self._tokenization)["input_ids"]
-        return [{"prompt_token_ids": row} for row in ids]  # vLLM's TokensPrompt
+        return tokens_prompts(self.tokenizer(list(texts), **self._tokenization)["input_ids"])
+
+    @property
+    def tokenizer_source(self) -> str:
+        """Where a worker process loads the same tokenizer from (vLLM's wrapper does not pickle)."""
+        return self.engine_kwargs.get("tokenizer") or self.engine_kwargs["model"]
+
+    @property
+    def max_length(self) -> int:
+        return self._tokenization["max_length"]
 
     def classify_encoded(self, encoded: list[dict]) -> np.ndarray:
         return self._classify(encoded)
@@ -214,6 +222,11 @@ class HfEngine:
     def weights_memory_bytes(self) -> int | None:
         return int(self.model.get_memory_footprint())
 
+    @property
+    def tokenizer_source(self) -> str:
+        """Where a worker process loads the same tokenizer from."""
+        return self.spec.model
+
     def variant(self, **overrides: Any) -> "HfEngine":
         """Another copy of the model (a replica); HF has no engine settings to vary."""
         if overrides:
@@ -243,6 +256,11 @@ class HfEngine:
     def close(self) -> None:
         self.model = None
         _release_memory()
+
+
+def tokens_prompts(ids: Sequence[Sequence[int]]) -> list[dict]:
+    """Token ids as vLLM's TokensPrompt; module-level so a tokenizer worker process can build them."""
+    return [{"prompt_token_ids": list(row)} for row in ids]
 
 
 INSECURE_SERIALIZATION = "VLLM_ALLOW_INSECURE_SERIALIZATION"

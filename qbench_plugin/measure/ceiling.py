@@ -40,7 +40,21 @@ class Point:
     tokenizers_parallelism: bool | None = None  # tokenizer points: TOKENIZERS_PARALLELISM
     memory_rss_peak_mib: float | None = None
     gpu_memory_peak_mib: float | None = None
-    error: str | None = None  # why the point has no numbers (out of memory)
+    error: str | None = None  # why the point has no numbers (out of memory, skipped, failed to compile)
+    # how the engine ran (issue 21's rungs): "padded" as engine.py runs it, "bucketed" (fixed shapes),
+    # "packed" (padding-free rows); compile and graph settings; what `compile_s` cost before the timed calls
+    path: str = "padded"
+    compile_mode: str | None = None
+    compile_s: float | None = None  # compiling, autotuning and capturing every shape, untimed
+    cuda_graphs: bool = False
+    attention: str | None = None  # the HF rungs' mask kind: "sdpa" (dense) or "flex" (BlockMask)
+    overlapped: bool = False  # strings in, tokenized by worker processes/threads while the engine runs
+    path_settings: dict[str, Any] = field(default_factory=dict)  # buckets, row width, cache dir, workers
+    timed_tokens_per_text: float | None = None  # the timed texts' own mean length, which MFU uses
+    deployable: str = ""  # "vllm": what a vLLM deployment runs; "reference": transformers only
+
+    def __post_init__(self) -> None:
+        self.deployable = self.deployable or ("vllm" if self.engine == "vllm" else "reference")
 
     @property
     def tokenization_in_timed_region(self) -> bool:
@@ -260,36 +274,52 @@ def variant_ladder(engine, variants: Sequence[dict[str, int]], texts: Sequence[s
         best_so_far = gained
 
 
-def replica_point(engine, count: int, top: Point, texts: Sequence[str], lengths: Sequence[int], total: int, *,
-                  config: str) -> Point:
+@contextmanager
+def started_replicas(engine, count: int, top: Point) -> Iterator[list]:
     """`count` copies of the engine at the best point's settings, each with its share of the GPU memory
-    the original was given; replicas that do not fit are a finding (a point with the error)."""
+    the original was given; closed on the way out."""
     share = dict(top.engine_settings)
     utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
     if utilization:
         share["gpu_memory_utilization"] = utilization / count
-    replicas = []
+    replicas: list = []
     try:
         for _ in range(count):
             replicas.append(engine.variant(**share))
-        return replicated_point(replicas, texts, lengths, top.batch_size, total, config=config, order=top.order,
-                                settings=top.engine_settings)
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
+def replica_point(engine, count: int, top: Point, texts: Sequence[str], lengths: Sequence[int], total: int, *,
+                  config: str, also: Callable[[list], Point] | None = None) -> Point | list[Point]:
+    """The replicas fed pre-tokenized batches; replicas that do not fit are a finding (a point with the
+    error). `also(replicas)` measures another point on the same replicas (strings in, overlapped):
+    then both points come back, in a list."""
+    try:
+        with started_replicas(engine, count, top) as replicas:
+            point = replicated_point(replicas, texts, lengths, top.batch_size, total, config=config, order=top.order,
+                                     settings=top.engine_settings)
+            return point if also is None else [point, also(replicas)]
     except Exception as exc:  # noqa: BLE001
         return Point(config, engine.name, "engine", TOKENS, top.batch_size, order=top.order, replicas=count,
                      engine_settings=dict(top.engine_settings),
                      error=f"{count} replicas failed: {type(exc).__name__}: {exc}"[:300])
-    finally:
-        for replica in replicas:
-            replica.close()
 
 
 MIN_GAIN = 0.05  # the gain a point needs over a simpler one to count: what the sweep and the ladder stop on
 
 
 def _simplicity(point: Mapping[str, Any]) -> tuple:
-    """Cheaper to deploy first: one engine, default settings, batches as they come, smaller batches."""
+    """Cheaper to deploy first: one engine, default settings, the engine's own padded path, no compile
+    or graphs, batches as they come, smaller batches. (Rows read back from a frame hold NaN for fields a
+    point did not have, hence the comparisons that NaN fails.)"""
     settings = point.get("engine_settings")
-    return (int(point.get("replicas") or 1), bool(settings) and isinstance(settings, Mapping),
+    path = point.get("path")
+    machinery = (isinstance(path, str) and path != "padded") + isinstance(point.get("compile_mode"), str) \
+        + (point.get("cuda_graphs") == True)  # noqa: E712  (NaN == True is False; `is True` misses numpy's bool)
+    return (int(point.get("replicas") or 1), bool(settings) and isinstance(settings, Mapping), machinery,
             point.get("order") != "dataset", int(point["batch_size"]))
 
 
@@ -322,17 +352,29 @@ def fastest(points: Sequence[Point], stage: str = "engine") -> Point | None:
     return max(measured, key=lambda p: p.texts_per_s) if measured else None
 
 
-def parse_engine_settings(value: str) -> list[dict[str, int]]:
-    """'max_num_seqs=1024,max_num_batched_tokens=131072;max_num_seqs=512' -> one dict per variant."""
+ENGINE_SETTINGS = {  # vLLM LLM() arguments the ladder may vary, and their kind
+    "max_num_seqs": int, "max_num_batched_tokens": int,
+    "max_cudagraph_capture_size": int,  # largest token count vLLM captures a CUDA graph for (default <= 512)
+    "async_scheduling": bool,  # vLLM 0.24 turns it off by default for pooling models
+}
+
+
+def parse_engine_settings(value: str) -> list[dict[str, int | bool]]:
+    """'max_num_seqs=1024,max_num_batched_tokens=131072;async_scheduling=true' -> one dict per variant."""
     variants = []
     for part in filter(None, (p.strip() for p in value.split(";"))):
-        variant = {}
+        variant: dict[str, int | bool] = {}
         for item in filter(None, (i.strip() for i in part.split(","))):
-            key, sep, raw = item.partition("=")
-            if not sep or key.strip() not in ("max_num_seqs", "max_num_batched_tokens"):
-                raise ValueError(f"engine setting {item!r}: expected max_num_seqs=N or max_num_batched_tokens=N")
+            key, sep, raw = (x.strip() for x in item.partition("="))
+            if not sep or key not in ENGINE_SETTINGS:
+                raise ValueError(f"engine setting {item!r}: expected one of {', '.join(k + '=' for k in ENGINE_SETTINGS)}")
+            if ENGINE_SETTINGS[key] is bool:
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError(f"engine setting {item!r}: {raw!r} is not true or false")
+                variant[key] = raw.lower() == "true"
+                continue
             try:
-                variant[key.strip()] = int(raw)
+                variant[key] = int(raw)
             except ValueError:
                 raise ValueError(f"engine setting {item!r}: {raw!r} is not a whole number") from None
         variants.append(variant)

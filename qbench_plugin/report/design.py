@@ -4,6 +4,7 @@ the HTML report shows measurement_design too."""
 from __future__ import annotations
 
 from qbench_plugin.report import tables
+from qbench_plugin.report.bounds import bound_lines
 from qbench_plugin.report.compare import NOISE, TOLERATED, counts_text, engine_changes, unmatched
 from qbench_plugin.report.summary import RunResults, saturation_points
 from qbench_plugin.report.tables import fmt, md_table
@@ -58,6 +59,7 @@ def throughput_ceiling(r: RunResults) -> str:
         out.append(f"- Saturation point of {p['config']}: {p['texts/s']} texts/s at batch size {p['batch size']} "
                    f"({p['how']}; tokenization timed: {p['tokenization timed']}), {p95}, "
                    f"peak memory {p['peak memory MiB']} MiB, MFU {p['MFU']}.")
+    out.extend(bound_lines(r.ceiling, cpu_run=not r.machine.get("gpu_names")))
     out.append("")
     out.append(md_table(*tables.ceiling_all(r)))
     return "\n".join(out)

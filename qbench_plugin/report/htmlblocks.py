@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from qbench_plugin.report import gpus, tables
+from qbench_plugin.report.bounds import bound_lines
 from qbench_plugin.report.compare import NOISE, counts_text, engine_changes, unmatched
 from qbench_plugin.loadtest.loadgrid import texts_a_request
 from qbench_plugin.report.plots import Plot
@@ -175,6 +176,7 @@ def ceiling_html(r: RunResults) -> list[str]:
            "<p>\"tokenization timed: no\": pre-tokenized input, tokenizer outside the timed region; tokenizer rows "
            "time the tokenizer alone. Saturation points (highest texts/s per config):</p>"]
     out.append(_table(_frame(*tables.ceiling_points(r)), "qbench qbench-ceiling-best"))
+    out += [f"<p>{_e(line[2:])}</p>" for line in bound_lines(r.ceiling, cpu_run=not r.machine.get("gpu_names"))]
     out.append("<details><summary>All sweep points</summary>")
     out.append(_table(_frame(*tables.ceiling_all(r)), "qbench qbench-ceiling"))
     out.append("</details>")

@@ -18,6 +18,7 @@ import pandas as pd
 from qbench_plugin.loadtest import loadgrid
 from qbench_plugin.measure.ceiling import leader
 from qbench_plugin.config import BenchConfig
+from qbench_plugin.report.bounds import path_words
 from qbench_plugin.report.cost import (Peak, Pricing, TrafficPlan, add_costs, cost_per_requests, load_traffic_plan,
                                        resolve_peak, resolve_pricing, traffic_plan)
 from qbench_plugin.gates.gates import gate_frame
@@ -113,7 +114,7 @@ def ceiling_best(frame: pd.DataFrame) -> pd.DataFrame:
 def ceiling_display(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader needs to tell the points apart, formatted for the report and the log."""
     def settings(row) -> str:
-        parts = [f"{k}={v}" for k, v in (row["engine_settings"] or {}).items()]
+        parts = [f"{k}={v}" for k, v in (row["engine_settings"] or {}).items()] + path_words(row)
         if row["replicas"] > 1:
             parts.append(f"{row['replicas']} replicas")
         if row["stage"] == "tokenizer" and pd.notna(row.get("tokenizers_parallelism")):
@@ -129,10 +130,14 @@ def ceiling_display(frame: pd.DataFrame) -> pd.DataFrame:
         memory = memory if memory is not None and pd.notna(memory) else row.get("memory_rss_peak_mib")
         rows.append({
             "config": row["config"], "engine": row["engine"], "stage": row["stage"],
-            "tokenization timed": "yes" if row["input"] == "strings" else "no",
+            "tokenization timed": ("yes, overlapped" if row.get("overlapped") == True else "yes")  # noqa: E712
+            if row["input"] == "strings" else "no",
+            "deployable": row.get("deployable") if isinstance(row.get("deployable"), str) else
+            ("vllm" if row["engine"] == "vllm" else "reference"),
             "order": row["order"], "batch size": int(row["batch_size"]), "settings": settings(row),
             "texts/s": row["error"] if isinstance(row["error"], str) else num(row["texts_per_s"], 1),
             "p95 ms": num(row.get("latency_p95_ms"), 2), "peak memory MiB": num(memory, 0),
+            "compile s": num(row.get("compile_s"), 1),
             "MFU": "-" if pd.isna(row.get("mfu")) else f"{row['mfu']:.2%}",
         })
     return pd.DataFrame(rows)
