@@ -175,12 +175,12 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
         # replicas at the best padded point (the fast HF paths have no replicas; vLLM's points are all padded)
         top = ceiling.best([p for p in points if p.path == "padded" and not p.overlapped])
         for count in settings.sweep_replicas if top is not None else ():
-            also = None
-            if engine.name == "vllm" and mode != "off":
-                def also(replicas, top=top):  # the same replicas from strings, one tokenizer pipeline feeding them
-                    return overlapped_point(replicas, texts, top.batch_size, settings.sweep_texts, config=config,
-                                            mode=mode, workers=workers, settings=top.engine_settings,
-                                            is_out_of_memory=is_out_of_memory)
+            def strings_in(replicas, top=top):  # the same replicas from strings, one tokenizer pipeline feeding them
+                return overlapped_point(replicas, texts, top.batch_size, settings.sweep_texts, config=config,
+                                        mode=mode, workers=workers, settings=top.engine_settings,
+                                        is_out_of_memory=is_out_of_memory)
+
+            also = strings_in if engine.name == "vllm" and mode != "off" else None
             found = ceiling.replica_point(engine, count, top, texts, lengths, settings.sweep_texts, config=config,
                                           also=also)
             for one in found if isinstance(found, list) else [found]:
