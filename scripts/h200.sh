@@ -12,7 +12,8 @@
 #   bash scripts/h200.sh aab OUT        the host-probe check: fp16_baseline, gptq_4bit, int8_w8a8 and
 #                                       hf_reference at bs 1,8,32 three times (A, A again, then B with every
 #                                       engine 25% slower by construction: tests/plugins/slowed_engine.py),
-#                                       A' and B gated against A, qbench compare of both pairs
+#                                       A' and B gated against A, qbench compare of both pairs;
+#                                       QBENCH_AAB_RUNS=a2 runs the A/A pair alone (results/examples/h200/aa/)
 #   bash scripts/h200.sh ceiling OUT [pytest args...]   the throughput-ceiling sweep of fp16_baseline and
 #                                       hf_reference alone (issue 21's rungs), into OUT/; prepares the fp16 model
 #                                       only. About 13 minutes (engines ~2.5, vLLM ~5, HF ~5.5, of which
@@ -96,10 +97,13 @@ case "$stage" in
     args=(-m "gpu and not load" -k "latency or accuracy" --qbench-batch-sizes 1,8,32)
     bash "$0" matrix "$out/a" "$configs" "${args[@]}" "$@"
     base=$(ls -d "$out"/a/2*/)
+    runs=${QBENCH_AAB_RUNS:-a2 b}
     bash "$0" matrix "$out/a2" "$configs" "${args[@]}" --qbench-perf-baseline "$base" "$@" || true
-    PYTHONPATH="tests/plugins:${PYTHONPATH:-}" bash "$0" matrix "$out/b" "$configs" "${args[@]}" -p slowed_engine \
-      --qbench-perf-baseline "$base" "$@" || true
-    for run in a2 b; do
+    if [[ " $runs " == *" b "* ]]; then
+      PYTHONPATH="tests/plugins:${PYTHONPATH:-}" bash "$0" matrix "$out/b" "$configs" "${args[@]}" -p slowed_engine \
+        --qbench-perf-baseline "$base" "$@" || true
+    fi
+    for run in $runs; do
       python3 -m qbench_plugin.cli compare "$base" "$(ls -d "$out/$run"/2*/)" --csv "$out/compare-a-$run.csv" \
         | tee "$out/compare-a-$run.txt"
     done ;;
