@@ -32,7 +32,9 @@ from typing import Any, Sequence
 import pytest
 
 from qbench_plugin.record.benchjson import GROUP_SUFFIX, benchmark_group
+from qbench_plugin.measure.measure import baseline_comparison
 from qbench_plugin.record.merge import merge_outputs, worker_output
+from qbench_plugin.record.run import RunStore
 
 SUPPORTED_MODULES = ("test_latency.py", "test_accuracy.py")  # the benchmark modules that run under -n
 QBENCH_FIXTURES = ("qbench_config", "qbench_load_config", "qbench_endpoint")
@@ -108,6 +110,20 @@ def split_cores(cores: Sequence[int], workers: int) -> list[list[int]]:
         shares.append(cores[start:end])
         start = end
     return shares
+
+
+def compare_with_baseline(store: RunStore) -> None:
+    """Flip rate and accuracy deltas for configs that ran on another worker than the baseline (a worker
+    compares only the configs it holds, as a one-process run does for all)."""
+    base = store.baseline()
+    scored = ("accuracy", "macro_f1")
+    if base is None or not all(k in base.metrics for k in scored):
+        return
+    for rec in store.configs.values():
+        if rec is base or rec.probabilities is None or rec.info.get("baseline") or not all(k in rec.metrics for k in scored):
+            continue
+        rec.metrics.update(baseline_comparison(rec.probabilities, rec.metrics, base.probabilities, base.metrics))
+        rec.info["baseline"] = base.name
 
 
 def samples_s(extra_info: dict[str, Any]) -> list[float]:
@@ -198,6 +214,7 @@ class Controller:
     def merge(self, config: pytest.Config) -> None:
         store = self.state.store
         entries = merge_outputs(store, self.outputs)
+        compare_with_baseline(store)
         if self.lost:
             store.status, store.status_reason = "partial", f"worker(s) lost: {'; '.join(self.lost)}"
         bench_session = getattr(config, "_benchmarksession", None)

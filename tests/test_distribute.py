@@ -2,7 +2,7 @@
 merge of two workers' outputs into one run (record/merge.py)."""
 import numpy as np
 
-from qbench_plugin.distribute import assign_groups, samples_s, scope_of, split_cores
+from qbench_plugin.distribute import assign_groups, compare_with_baseline, samples_s, scope_of, split_cores
 from qbench_plugin.record.merge import merge_outputs, worker_output
 from qbench_plugin.record.run import CaseRecord, ConfigRecord, RunStore
 
@@ -63,6 +63,7 @@ def test_two_workers_merge_into_one_run():
     store = RunStore(run_id="run", out_dir=None, settings={})
     store.status = "complete"
     entries = merge_outputs(store, [b, a])  # the order workers went down in
+    compare_with_baseline(store)
     assert [e["extra_info"]["config"] for e in entries] == ["cpu_default"] * 2 + ["cpu_bnb_int8"] * 2
     assert all(e["stats"]["data"] for e in entries)
     assert list(store.configs) == ["cpu_default", "cpu_bnb_int8"]

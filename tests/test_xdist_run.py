@@ -75,3 +75,14 @@ def test_pytest_benchmark_compare_reads_it(run):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "cpu_default" in proc.stdout and "cpu_bnb_int8" in proc.stdout
+
+
+def test_perf_gates_are_refused_under_n(tmp_path):
+    """--qbench-perf-baseline is not merged across workers yet: one usage error before anything starts."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "-n", "2", "--qbench-configs", "cpu_default",
+         f"--qbench-perf-baseline={tmp_path}", f"--qbench-results-dir={tmp_path / 'results'}"],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "--qbench-perf-baseline (performance gates) is not supported with -n yet" in proc.stderr
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").iterdir())

@@ -12,7 +12,6 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from qbench_plugin.measure.measure import baseline_comparison
 from qbench_plugin.record.run import CaseRecord, ConfigRecord, RunStore, _json_default
 
 # the matrix plan every worker shares (same options, same seed); the rest of a worker's measurement
@@ -56,7 +55,9 @@ def _config_record(data: Mapping[str, Any]) -> ConfigRecord:
 
 def merge_outputs(store: RunStore, outputs: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Fold every worker's output into the controller's store (in worker id order, so a run's JSON does
-    not depend on which worker finished first); return the pytest-benchmark entries, in the same order."""
+    not depend on which worker finished first); return the pytest-benchmark entries, in the same order.
+    Configs that ran on another worker than the baseline are compared with it afterwards
+    (distribute.compare_with_baseline: comparing is the measuring step's, which record/ does not import)."""
     outputs = sorted(outputs, key=lambda out: str(out["placement"].get("worker")))
     entries: list[dict] = []
     workers: dict[str, Any] = {}
@@ -87,19 +88,4 @@ def merge_outputs(store: RunStore, outputs: Iterable[Mapping[str, Any]]) -> list
         store.measurement.update(plan, workers=workers, groups=[], seconds=max(seconds) if seconds else 0.0,
                                  design=f"interleaved rounds within each of {len(workers)} pytest-xdist workers "
                                         "(each worker's configs against each other)")
-    compare_with_baseline(store)
     return entries
-
-
-def compare_with_baseline(store: RunStore) -> None:
-    """Flip rate and accuracy deltas for configs that ran on another worker than the baseline (a worker
-    compares only the configs it holds, as a one-process run does for all)."""
-    base = store.baseline()
-    scored = ("accuracy", "macro_f1")
-    if base is None or not all(k in base.metrics for k in scored):
-        return
-    for rec in store.configs.values():
-        if rec is base or rec.probabilities is None or rec.info.get("baseline") or not all(k in rec.metrics for k in scored):
-            continue
-        rec.metrics.update(baseline_comparison(rec.probabilities, rec.metrics, base.probabilities, base.metrics))
-        rec.info["baseline"] = base.name
