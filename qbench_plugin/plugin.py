@@ -78,7 +78,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, help_text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {help_text}")
     settings = Settings.from_pytest(config)
-    if distribute.is_controller(config):
+    spread = _runs_benchmarks(config)  # -n over qbench's own tests (tests/) stays plain xdist
+    if spread and distribute.is_controller(config):
         distribute.configure_controller(config, settings)
     worker = distribute.is_worker(config)
     shared = distribute.from_controller(config)  # a worker: the controller's run id and seed
@@ -92,9 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
     seed = shared.get("seed", seed)
     config._qbench = QbenchState(settings=settings, store=store, report=ReportState.from_settings(settings),
                                  seed=seed, progress=_progress_writer(config))
-    if distribute.is_controller(config):
+    if spread and distribute.is_controller(config):
         config.pluginmanager.register(distribute.Controller(config._qbench), "qbench-xdist")
-    elif worker and config.pluginmanager.hasplugin("xdist"):
+    elif spread and worker and config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(distribute.Worker(config, config._qbench), "qbench-xdist")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
