@@ -19,8 +19,8 @@ into its own store (record/merge.py) and hands pytest-benchmark the entries, so 
 it never starts an engine (it collects no tests).
 
 Not yet under -n (each fails with one message rather than doing something else): performance gates
-(--qbench-perf-baseline), sweeps (--qbench-sweep), and the tests beyond latency and accuracy
-(accuracy gates, load, overhead, residency, saturation).
+(--qbench-perf-baseline), sweeps (--qbench-sweep), a CUDA machine (no GPU per worker yet), and the
+tests beyond latency and accuracy (accuracy gates, load, overhead, residency, saturation).
 """
 from __future__ import annotations
 
@@ -139,6 +139,11 @@ def configure_controller(config: pytest.Config, settings: Any) -> None:
     for name, message in UNSUPPORTED_OPTIONS.items():
         if getattr(settings, name, None):
             raise pytest.UsageError(f"qbench: {message}")
+    from qbench_plugin.engines.engine import cuda_available
+
+    if cuda_available():  # every worker would size its engines as if it had the GPU to itself
+        raise pytest.UsageError("qbench: -n on a CUDA machine is not supported yet (workers are not given a GPU "
+                                "each); run without -n")
     if config.option.dist not in ("load", "loadgroup"):  # xdist's default under -n is "load"
         raise pytest.UsageError(f"qbench: --dist {config.option.dist} would split a config's tests over workers "
                                 "(each would build the engine); qbench runs -n with --dist loadgroup")
