@@ -228,6 +228,10 @@ class Controller:
         from pytest_benchmark.stats import Metadata
 
         for entry in entries:
+            extra = entry["extra_info"]
+            record = store.configs.get(extra.get("config"))
+            if extra.get("kind") == "accuracy" and record is not None and record.info.get("baseline"):
+                extra.setdefault("baseline", record.info["baseline"])  # as measure_accuracy names it without -n
             meta = Metadata(_Fixture(entry), iterations=1, options=entry.get("options") or {})
             for seconds in entry["stats"]["data"]:
                 meta.update(seconds)
@@ -315,9 +319,10 @@ class Worker:
         kind = bench.extra_info.get("kind")
         if kind in GROUP_SUFFIX:  # regroup(), which needs stats a disabled fixture never made
             entry["group"] = benchmark_group(str(bench.extra_info.get("config") or bench.group), kind)
-        from pytest_benchmark.utils import safe_dumps  # params (a BenchConfig) as pytest-benchmark's JSON has them
-
-        self.entries.append(json.loads(safe_dumps(entry)))
+        # params (a BenchConfig) as str(), as a one-process run's JSON has them (benchjson.attach_results)
+        entry = json.loads(json.dumps(entry, default=str))
+        entry["extra_info"].pop("pass_ns", None)  # now the entry's stats: the JSON keeps the keys it has without -n
+        self.entries.append(entry)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.config.workeroutput["qbench"] = worker_output(self.state.store, self.entries, self.placement)
