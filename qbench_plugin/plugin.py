@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
+from qbench_plugin import distribute
 from qbench_plugin.record.benchjson import PENDING_JSON, attach_results, benchmark_json_target, regroup
 from qbench_plugin.config import ConfigError
 from qbench_plugin.dataset.dataset import DataError
@@ -77,16 +78,26 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, help_text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {help_text}")
     settings = Settings.from_pytest(config)
-    run_id = new_run_id()
-    write = not config.option.collectonly and (
+    spread = _runs_benchmarks(config)  # -n over qbench's own tests (tests/) stays plain xdist
+    if spread and distribute.is_controller(config):
+        distribute.configure_controller(config, settings)
+    worker = distribute.is_worker(config)
+    shared = distribute.from_controller(config)  # a worker: the controller's run id and seed
+    run_id = shared.get("run_id") or new_run_id()
+    write = not config.option.collectonly and not worker and (  # under -n only the controller writes the run
         settings.report == "always" or (settings.report == "auto" and _runs_benchmarks(config)))
     out_dir = settings.results_dir / run_id if write else None
     store = RunStore(run_id=run_id, out_dir=out_dir, settings=settings.public(),
                      commit=git_commit(Path(config.rootpath)))
     seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little")
+    seed = shared.get("seed", seed)
     config._qbench = QbenchState(settings=settings, store=store, report=ReportState.from_settings(settings),
                                  seed=seed, progress=_progress_writer(config))
-    if out_dir is not None and not hasattr(config, "workerinput"):
+    if spread and distribute.is_controller(config):
+        config.pluginmanager.register(distribute.Controller(config._qbench), "qbench-xdist")
+    elif spread and worker and config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(distribute.Worker(config, config._qbench), "qbench-xdist")
+    if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if hasattr(config.option, "htmlpath") and not config.option.htmlpath:
             config.option.htmlpath = str(out_dir / "report.html")
@@ -179,6 +190,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qbench_config" in metafunc.fixturenames:
+        # the config's name first in the test id: under -n, distribute.scope_of groups a config's tests by it
         params = [
             pytest.param(cfg, id=cfg.name, marks=[getattr(pytest.mark, m) for m in cfg.markers])
             for cfg in _configs(metafunc.config)
@@ -278,7 +290,7 @@ def pytest_metadata(metadata: dict, config: pytest.Config) -> None:
 def _results(config: pytest.Config):
     """The run's summary.RunResults, computed on first use (all tests have finished by then)."""
     state: QbenchState = config._qbench
-    if state.report is None:
+    if state.report is None or distribute.is_worker(config):  # a worker's results are the controller's to report
         return None
     return state.report.compute(state.store, state.settings, state.configs, getattr(config.option, "markexpr", None))
 
@@ -310,7 +322,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     state: QbenchState | None = getattr(config, "_qbench", None)
-    if state is not None:
+    if state is not None and not distribute.is_worker(config):
         write_summary(terminalreporter, state.store, state.report)
 
 

@@ -79,6 +79,13 @@ def measurement_design(r: RunResults) -> str:
            "Intervals (95%) come from the rounds: a bootstrap that resamples whole rounds, so drift over seconds to "
            "minutes is inside them. Two configs of this run are compared round by round (paired); two runs are "
            "compared with each run's rounds resampled on its own.\n"]
+    if workers := m.get("workers"):
+        out.append(f"Spread over {len(workers)} pytest-xdist workers (-n): each started only its own configs' engines, "
+                   "on its own cores, and interleaved them within itself; configs on different workers ran at the "
+                   "same time, so only configs on one worker are compared round by round (each worker's round orders are "
+                   "under `measurement.workers.<worker>.measurement` in `qbench.json`):\n")
+        out.extend(f"- {worker}: {w.get('device')} cores {','.join(map(str, w.get('cores') or []))}: "
+                   f"{', '.join(w.get('configs') or []) or 'no config'}" for worker, w in workers.items())
     if len(groups) > 1:
         out.append("Not every engine could be resident at once; each group below was interleaved within itself, and "
                    "the first group's rounds were split in halves around the others (A B A), so comparisons across "
