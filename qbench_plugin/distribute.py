@@ -19,9 +19,15 @@ into its own store (record/merge.py) and hands pytest-benchmark the entries, so 
 `pytest-benchmark compare` read as a one-process run's. Only the controller writes the run folder;
 it never starts an engine (it collects no tests).
 
-Not yet under -n (each fails with one message rather than doing something else): performance gates
-(--qbench-perf-baseline), sweeps (--qbench-sweep), a CUDA machine (no GPU per worker yet), and the
-tests beyond latency and accuracy (accuracy gates, load, overhead, residency, saturation).
+Gates. A worker decides the performance gates of its own cases (each needs only the saved run and the
+case's samples; the error budget is the whole run's, run_matrix_cases) and the accuracy gates it can:
+minimum accuracy always, the drop and flip-rate gates when the baseline config is its own. The others
+it skips with a message and names (GATES_AFTER_MERGE); the controller decides them on the merged
+records and fails the session when one fails, as pytest-benchmark's --benchmark-compare-fail does.
+
+Not yet under -n (each fails with one message rather than doing something else): sweeps
+(--qbench-sweep), a CUDA machine (no GPU per worker yet), and the tests that take the whole machine
+(load, overhead, residency, saturation).
 """
 from __future__ import annotations
 
@@ -37,15 +43,15 @@ from qbench_plugin.measure.measure import baseline_comparison
 from qbench_plugin.record.merge import merge_outputs, worker_output
 from qbench_plugin.record.run import RunStore
 
-SUPPORTED_MODULES = ("test_latency.py", "test_accuracy.py")  # the benchmark modules that run under -n
+SUPPORTED_MODULES = ("test_latency.py", "test_accuracy.py", "test_gates.py")  # the benchmark modules that run under -n
 QBENCH_FIXTURES = ("qbench_config", "qbench_load_config", "qbench_endpoint")
-UNSUPPORTED_TEST = ("qbench: {module} does not run under pytest-xdist (-n) yet: only test_latency.py and "
-                    "test_accuracy.py do (accuracy gates need the baseline's predictions, which may be on another "
-                    "worker; load, overhead, residency and saturation tests take the whole machine). Run it without -n.")
+UNSUPPORTED_TEST = ("qbench: {module} does not run under pytest-xdist (-n) yet: test_latency.py, test_accuracy.py "
+                    "and test_gates.py do (load, overhead, residency and saturation tests take the whole machine). "
+                    "Run it without -n.")
 UNSUPPORTED_OPTIONS = {
-    "perf_baseline": "--qbench-perf-baseline (performance gates) is not supported with -n yet; run without -n",
     "sweep": "--qbench-sweep is not supported with -n yet (a sweep takes the whole machine); run without -n",
 }
+GATES_AFTER_MERGE = "accuracy_gates_after_merge"  # a worker's measurement key: configs whose baseline gates it left
 
 
 # -- who is who ---------------------------------------------------------------------------------------
@@ -194,6 +200,8 @@ class Controller:
         self.state = state
         self.outputs: list[dict] = []
         self.lost: list[str] = []
+        self.failed_after_merge: list[str] = []
+        self.decided_after_merge = 0
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["qbench"] = {"run_id": self.state.store.run_id, "seed": self.state.seed}
@@ -211,12 +219,15 @@ class Controller:
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)  # ahead of pytest-benchmark, which writes its JSON
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int):
         self.merge(session.config)
+        if self.failed_after_merge and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # pytest returns what sessionfinish leaves here
         yield
 
     def merge(self, config: pytest.Config) -> None:
         store = self.state.store
         entries = merge_outputs(store, self.outputs)
         compare_with_baseline(store)
+        self.decide_gates(store)
         if self.lost:
             store.status, store.status_reason = "partial", f"worker(s) lost: {'; '.join(self.lost)}"
         bench_session = getattr(config, "_benchmarksession", None)
@@ -234,7 +245,36 @@ class Controller:
                 meta.update(seconds)
             bench_session.benchmarks.append(meta)
 
+    def decide_gates(self, store: RunStore) -> None:
+        """The workers' gate verdicts into the run, then the baseline gates they left (GATES_AFTER_MERGE)."""
+        from qbench_plugin.gates.gates import GateResult, gates_after_merge
+
+        for out in self.outputs:
+            store.gates.extend(GateResult(**gate) for gate in out.get("gates") or [])
+        left = [name for out in self.outputs for name in out["measurement"].get(GATES_AFTER_MERGE) or []]
+        if not left:
+            return
+        settings = self.state.settings
+        if self.state.configs is None:
+            from qbench_plugin.preflight import check_configs
+
+            self.state.configs, _ = check_configs(settings)
+        configs = {c.name: c for c in self.state.configs if c.name in left}
+        overrides = {"min_accuracy": settings.min_accuracy, "max_accuracy_drop": settings.max_accuracy_drop,
+                     "max_flip_rate": settings.max_flip_rate}
+        results = gates_after_merge(configs, store.configs, overrides, strict=settings.gate_strict)
+        store.gates.extend(results)
+        self.decided_after_merge = len(results)
+        self.failed_after_merge = [r.message for r in results if r.passed is False]
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.failed_after_merge:
+            terminalreporter.write_line(f"qbench: {len(self.failed_after_merge)} of {self.decided_after_merge} accuracy "
+                                        "gate(s) decided after the merge failed (their tests were skipped on the "
+                                        "workers), so the run fails: see the gate FAIL lines", red=True)
+        elif self.decided_after_merge:
+            terminalreporter.write_line(f"qbench: {self.decided_after_merge} accuracy gate(s) decided after the merge "
+                                        "(the baseline ran on another worker): none failed")
         for worker, place in (self.state.store.measurement.get("workers") or {}).items():
             terminalreporter.write_line(f"qbench: worker {worker} on {place['device']} cores "
                                         f"{','.join(map(str, place['cores']))}: {', '.join(place['configs']) or '-'}")
@@ -279,6 +319,7 @@ class Worker:
         owner = assign_groups([scope_of(item.nodeid, names) for item in items], self.count)
         self.mine = {scope for scope, index in owner.items() if index == self.index}
         state = self.state
+        state.run_matrix_cases = len(state.matrix_cases)  # the perf gates' error budget is the whole run's
         if state.configs is not None:
             state.configs = [c for c in state.configs if c.name in self.mine]
         state.matrix_cases = [case for case in state.matrix_cases if case[0] in self.mine]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qbench_plugin.gates import gates
-from qbench_plugin import preflight
+from qbench_plugin import distribute, preflight
 from qbench_plugin.quantize import quantize
 from qbench_plugin.bench import is_out_of_memory
 from qbench_plugin.config import BenchConfig
@@ -87,12 +87,18 @@ def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings,
     noise = s.run_noise if s.run_noise is not None else run_noise_for(device)
     qbench_store.measurement["run_noise"] = noise
     # every perf interval the run decides shares one error budget (tails.py)
-    comparisons = gates.perf_comparisons(len(pytestconfig._qbench.matrix_cases), thresholds, s.samples)
+    state = pytestconfig._qbench
+    cases = state.run_matrix_cases if state.run_matrix_cases is not None else len(state.matrix_cases)
+    comparisons = gates.perf_comparisons(cases, thresholds, s.samples)
     if saved is not None:
         qbench_store.measurement["gate_comparisons"] = comparisons
+    defer = None
+    if distribute.is_worker(pytestconfig) and not any(c.baseline for c in state.configs or []):
+        defer = qbench_store.measurement.setdefault(distribute.GATES_AFTER_MERGE, []).append
     return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise,
                             strict=s.gate_strict, comparisons=comparisons, saved_probe=saved_probe,
-                            current_probe=lambda: probe_seconds(qbench_store.measurement.get("host_probe")))
+                            current_probe=lambda: probe_seconds(qbench_store.measurement.get("host_probe")),
+                            defer=defer)
 
 
 def _device_name() -> str:

@@ -54,6 +54,7 @@ class QbenchState:
     report: ReportState | None = None  # summary, plots, experiment log: computed once at the end
     seed: int = 0  # of the rounds' random order: --qbench-seed, or drawn for this run and recorded
     matrix_cases: list = field(default_factory=list)  # (config, batch size) of the selected latency tests
+    run_matrix_cases: int | None = None  # under -n, the whole run's count (matrix_cases is this worker's share)
     pool: Any = None  # the session's EnginePool while it is alive
     progress: Callable[[str], None] = print  # a line on the terminal, even while a test's output is captured
     inputs: Inputs | None = None  # model, labels, evaluation split: validated once at session start

@@ -89,3 +89,31 @@ def test_a_partial_worker_makes_the_run_partial():
     store = RunStore(run_id="run", out_dir=None, settings={})
     merge_outputs(store, [a])
     assert store.status == "partial" and "gw0" in store.status_reason
+
+
+def test_the_controller_merges_gate_verdicts_and_decides_the_gates_workers_left():
+    """gw0 decided min_accuracy of cpu_default; gw1, without the baseline, left cpu_bnb_int8's flip-rate
+    gate. After the merge the controller decides it (flip rate 0.5 > 0.1) and the run fails."""
+    from types import SimpleNamespace
+
+    from qbench_plugin.config import BenchConfig, Gates
+    from qbench_plugin.distribute import GATES_AFTER_MERGE, Controller
+    from qbench_plugin.gates.gates import GateResult
+
+    a = _worker("gw0", [0], "cpu_default", True, [[0.9, 0.1], [0.2, 0.8]], 1.0)
+    a["gates"] = [GateResult("min_accuracy", "cpu_default", True, 1.0, 0.5, "config cpu_default: ok").as_dict()]
+    b = _worker("gw1", [1], "cpu_bnb_int8", False, [[0.6, 0.4], [0.7, 0.3]], 0.5)
+    b["measurement"][GATES_AFTER_MERGE] = ["cpu_bnb_int8"]
+    settings = SimpleNamespace(min_accuracy=None, max_accuracy_drop=None, max_flip_rate=None, gate_strict=False)
+    configs = [BenchConfig(name="cpu_default", baseline=True), BenchConfig(name="cpu_bnb_int8", gates=Gates(max_flip_rate=0.1))]
+    store = RunStore(run_id="run", out_dir=None, settings={})
+    controller = Controller(SimpleNamespace(store=store, settings=settings, configs=configs))
+    controller.outputs = [a, b]
+    merge_outputs(store, controller.outputs)
+    compare_with_baseline(store)
+    controller.decide_gates(store)
+    assert [(g.config, g.gate, g.passed) for g in store.gates] == [
+        ("cpu_default", "min_accuracy", True), ("cpu_bnb_int8", "max_flip_rate", False)]
+    assert controller.failed_after_merge == ["config cpu_bnb_int8: flip rate vs baseline cpu_default 0.5000 exceeds "
+                                             "max_flip_rate 0.1000"]
+    assert store.to_json()["gates"][1]["passed"] is False

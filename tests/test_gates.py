@@ -202,3 +202,40 @@ def test_many_cases_gated_together_do_not_fail_on_noise():
     assert false_regressions(80) <= 1
     assert perf_comparisons(40, parse_thresholds(""), 50) == 80  # p50 and throughput; tails of 50 not gated
     assert perf_comparisons(40, parse_thresholds(""), 500) == 160
+
+
+def test_a_worker_without_the_baseline_decides_min_accuracy_and_leaves_the_rest():
+    """Under -n a worker that lacks the baseline config skips the drop and flip-rate gates (naming them)
+    and hands the config to the controller; min_accuracy it decides itself, failing the test if it fails."""
+    seen, left = [], []
+    keeper = GateKeeper({}, None, {}, seen.append, defer=left.append)
+    rules = Gates(min_accuracy=0.9, max_accuracy_drop=0.01, max_flip_rate=0.05)
+    with pytest.raises(pytest.skip.Exception, match="max_accuracy_drop, max_flip_rate decided after the merge"):
+        keeper.check_accuracy("gptq", rules, {"accuracy": 0.93}, None)
+    assert left == ["gptq"] and [r.gate for r in seen] == ["min_accuracy"] and seen[0].passed
+    with pytest.raises(GateFailure, match="below min_accuracy"):
+        keeper.check_accuracy("awq", Gates(min_accuracy=0.95, max_flip_rate=0.05), {"accuracy": 0.93}, None)
+    assert left == ["gptq"]  # a failing local gate fails the test there; nothing is left for later
+    # the baseline itself and a config compared on this worker decide everything here
+    assert all(r.passed for r in keeper.check_accuracy("base", rules, {"accuracy": 0.93}, None, is_baseline=True))
+    loose = Gates(min_accuracy=0.9, max_accuracy_drop=0.02, max_flip_rate=0.05)
+    assert len(keeper.check_accuracy("int8", loose, METRICS, "base")) == 3 and left == ["gptq"]
+
+
+def test_gates_after_merge_decide_the_baseline_gates_on_merged_records():
+    from types import SimpleNamespace
+
+    from qbench_plugin.config import BenchConfig
+    from qbench_plugin.gates.gates import gates_after_merge
+
+    configs = {"gptq": BenchConfig(name="gptq", gates=Gates(min_accuracy=0.5, max_accuracy_drop=0.01)),
+               "awq": BenchConfig(name="awq", gates=Gates(max_flip_rate=0.05))}
+    records = {"gptq": SimpleNamespace(metrics=METRICS, info={"baseline": "base"}),
+               "awq": SimpleNamespace(metrics={"accuracy": 0.9}, info={})}  # its baseline never ran
+    results = gates_after_merge(configs, records, {"max_accuracy_drop": None})
+    assert [(r.config, r.gate, r.passed) for r in results] == [("gptq", "max_accuracy_drop", False),
+                                                               ("awq", "max_flip_rate", None)]
+    assert "drop vs baseline base 0.0150 exceeds max_accuracy_drop 0.0100" in results[0].message
+    assert gates_after_merge(configs, records, {"max_accuracy_drop": 0.02})[0].passed  # the override wins
+    strict = gates_after_merge(configs, records, {}, strict=True)
+    assert strict[1].passed is False and strict[1].message.startswith("UNDECIDED")

@@ -31,6 +31,7 @@ DEFAULT_PERF_THRESHOLDS: dict[str, float] = {
     "throughput_samples_per_s": 0.10,
 }
 GATED_METRICS = (*DEFAULT_PERF_THRESHOLDS, "latency_mean_ms")  # the names --qbench-perf-thresholds takes
+BASELINE_GATES = ("max_accuracy_drop", "max_flip_rate")  # the accuracy gates that need the baseline's predictions
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,12 @@ class GateKeeper:
     def __init__(self, overrides: dict[str, float | None], saved_cases: dict | None, thresholds: dict[str, float],
                  record: Callable[[GateResult], None], run_noise: float = 0.0, *, strict: bool = False,
                  comparisons: int = 1, saved_probe: list[float] | None = None,
-                 current_probe: Callable[[], list[float] | None] = lambda: None):
+                 current_probe: Callable[[], list[float] | None] = lambda: None,
+                 defer: Callable[[str], None] | None = None):
         self.overrides = overrides
+        # a pytest-xdist worker without the baseline config: its gates against the baseline go to the
+        # controller, which decides them once every worker's results are merged (distribute.py)
+        self.defer = defer
         self.run_noise = run_noise
         self.saved_probe, self.current_probe = saved_probe, current_probe
         self.saved_cases = saved_cases
@@ -236,8 +241,16 @@ class GateKeeper:
 
     def check_accuracy(self, config: str, gates: Gates, metrics: dict[str, Any], baseline: str | None,
                        is_baseline: bool = False) -> list[GateResult]:
-        return self._enforce(accuracy_gates(config, effective_gates(gates, self.overrides), metrics, baseline,
-                                            is_baseline))
+        results = accuracy_gates(config, effective_gates(gates, self.overrides), metrics, baseline, is_baseline)
+        later = [r for r in results if r.gate in BASELINE_GATES] if self.defer and not (baseline or is_baseline) else []
+        decided = self._enforce([r for r in results if r not in later])
+        if later:
+            import pytest  # the one verdict this class gives that is neither pass nor fail
+
+            self.defer(config)
+            pytest.skip(f"qbench: config {config}: {', '.join(r.gate for r in later)} decided after the merge "
+                        "(the baseline ran on another pytest-xdist worker): see the gate lines in the summary")
+        return decided
 
     def check_latency(self, config: str, batch_size: int, extra: dict[str, Any]) -> list[GateResult]:
         if self.saved_cases is None:
@@ -246,6 +259,20 @@ class GateKeeper:
         host = HostCheck.of(self.current_probe(), self.saved_probe)
         return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, self.run_noise,
                                         confidence=self.confidence, host_note=host.note("this run", "the saved run")))
+
+
+def gates_after_merge(configs: Mapping[str, BenchConfig], records: Mapping[str, Any],
+                      overrides: Mapping[str, float | None], *, strict: bool = False) -> list[GateResult]:
+    """The baseline gates that workers left to the controller (GateKeeper.defer), decided on the merged
+    records: `configs` are the deferred configs, `records` their merged ConfigRecords."""
+    results = []
+    for name, cfg in configs.items():
+        rec = records.get(name)
+        metrics, baseline = (rec.metrics, rec.info.get("baseline")) if rec is not None else ({}, None)
+        for result in accuracy_gates(name, effective_gates(cfg.gates, dict(overrides)), metrics, baseline):
+            if result.gate in BASELINE_GATES:
+                results.append(undecided_fails(result) if strict and result.passed is None else result)
+    return results
 
 
 def undecided_fails(result: GateResult) -> GateResult:

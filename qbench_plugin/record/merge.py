@@ -16,7 +16,7 @@ from qbench_plugin.record.run import CaseRecord, ConfigRecord, RunStore, _json_d
 
 # the matrix plan every worker shares (same options, same seed); the rest of a worker's measurement
 # (its groups, round orders, host probe, seconds) stays under measurement.workers.<id>
-SHARED_PLAN = ("rounds", "block", "warmup", "seed", "run_noise")
+SHARED_PLAN = ("rounds", "block", "warmup", "seed", "run_noise", "gate_comparisons")
 
 
 def plain(value: Any) -> Any:
@@ -38,7 +38,7 @@ def worker_output(store: RunStore, entries: list[dict], placement: Mapping[str, 
         "configs": configs, "cases": [case.__dict__ for case in store.cases], "measurement": store.measurement,
         "out_of_memory": {k: list(v) for k, v in store.out_of_memory.items()},
         "planned_configs": store.planned_configs, "planned_cases": store.planned_cases,
-        "warnings": store.warnings, "entries": entries,
+        "warnings": store.warnings, "entries": entries, "gates": [gate.as_dict() for gate in store.gates],
     })
 
 
