@@ -42,6 +42,9 @@ class EngineSpec:
     engine: str
     max_model_len: int
     device: str  # "cpu" or "cuda"
+    # vLLM on CPU only: run the engine core and its worker in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+    # instead of in two processes of its own; see VllmEngine
+    vllm_in_process: bool = False
 
 
 class Engine(Protocol):
@@ -80,6 +83,17 @@ def resolve_dtype(spec: EngineSpec) -> str:
 
 
 class VllmEngine:
+    """vLLM's `LLM` with the pooling runner.
+
+    By default vLLM V1 runs the engine core in a process of its own, and on CPU its worker in another
+    (each importing torch and vLLM: ~20 s a start on 2 cores). With `spec.vllm_in_process` on a CPU
+    both run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, read while `LLM` is built): measured
+    on 2 cores, two engines started in 3.2 s and 1.4 s instead of 18 s and 20 s, with the same
+    probabilities. Several such engines can live in one process, built one after another (the switch is
+    an environment variable, and vLLM keeps per-process state: its distributed groups, a gc.freeze);
+    `close` keeps that state while another in-process engine is alive. Answers are synchronous and
+    nothing runs while an engine is idle (no thread of it used CPU over seconds of idling, measured)."""
+
     name = "vllm"
 
     def __init__(self, spec: EngineSpec, labels: list[str], extra: dict | None = None):
@@ -113,20 +127,25 @@ class VllmEngine:
         self.labels = labels
         # vLLM rejects a prompt longer than max_model_len; truncate as the HF engine does
         self._tokenization = {"truncation": True, "max_length": spec.max_model_len}
-        with insecure_serialization():
-            self.llm = LLM(**kwargs)
+        self.in_process = bool(spec.vllm_in_process and spec.device == "cpu")
+        self.llm = _build_llm(kwargs, self.in_process)
 
-    def variant(self, **overrides: Any) -> "VllmEngine":
+    def variant(self, in_process: bool | None = None, **overrides: Any) -> "VllmEngine":
         """Another engine of the same model with some LLM arguments changed (engine settings, a share
-        of GPU memory for a replica). Start it after closing this one unless memory allows both."""
-        from vllm import LLM
-
+        of GPU memory for a replica). Start it after closing this one unless memory allows both.
+        `in_process` (default: as this one) False gives it processes of its own: replicas driven from
+        threads at once need that, since in-process engines share this process's vLLM state."""
         other = object.__new__(VllmEngine)
         other.engine_kwargs = {**self.engine_kwargs, **overrides}
         other.labels, other._tokenization = self.labels, self._tokenization
-        with insecure_serialization():
-            other.llm = LLM(**other.engine_kwargs)
+        other.in_process = self.in_process if in_process is None else in_process
+        other.llm = _build_llm(other.engine_kwargs, other.in_process)
         return other
+
+    @property
+    def engine_core(self) -> str:
+        """Where the engine core runs, as the run records it."""
+        return "in-process" if self.in_process else "own processes"
 
     @property
     def tokenizer(self):
@@ -188,11 +207,82 @@ class VllmEngine:
         if llm is None:
             return
         try:
-            llm.llm_engine.engine_core.shutdown()
+            if getattr(self, "in_process", False):
+                _shutdown_in_process(llm)
+            else:
+                llm.llm_engine.engine_core.shutdown()
         finally:
             self.llm = None
             del llm
             _release_memory()
+
+
+MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+_inprocess_lock = threading.RLock()  # held while an in-process engine is built or shut down
+_inprocess_alive = 0
+
+
+def _build_llm(kwargs: dict, in_process: bool):
+    """vLLM's LLM, its engine core in this process or (vLLM's default) in its own processes.
+
+    vLLM reads VLLM_ENABLE_V1_MULTIPROCESSING while it builds the engine (vllm.envs, and the CPU
+    platform straight from os.environ), and an in-process engine core then caches every vllm.envs value
+    for the process (enable_envs_cache). So the variable is set only while an in-process engine is
+    built, under a lock, with the cache dropped before and after: the next engine, or a `vllm serve`
+    started later, sees this process's own environment. The CPU worker also replaces
+    torch.set_num_threads with a no-op for the whole process; it is put back."""
+    from vllm import LLM
+
+    if not in_process:
+        with insecure_serialization():
+            return LLM(**kwargs)
+    global _inprocess_alive
+    import torch
+    import vllm.envs as vllm_envs
+
+    with _inprocess_lock, insecure_serialization():
+        before, set_num_threads = os.environ.get(MULTIPROCESSING), torch.set_num_threads
+        os.environ[MULTIPROCESSING] = "0"
+        vllm_envs.disable_envs_cache()
+        try:
+            llm = LLM(**kwargs)
+        finally:
+            if before is None:
+                os.environ.pop(MULTIPROCESSING, None)
+            else:
+                os.environ[MULTIPROCESSING] = before
+            vllm_envs.disable_envs_cache()
+            torch.set_num_threads = set_num_threads
+        _inprocess_alive += 1
+        return llm
+
+
+def _shutdown_in_process(llm) -> None:
+    """Shut an in-process engine down. vLLM's shutdown ends with cleanup_dist_env_and_memory(), which
+    tears down the process-wide distributed groups that every other in-process engine still uses (its
+    next classify then fails: "pipeline model parallel group is not initialized"), so while another is
+    alive only the rest of that cleanup runs; the last one tears everything down."""
+    global _inprocess_alive
+    import vllm.envs as vllm_envs
+    import vllm.v1.engine.core as vllm_core
+
+    with _inprocess_lock:
+        _inprocess_alive = max(0, _inprocess_alive - 1)
+        if _inprocess_alive == 0:
+            llm.llm_engine.engine_core.shutdown()
+            return
+        full = vllm_core.cleanup_dist_env_and_memory
+
+        def keep_groups(*_args: Any, **_kwargs: Any) -> None:
+            vllm_envs.disable_envs_cache()
+            gc.unfreeze()
+            gc.collect()
+
+        vllm_core.cleanup_dist_env_and_memory = keep_groups
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            vllm_core.cleanup_dist_env_and_memory = full
 
 
 class HfEngine:
