@@ -81,6 +81,7 @@ def test_pool_runs_cpu_vllm_engines_in_process(embedded_model, eval_subset, tmp_
             member = pool.members[name]
             assert member.memory.pids == [] and engine_pids(member.engine) == []
             assert member.record.info["engine_core"] == "in-process"
+            assert member.record.info["engine_threads"] == member.engine.threads >= 1
             assert "growth of the main process" in member.record.info["memory_scope"]
             # the KV cache alone is 1 GiB (VLLM_CPU_KVCACHE_SPACE): the growth is the engine's, not a rounding
             assert member.record.metrics["memory_rss_mib"] > 512

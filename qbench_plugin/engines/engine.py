@@ -129,6 +129,7 @@ class VllmEngine:
         self._tokenization = {"truncation": True, "max_length": spec.max_model_len}
         self.in_process = bool(spec.vllm_in_process and spec.device == "cpu")
         self.llm = _build_llm(kwargs, self.in_process)
+        self.threads = _worker_threads(self.llm) if self.in_process else None
 
     def variant(self, in_process: bool | None = None, **overrides: Any) -> "VllmEngine":
         """Another engine of the same model with some LLM arguments changed (engine settings, a share
@@ -140,7 +141,13 @@ class VllmEngine:
         other.labels, other._tokenization = self.labels, self._tokenization
         other.in_process = self.in_process if in_process is None else in_process
         other.llm = _build_llm(other.engine_kwargs, other.in_process)
+        other.threads = _worker_threads(other.llm) if other.in_process else None
         return other
+
+    def compute_threads(self):
+        """A block in which torch's threads are this engine's (what its classify sets per call), so that a
+        bare `llm.classify` beside the engine's own calls computes alike (benchmarks/test_overhead.py)."""
+        return _torch_threads(getattr(self, "threads", None))
 
     @property
     def engine_core(self) -> str:
@@ -195,7 +202,8 @@ class VllmEngine:
         if self.llm is None:
             raise RuntimeError(CLOSED)
         try:
-            outputs = self.llm.classify(prompts, use_tqdm=False, **kwargs)
+            with _torch_threads(getattr(self, "threads", None)):
+                outputs = self.llm.classify(prompts, use_tqdm=False, **kwargs)
         except KeyboardInterrupt:
             # Ctrl-C also kills vLLM's engine process; pytest would then format this traceback,
             # calling repr() on the LLM in vLLM's frames, which asks the dead engine and waits forever.
@@ -255,6 +263,44 @@ def _build_llm(kwargs: dict, in_process: bool):
             torch.set_num_threads = set_num_threads
         _inprocess_alive += 1
         return llm
+
+
+def _worker_threads(llm) -> int | None:
+    """The OpenMP threads vLLM gives its CPU worker process when it has one: the CPUs of its binding
+    (VLLM_CPU_OMP_THREADS_BIND; auto: one per physical core, less one core reserved for the engine
+    core). An in-process engine computes in this process's threads instead, torch's default of one per
+    CPU: on 2 cores that is 2 threads where the worker process has 1, and it timed bs 32 at 57 ms
+    where the worker process took 99 ms. So its calls run with the worker's count (1 thread: 93 ms).
+    None (torch's count) where vLLM would not bind."""
+    try:
+        from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+        lists = OMPProcessManager(llm.llm_engine.vllm_config).cpu_lists
+    except Exception as exc:  # noqa: BLE001  (another vLLM layout: keep torch's count, and say so)
+        log.warning("qbench: could not read vLLM's CPU worker binding (%s: %s); the in-process engine uses "
+                    "torch's thread count", type(exc).__name__, exc)
+        return None
+    return len(lists[0]) if lists and lists[0] else None
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for the block (process-wide; the engines answer one at a
+    time, and the transformers engines in this process keep torch's own count)."""
+    if not count:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    if before == count:
+        yield
+        return
+    torch._C.set_num_threads(count)  # not torch.set_num_threads, which vLLM's CPU worker may replace
+    try:
+        yield
+    finally:
+        torch._C.set_num_threads(before)
 
 
 def _shutdown_in_process(llm) -> None:

@@ -175,6 +175,8 @@ class EnginePool:
                                          else "growth of the main process while the engine loaded (RSS)"))
         if spec.engine == "vllm":
             record.info["engine_core"] = getattr(engine, "engine_core", "own processes")
+            if getattr(engine, "threads", None):  # in-process: the worker process's OpenMP thread count
+                record.info["engine_threads"] = engine.threads
         record.metrics.update(
             cold_start_s=round(seconds, 3),
             memory_rss_mib=mib(member.memory.ready), gpu_memory_used_mib=mib(member.memory.gpu_ready),

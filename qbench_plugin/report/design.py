@@ -109,7 +109,7 @@ def measurement_design(r: RunResults) -> str:
     if quiet:
         out.append(f"\nIdle in-process engines (`benchmarks/test_residency.py`; {', '.join(quiet['idle_engines'])} "
                    f"beside {quiet['config']} in the pytest process, which cannot be stopped apart): the process used "
-                   f"{quiet['median_share']:.1%} of a core (largest window {quiet['max_share']:.1%}) while no engine was "
+                   f"{quiet['share']:.1%} of a core (largest window {quiet['max_share']:.1%}) while no engine was "
                    f"asked anything, over {quiet['windows']} windows of {quiet['window_s']} s: {quiet['verdict']}.")
     if m.get("run_noise") is not None:
         out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%} (the device's A/A figure, "
