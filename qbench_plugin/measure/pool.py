@@ -4,16 +4,17 @@ The pool starts the selected configs' engines together at first use. On a CPU vL
 in-process (`--qbench-vllm-inprocess on`, the default: engine.VllmEngine): they and the transformers
 engines start one by one, so that the main process's growth while one loads is that engine's. vLLM
 engines with processes of their own (on a GPU, or with the option off) start first, concurrently, so
-their starts overlap. On a GPU each vLLM engine
-gets an equal share of device memory (and a fixed KV-cache size, since vLLM's memory profiling
-counts whatever a concurrently starting neighbour allocates as its own). An engine that cannot start
+their starts overlap. On a GPU each vLLM engine gets an equal share of device memory (and a fixed
+KV-cache size, since vLLM's memory profiling counts whatever a concurrently starting neighbour
+allocates as its own). An engine that cannot start
 beside the others for lack of memory is not dropped: it waits for a later group, which the matrix
 starts after closing the earlier one (`groups`), and the report says so.
 
 Memory is read per engine: the engine's own processes (vLLM's engine core and its workers; PSS,
 which splits shared pages between the processes that map them) or, for an in-process engine (vLLM
-on a CPU, transformers), the main process's growth while it loaded (RSS). The reading that the matrix reports is taken synchronously
-when the engine is ready, against a baseline taken before it started.
+on a CPU, transformers), the main process's growth while it loaded (RSS). The reading that the
+matrix reports is taken synchronously when the engine is ready, against a baseline taken before it
+started.
 """
 from __future__ import annotations
 
