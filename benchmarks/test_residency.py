@@ -43,7 +43,9 @@ def test_idle_engines_cost(benchmark, qbench_engine, qbench_pool, qbench_config,
         qbench_store.save()
     if not others:
         if idle is None:
-            pytest.skip("no other engine with processes of its own is resident")
+            pytest.skip("no other engine with processes of its own is resident" + (
+                "; the idle in-process engines are read once, on the baseline config (measurement.idle_inprocess)"
+                if inprocess else ""))
         benchmark.pedantic(lambda: None, rounds=1, iterations=1)
         benchmark.extra_info.update(kind="residency", **idle)
         assert idle["share"] <= IDLE_TARGET, _idle_failure(idle)
