@@ -119,7 +119,8 @@ def qbench_pool(pytestconfig: pytest.Config, qbench_settings: Settings, qbench_m
     engine_pool = EnginePool(state.configs or [], model=qbench_model, labels=qbench_labels,
                              max_model_len=qbench_settings.max_model_len, default_engine=qbench_settings.engine,
                              store=qbench_store, quant=qbench_quant_context, progress=state.progress,
-                             co_resident=qbench_settings.interleave)
+                             co_resident=qbench_settings.interleave,
+                             vllm_in_process=qbench_settings.vllm_inprocess)
     state.pool = engine_pool
     if state.early_config is not None:
         log_dir = qbench_store.out_dir or Path(tempfile.mkdtemp(prefix="qbench-server-"))

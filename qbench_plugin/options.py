@@ -187,6 +187,10 @@ OPTIONS: tuple[_Option, ...] = (
             _number(int, "a non-negative integer", minimum=0, optional=True)),
     _Option("interleave", "on", "on: keep every config's engine up and interleave them in rounds; off: one "
             "config's engine at a time (rounds still split its samples)", _on_off),
+    _Option("vllm_inprocess", "on", "vLLM on a CPU: on: the matrix's vLLM engines run their engine core in the "
+            "pytest process (VLLM_ENABLE_V1_MULTIPROCESSING=0), started one by one, memory read as the process's "
+            "growth; off: each in processes of its own (vLLM's default), started concurrently, memory read as their "
+            "PSS. No effect on a GPU, whose vLLM engines keep their own processes", _on_off),
     _Option("engine", "vllm", "engine for configs that do not pin one: vllm or hf"),
     _Option("results_dir", "results", "where each run writes results/<run id>/ (relative to the rootdir)"),
     _Option("max_model_len", "256", "longest input in tokens", _positive_int),
@@ -287,6 +291,7 @@ class Settings:
     rounds: int
     seed: int | None
     interleave: bool
+    vllm_inprocess: bool
     engine: str
     results_dir: Path
     max_model_len: int

@@ -52,3 +52,51 @@ def test_vllm_matches_hf_reference(embedded_model, eval_subset, hf_probs):
     # batching must not change a row's answer
     np.testing.assert_allclose(single[0], probs[0], atol=0.02)
     assert (probs.argmax(1) == truth).mean() >= 0.85
+
+
+def test_pool_runs_cpu_vllm_engines_in_process(embedded_model, eval_subset, tmp_path):
+    """On a CPU the pool's vLLM engines run their engine core in the pytest process: no process of
+    their own, memory read as this process's growth while each loaded, two of them alive at once,
+    closing one leaves the other answering, and the answers are the multiprocess engine's."""
+    import psutil
+
+    from qbench_plugin.engines.memory import engine_pids
+    from qbench_plugin.measure.pool import EnginePool
+    from qbench_plugin.quantize.quantize import QuantContext
+    from qbench_plugin.record.run import RunStore
+
+    labels, texts, _ = eval_subset
+    texts = texts[:64]
+    configs = [BenchConfig(name="a", dtype="bfloat16", baseline=True), BenchConfig(name="b", dtype="bfloat16")]
+    store = RunStore(run_id="t", out_dir=tmp_path, settings={})
+    quant = QuantContext(cache_dir=tmp_path, quant_python=None, calibration=lambda: [])
+    pool = EnginePool(configs, model=str(embedded_model), labels=labels, max_model_len=256, default_engine="vllm",
+                      store=store, quant=quant)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    try:
+        assert pool.start() == ["a", "b"]
+        assert {p.pid for p in me.children(recursive=True)} - before == set(), "an engine started processes"
+        for name in ("a", "b"):
+            member = pool.members[name]
+            assert member.memory.pids == [] and engine_pids(member.engine) == []
+            assert member.record.info["engine_core"] == "in-process"
+            assert member.record.info["engine_threads"] == member.engine.threads >= 1
+            assert "growth of the main process" in member.record.info["memory_scope"]
+            # the KV cache alone is 1 GiB (VLLM_CPU_KVCACHE_SPACE): the growth is the engine's, not a rounding
+            assert member.record.metrics["memory_rss_mib"] > 512
+        a = predict(pool.members["a"].engine, texts, 16)
+        b = predict(pool.members["b"].engine, texts, 16)
+        pool.close("b", "the test closes it")
+        after = pool.members["a"].engine.classify(texts[:8])  # still answers without b's process state
+    finally:
+        pool.close_all("the end of the test")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(after, a[:8], atol=1e-6)
+    own = start_engine(_spec(embedded_model, "vllm"), labels)  # vLLM's default: processes of its own
+    try:
+        assert engine_pids(own), "the default engine should run in processes of its own"
+        reference = predict(own, texts, 16)
+    finally:
+        own.close()
+    np.testing.assert_allclose(a, reference, atol=1e-6)

@@ -446,6 +446,20 @@ def test_the_measurement_design_is_in_the_log_and_the_html():
                                                                          bench_configs=CONFIGS, options=ReportOptions()))
 
 
+def test_idle_in_process_engines_are_reported_with_the_process_cpu():
+    from qbench_plugin.report.htmlblocks import measurement_html
+
+    idle = {"config": "base", "idle_engines": ["int8"], "windows": 8, "window_s": 0.5, "settle_s": 0.2,
+            "share": 0.0075, "max_share": 0.02, "threads": 47, "target": 0.05, "verdict": "no measurable cost"}
+    run = dict(RUN, measurement={"design": "interleaved rounds", "rounds": 10, "block": 5, "warmup": 5, "seed": 1,
+                                 "groups": [["base", "int8"]], "idle_inprocess": idle})
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    text, html = experiment_log(r), "".join(measurement_html(r))
+    said = "int8 beside base in the pytest process, which cannot be stopped apart): the process used 0.8% of a core"
+    assert said in text and said in html
+    assert "(largest window 2.0%)" in text and "no measurable cost" in text
+
+
 def test_a_case_of_one_sample_is_never_picked_and_the_report_says_why():
     # --qbench-warmup 0 or a case stopped after its first call: int8 bs8 has one sample, and the best
     # point estimates; with it in the picks, one lucky call would win throughput and balanced

@@ -282,6 +282,10 @@ def started_replicas(engine, count: int, top: Point) -> Iterator[list]:
     utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
     if utilization:
         share["gpu_memory_utilization"] = utilization / count
+    if getattr(engine, "in_process", False):
+        # replicas are driven from threads at once: in-process vLLM engines share this process's vLLM
+        # state (its forward context), so each replica gets processes of its own, as on a GPU
+        share["in_process"] = False
     replicas: list = []
     try:
         for _ in range(count):

@@ -1,17 +1,20 @@
 """Every config's engine alive at once, so the latency matrix can interleave them (rounds.py).
 
-The pool starts the selected configs' engines together at first use: vLLM engines concurrently (each
-runs in its own processes, so their starts overlap), then in-process engines (transformers) one by
-one, so that the main process's growth while one loads is that engine's. On a GPU each vLLM engine
-gets an equal share of device memory (and a fixed KV-cache size, since vLLM's memory profiling
-counts whatever a concurrently starting neighbour allocates as its own). An engine that cannot start
+The pool starts the selected configs' engines together at first use. On a CPU vLLM engines run
+in-process (`--qbench-vllm-inprocess on`, the default: engine.VllmEngine): they and the transformers
+engines start one by one, so that the main process's growth while one loads is that engine's. vLLM
+engines with processes of their own (on a GPU, or with the option off) start first, concurrently, so
+their starts overlap. On a GPU each vLLM engine gets an equal share of device memory (and a fixed
+KV-cache size, since vLLM's memory profiling counts whatever a concurrently starting neighbour
+allocates as its own). An engine that cannot start
 beside the others for lack of memory is not dropped: it waits for a later group, which the matrix
 starts after closing the earlier one (`groups`), and the report says so.
 
 Memory is read per engine: the engine's own processes (vLLM's engine core and its workers; PSS,
-which splits shared pages between the processes that map them) or, for an in-process engine, the
-main process's growth while it loaded. The reading that the matrix reports is taken synchronously
-when the engine is ready, against a baseline taken before it started.
+which splits shared pages between the processes that map them) or, for an in-process engine (vLLM
+on a CPU, transformers), the main process's growth while it loaded (RSS). The reading that the
+matrix reports is taken synchronously when the engine is ready, against a baseline taken before it
+started.
 """
 from __future__ import annotations
 
@@ -92,12 +95,15 @@ class EnginePool:
 
     def __init__(self, configs: list[BenchConfig], *, model: str, labels: list[str], max_model_len: int,
                  default_engine: str, store: RunStore, quant: quantize.QuantContext,
-                 progress: Callable[[str], None] = lambda line: None, co_resident: bool = True):
+                 progress: Callable[[str], None] = lambda line: None, co_resident: bool = True,
+                 vllm_in_process: bool = True):
         self.configs = configs
         self.model, self.labels, self.max_model_len = model, labels, max_model_len
         self.default_engine, self.store, self.quant = default_engine, store, quant
         self.progress, self.co_resident = progress, co_resident
         self.device = "cuda" if cuda_available() else "cpu"
+        # vLLM engine cores in this process: on a CPU only (a GPU engine keeps vLLM's own processes)
+        self.vllm_in_process = vllm_in_process and self.device == "cpu"
         self.members: dict[str, Member] = {}
         self.groups: list[list[str]] = []  # configs started together, in the order they were measured
         self.group_reasons: dict[str, str] = {}  # config -> why it was not resident with the first group
@@ -115,7 +121,8 @@ class EnginePool:
 
     def _spec(self, cfg: BenchConfig) -> EngineSpec:
         return EngineSpec(config=cfg, model=self.model, engine=cfg.engine or self.default_engine,
-                          max_model_len=self.max_model_len, device=self.device)
+                          max_model_len=self.max_model_len, device=self.device,
+                          vllm_in_process=self.vllm_in_process)
 
     def _residency_kwargs(self, cfg: BenchConfig, vllm_count: int) -> dict:
         """A GPU share per co-resident vLLM engine; nothing on CPU (each sizes its KV cache in GiB)."""
@@ -142,7 +149,7 @@ class EnginePool:
             extra = {**prepared.engine_kwargs}
             if spec.engine == "vllm":
                 extra.update(self._residency_kwargs(cfg, vllm_count))
-            in_process = spec.engine != "vllm"
+            in_process = self._in_process(spec)
             if in_process:
                 member.memory.main_baseline, member.memory.gpu_baseline = main_rss(), torch_reserved() or 0
             self.progress(f"qbench: starting {cfg.name} ({spec.engine}, {cfg.method})")
@@ -166,7 +173,11 @@ class EnginePool:
                            engine_kwargs=dict(getattr(engine, "engine_kwargs", {})),
                            cold_start="construction and first answer",
                            memory_scope=("the engine's own processes (PSS)" if member.memory.pids
-                                         else "growth of the main process while the engine loaded"))
+                                         else "growth of the main process while the engine loaded (RSS)"))
+        if spec.engine == "vllm":
+            record.info["engine_core"] = getattr(engine, "engine_core", "own processes")
+            if getattr(engine, "threads", None):  # in-process: the worker process's OpenMP thread count
+                record.info["engine_threads"] = engine.threads
         record.metrics.update(
             cold_start_s=round(seconds, 3),
             memory_rss_mib=mib(member.memory.ready), gpu_memory_used_mib=mib(member.memory.gpu_ready),
@@ -176,6 +187,10 @@ class EnginePool:
             compression_ratio=_compression_ratio(self.model, prepared),
         )
         self.progress(f"qbench: {cfg.name} ready in {seconds:.1f} s")
+
+    def _in_process(self, spec: EngineSpec) -> bool:
+        """Whether this engine lives in the pytest process (its memory is then this process's growth)."""
+        return spec.engine != "vllm" or (spec.vllm_in_process and spec.device == "cpu")
 
     def start(self, names: list[str] | None = None) -> list[str]:
         """Start these configs' engines (default: all not yet started) as one group; return the
@@ -189,11 +204,13 @@ class EnginePool:
             if not pending:
                 return self.resident()
             vllm = [m for m in pending if (m.config.engine or self.default_engine) == "vllm"]
-            others = [m for m in pending if m not in vllm]
+            own = [m for m in vllm if not self._in_process(self._spec(m.config))]
+            # in-process vLLM engines first, then transformers, in config order
+            others = [m for m in vllm if m not in own] + [m for m in pending if m not in vllm]
             began = time.perf_counter()
-            if vllm:
-                with ThreadPoolExecutor(max_workers=len(vllm), thread_name_prefix="qbench-start") as pool:
-                    list(pool.map(lambda m: self._start(m, len(vllm)), vllm))
+            if own:  # each in its own processes: their starts overlap
+                with ThreadPoolExecutor(max_workers=len(own), thread_name_prefix="qbench-start") as pool:
+                    list(pool.map(lambda m: self._start(m, len(vllm)), own))
             for member in others:  # in-process: one at a time, so the main process's growth is its own
                 self._start(member, len(vllm))
             for i, member in enumerate(others):  # later in-process loads are not this engine's growth

@@ -23,7 +23,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("throughput_samples_per_s", "samples/s", True, "case", "texts classified per second over all timed batches"),
     Metric("timed_tokens_per_text", "tokens", False, "case", "mean tokens per text of the batches this case timed (model's tokenizer, truncated at max_model_len); MFU's tokens"),
     Metric("cold_start_s", "s", False, "config", "seconds from engine construction to its first answer (engines start concurrently, each timed on its own)"),
-    Metric("memory_rss_mib", "MiB", False, "config", "host memory of the config's own engine once ready: PSS of its engine processes (vllm) or the pytest process's growth while it loaded (hf)"),
+    Metric("memory_rss_mib", "MiB", False, "config", "host memory of the config's own engine once ready: PSS of its engine processes (vllm with its own processes) or the pytest process's growth while it loaded (hf; vllm in-process on a CPU: info.engine_core)"),
     Metric("memory_rss_peak_mib", "MiB", False, "config", "peak of the same reading, taken between timed blocks while the config's engine was up"),
     Metric("gpu_memory_used_mib", "MiB", False, "config", "device memory of the config's own engine once ready (per process from NVML for vllm; torch's reserved growth for hf)"),
     Metric("gpu_memory_peak_mib", "MiB", False, "config", "peak of the same reading while the config's engine was up"),

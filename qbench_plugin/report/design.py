@@ -105,6 +105,12 @@ def measurement_design(r: RunResults) -> str:
         out.extend(f"- {x['config']} at batch size {x['batch_size']}, beside {', '.join(x['idle_engines'])}: "
                    f"{x['stopped_over_resident']:.3f} (95% interval {x['ci95'][0]:.3f}-{x['ci95'][1]:.3f}, "
                    f"{x['pairs']} pairs): {x['verdict']}" for x in idle.values())
+    quiet = m.get("idle_inprocess")
+    if quiet:
+        out.append(f"\nIdle in-process engines (`benchmarks/test_residency.py`; {', '.join(quiet['idle_engines'])} "
+                   f"beside {quiet['config']} in the pytest process, which cannot be stopped apart): the process used "
+                   f"{quiet['share']:.1%} of a core (largest window {quiet['max_share']:.1%}) while no engine was "
+                   f"asked anything, over {quiet['windows']} windows of {quiet['window_s']} s: {quiet['verdict']}.")
     if m.get("run_noise") is not None:
         out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%} (the device's A/A figure, "
                    "or `--qbench-run-noise`).")

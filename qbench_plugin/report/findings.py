@@ -57,7 +57,12 @@ def observations(r: RunResults) -> str:
         notes.append("- GPU peak on the vllm engine is the pool vLLM reserves (gpu_memory_utilization of the GPU: "
                      "weights, activations, KV cache), so it is about the same for every vllm config; "
                      "the weights in memory are what quantization saves.")
-    notes.append("- Host memory is each engine's own: for vllm, the PSS of its engine processes (the KV cache "
+    inproc = [n for n, rec in r.configs.items() if rec.get("status") == "ready" and rec.get("engine") == "vllm"
+              and (rec.get("info") or {}).get("engine_core") == "in-process"]
+    vllm_how = ("the PSS of its engine processes" if not inproc else
+                "the growth of the pytest process while it loaded, its engine core running in-process "
+                f"({', '.join(inproc)}), else the PSS of its engine processes")
+    notes.append(f"- Host memory is each engine's own: for vllm, {vllm_how} (the KV cache "
                  "included: VLLM_CPU_KVCACHE_SPACE on CPU); for hf, the growth of the pytest process while the model "
                  "loaded. Every engine was resident at once for the interleaved rounds, so the readings are per "
                  "engine, not the machine's total.")
