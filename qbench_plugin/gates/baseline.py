@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 # the settings that change what a latency case measures; a run differing in any is not comparable
 SETTINGS = ("model", "dataset", "split", "max_model_len")
-IDENTITY = (*SETTINGS, "device")
+IDENTITY = (*SETTINGS, "device", "vllm_engine_core")
 
 
 def read_saved(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -34,8 +34,21 @@ def device_of(gpu_names: Sequence[str] | None) -> str:
     return ", ".join(sorted(set(gpu_names or []))) or "cpu"
 
 
+def engine_core(settings: Mapping[str, Any], device: str | None) -> str | None:
+    """Where a run's vLLM engine core ran: in the pytest process (--qbench-vllm-inprocess on a CPU) or
+    in its own processes. In-process calls skip the hop to the engine core process (vLLM p50 0.77-0.96x
+    on 2 cores), so runs that differ here are not comparable. A CPU run from before the option existed
+    ran its engine core in its own processes: that is what its missing setting means."""
+    if device is None:
+        return None
+    in_process = device == "cpu" and settings.get("vllm_inprocess") not in (None, False, "off")
+    return "in-process" if in_process else "own processes"
+
+
 def identity(settings: Mapping[str, Any], gpu_names: Sequence[str] | None) -> dict[str, Any]:
-    return {**{name: settings.get(name) for name in SETTINGS}, "device": device_of(gpu_names)}
+    device = device_of(gpu_names)
+    return {**{name: settings.get(name) for name in SETTINGS}, "device": device,
+            "vllm_engine_core": engine_core(settings, device)}
 
 
 def saved_identity(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,6 +57,7 @@ def saved_identity(data: Mapping[str, Any]) -> dict[str, Any]:
     machine = (data.get("machine_info") or {}).get("qbench")
     found = {name: settings.get(name) for name in SETTINGS}
     found["device"] = device_of(machine.get("gpu_names")) if isinstance(machine, Mapping) else None
+    found["vllm_engine_core"] = engine_core(settings, found["device"])
     return found
 
 
