@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 METHODS = ("none", "bitsandbytes", "awq", "gptq", "fp8", "int8")
 Method = Literal["none", "bitsandbytes", "awq", "gptq", "fp8", "int8"]
@@ -106,6 +106,17 @@ class BenchConfig(_Strict):
     baseline: bool = Field(default=False, description="the config others are compared against")
     markers: tuple[str, ...] = ()
     gates: Gates = Gates()
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, description="GPUs one vLLM engine spans (vLLM's tensor_parallel_size), for a model that "
+        "does not fit one; the case is skipped, with the reason, where fewer GPUs are visible")
+
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_vllm_on_gpus(self) -> "BenchConfig":
+        if self.tensor_parallel_size > 1 and self.engine == "hf":
+            raise ValueError("tensor_parallel_size above 1 is vLLM's; engine 'hf' runs on one device")
+        if self.tensor_parallel_size > 1 and self.device == "cpu":
+            raise ValueError("tensor_parallel_size above 1 needs GPUs; this config pins device 'cpu'")
+        return self
 
     @property
     def method(self) -> str:

@@ -23,7 +23,8 @@ import pytest
 from qbench_plugin.quantize import quantize
 from qbench_plugin.config import BenchConfig
 from qbench_plugin.loadtest.endpoint import KINDS
-from qbench_plugin.engines.engine import EngineSpec, EngineUnavailable, cuda_available, resolve_dtype
+from qbench_plugin.engines.engine import (EngineSpec, EngineUnavailable, cuda_available, resolve_dtype,
+                                         tensor_parallel_problem, visible_gpus)
 from qbench_plugin.loadtest.loadgrid import LoadPoint, grid_points
 from qbench_plugin.loadtest.loadtest import Endpoint, served_model
 from qbench_plugin.redact import env_secret
@@ -95,6 +96,8 @@ def server_spec(cfg: BenchConfig, settings: Settings, model: str, ctx: quantize.
     device = "cuda" if cuda_available() else "cpu"
     if cfg.device == "cuda" and device != "cuda":
         raise EngineUnavailable(f"config {cfg.name} needs a CUDA GPU; torch.cuda.is_available() is False here")
+    if why := tensor_parallel_problem(cfg.tensor_parallel_size, device, visible_gpus()):
+        raise EngineUnavailable(f"config {cfg.name}: {why}")
     spec = EngineSpec(config=cfg, model=model, engine=engine, max_model_len=settings.max_model_len, device=device)
     prepared = quantize.prepare(spec, ctx)
     return ServerSpec(
@@ -102,7 +105,7 @@ def server_spec(cfg: BenchConfig, settings: Settings, model: str, ctx: quantize.
         enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else device == "cpu",
         enable_prefix_caching=cfg.enable_prefix_caching,
         max_num_seqs=cfg.max_num_seqs, gpu_memory_utilization=cfg.gpu_memory_utilization if device == "cuda" else None,
-        engine_args=engine_cli_args(prepared.engine_kwargs),
+        tensor_parallel_size=cfg.tensor_parallel_size, engine_args=engine_cli_args(prepared.engine_kwargs),
     )
 
 

@@ -53,3 +53,25 @@ def test_selecting_unknown_config_lists_available(tmp_path):
     _write(tmp_path, json.dumps({"name": "a"}), name="a.json")
     with pytest.raises(ConfigError, match="no config named b; available: a"):
         load_configs(tmp_path, ["b"])
+
+
+def test_tensor_parallel_size_is_checked_where_it_can_be(tmp_path):
+    from qbench_plugin.engines.engine import tensor_parallel_problem
+    from qbench_plugin.loadtest.serve import ServerSpec, server_command
+
+    assert load_config(_write(tmp_path, '{"name": "big", "tensor_parallel_size": 2}')).tensor_parallel_size == 2
+    for text, detail in (('{"name": "x", "tensor_parallel_size": 0}', "greater than or equal to 1"),
+                         ('{"name": "x", "engine": "hf", "tensor_parallel_size": 2}', "vLLM's; engine 'hf'"),
+                         ('{"name": "x", "device": "cpu", "tensor_parallel_size": 2}', "needs GPUs")):
+        with pytest.raises(ConfigError, match=detail):
+            load_config(_write(tmp_path, text))
+    # at start, before vLLM is asked: the case is skipped with this, never run on fewer GPUs
+    assert tensor_parallel_problem(1, "cpu", 0) is None and tensor_parallel_problem(2, "cuda", 2) is None
+    assert tensor_parallel_problem(2, "cuda", 1) == ("tensor_parallel_size 2 needs 2 GPUs; 1 visible here "
+                                                     "(CUDA_VISIBLE_DEVICES, or pytest-xdist's share of them)")
+    assert "no CUDA device" in tensor_parallel_problem(4, "cpu", 0)
+    spec = ServerSpec(model="/m", dtype="bfloat16", max_model_len=256, device="cuda", enforce_eager=False,
+                      tensor_parallel_size=2)
+    assert server_command(spec, 8000)[-2:] == ["--tensor-parallel-size", "2"]
+    assert "--tensor-parallel-size" not in server_command(ServerSpec(model="/m", dtype="bfloat16", max_model_len=256,
+                                                                     device="cuda", enforce_eager=False), 8000)

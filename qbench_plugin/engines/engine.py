@@ -77,6 +77,28 @@ def cuda_available() -> bool:
         return False
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process may use (CUDA_VISIBLE_DEVICES applied); 0 without CUDA."""
+    if not cuda_available():
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def tensor_parallel_problem(size: int, device: str, visible: int) -> str | None:
+    """Why an engine spanning `size` GPUs cannot start here, or None. Said before vLLM is asked, whose
+    own failure is a worker crash deep in its start-up."""
+    if size <= 1:
+        return None
+    if device != "cuda":
+        return f"tensor_parallel_size {size} needs {size} GPUs; this machine has no CUDA device"
+    if visible < size:
+        return (f"tensor_parallel_size {size} needs {size} GPUs; {visible} visible here "
+                "(CUDA_VISIBLE_DEVICES, or pytest-xdist's share of them)")
+    return None
+
+
 def resolve_dtype(spec: EngineSpec) -> str:
     if spec.config.dtype != "auto":
         return spec.config.dtype
@@ -121,6 +143,11 @@ class VllmEngine:
         )
         if spec.device == "cuda":
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.tensor_parallel_size > 1:
+            why = tensor_parallel_problem(cfg.tensor_parallel_size, spec.device, visible_gpus())
+            if why:
+                raise EngineUnavailable(f"config {cfg.name}: {why}")
+            kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
         if cfg.max_num_seqs:
             kwargs["max_num_seqs"] = cfg.max_num_seqs
         kwargs.update(extra or {})
@@ -352,4 +379,7 @@ def start_engine(spec: EngineSpec, labels: list[str], extra: dict | None = None)
         factory = ENGINES[spec.engine]
     except KeyError:
         raise ValueError(f"unknown engine {spec.engine!r}; valid engines: {', '.join(ENGINES)}") from None
+    if spec.engine != "vllm" and spec.config.tensor_parallel_size > 1:  # not run on one device instead
+        raise EngineUnavailable(f"config {spec.config.name}: tensor_parallel_size {spec.config.tensor_parallel_size} "
+                                f"is vLLM's; the {spec.engine} engine runs on one device")
     return factory(spec, labels, extra)

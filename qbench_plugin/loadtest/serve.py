@@ -212,6 +212,7 @@ class ServerSpec:
     enable_prefix_caching: bool = False  # as BenchConfig: off unless a config turns it on
     max_num_seqs: int | None = None
     gpu_memory_utilization: float | None = None  # CUDA only: on CPU it is a share of the node's RAM
+    tensor_parallel_size: int = 1
     engine_args: tuple[str, ...] = ()  # from engine_cli_args(prepared.engine_kwargs)
     host: str = "127.0.0.1"
 
@@ -243,6 +244,8 @@ def server_command(spec: ServerSpec, port: int, python: str = sys.executable) ->
         cmd += ["--max-num-seqs", str(spec.max_num_seqs)]
     if spec.device == "cuda" and spec.gpu_memory_utilization:
         cmd += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+    if spec.tensor_parallel_size > 1:
+        cmd += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
     return cmd + list(spec.engine_args)
 
 
