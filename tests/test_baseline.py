@@ -13,7 +13,7 @@ def test_published_h200_run_is_not_a_baseline_for_a_cpu_run_of_another_model():
     _, data = read_saved(H200)
     saved = saved_identity(data)
     assert saved == {"model": "embedded:qwen2.5-0.5b", "dataset": "embedded", "split": "test", "max_model_len": 256,
-                     "device": "NVIDIA H200", "vllm_engine_core": "own processes"}
+                     "device": "NVIDIA H200", "engine_core": "own processes"}
     why = incompatibility(identity(HERE, []), saved, strict=False)
     assert why == ("measured something else: model 'embedded:qwen2.5-0.5b' there, 'embedded' here; "
                    "device 'NVIDIA H200' there, 'cpu' here")
@@ -34,7 +34,7 @@ def test_a_run_that_records_nothing_to_check_passes_unless_strict(tmp_path):
     path.write_text(json.dumps({"benchmarks": []}))  # an older pytest-benchmark file without qbench's record
     saved = saved_identity(read_saved(path)[1])
     assert incompatibility(identity(HERE, []), saved, strict=False) is None
-    assert "does not record model, dataset, split, max_model_len, device, vllm_engine_core" in incompatibility(
+    assert "does not record model, dataset, split, max_model_len, device, engine_core" in incompatibility(
         identity(HERE, []), saved, strict=True)
 
 
@@ -44,7 +44,7 @@ def test_a_cpu_run_with_vllm_in_process_is_not_compared_with_one_without():
     older = identity(HERE, [])  # no vllm_inprocess setting recorded
     now = identity({**HERE, "vllm_inprocess": True}, [])
     assert incompatibility(now, older, strict=False) == (
-        "measured something else: vllm_engine_core 'own processes' there, 'in-process' here")
+        "measured something else: engine_core 'own processes' there, 'in-process' here")
     assert incompatibility(now, identity({**HERE, "vllm_inprocess": True}, []), strict=True) is None
     # on a GPU the setting does nothing: both runs' engine cores had their own processes
     gpu = ["NVIDIA H200"]

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 # the settings that change what a latency case measures; a run differing in any is not comparable
 SETTINGS = ("model", "dataset", "split", "max_model_len")
-IDENTITY = (*SETTINGS, "device", "vllm_engine_core")
+IDENTITY = (*SETTINGS, "device", "engine_core")
 
 
 def read_saved(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -48,7 +48,7 @@ def engine_core(settings: Mapping[str, Any], device: str | None) -> str | None:
 def identity(settings: Mapping[str, Any], gpu_names: Sequence[str] | None) -> dict[str, Any]:
     device = device_of(gpu_names)
     return {**{name: settings.get(name) for name in SETTINGS}, "device": device,
-            "vllm_engine_core": engine_core(settings, device)}
+            "engine_core": engine_core(settings, device)}
 
 
 def saved_identity(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def saved_identity(data: Mapping[str, Any]) -> dict[str, Any]:
     machine = (data.get("machine_info") or {}).get("qbench")
     found = {name: settings.get(name) for name in SETTINGS}
     found["device"] = device_of(machine.get("gpu_names")) if isinstance(machine, Mapping) else None
-    found["vllm_engine_core"] = engine_core(settings, found["device"])
+    found["engine_core"] = engine_core(settings, found["device"])
     return found
 
 
