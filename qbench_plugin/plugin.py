@@ -54,6 +54,7 @@ class QbenchState:
     report: ReportState | None = None  # summary, plots, experiment log: computed once at the end
     seed: int = 0  # of the rounds' random order: --qbench-seed, or drawn for this run and recorded
     matrix_cases: list = field(default_factory=list)  # (config, batch size) of the selected latency tests
+    gpu_sharers: int = 1  # under -n with fewer GPUs than workers: the workers sharing this one's GPU
     run_matrix_cases: int | None = None  # under -n, the whole run's count (matrix_cases is this worker's share)
     pool: Any = None  # the session's EnginePool while it is alive
     progress: Callable[[str], None] = print  # a line on the terminal, even while a test's output is captured
@@ -191,7 +192,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qbench_config" in metafunc.fixturenames:
-        # the config's name first in the test id: under -n, distribute.scope_of groups a config's tests by it
+        # the config's name first in the test id: under -n, placement.scope_of groups a config's tests by it
         params = [
             pytest.param(cfg, id=cfg.name, marks=[getattr(pytest.mark, m) for m in cfg.markers])
             for cfg in _configs(metafunc.config)

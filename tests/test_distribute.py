@@ -2,7 +2,8 @@
 merge of two workers' outputs into one run (record/merge.py)."""
 import numpy as np
 
-from qbench_plugin.distribute import assign_groups, compare_with_baseline, samples_s, scope_of, split_cores
+from qbench_plugin.distribute import compare_with_baseline, samples_s
+from qbench_plugin.placement import assign_groups, scope_of, split_cores, split_gpus
 from qbench_plugin.record.merge import merge_outputs, worker_output
 from qbench_plugin.record.run import CaseRecord, ConfigRecord, RunStore
 
@@ -29,6 +30,17 @@ def test_cores_are_split_disjoint():
     assert split_cores([0, 1], 2) == [[0], [1]]
     assert split_cores([3, 0, 1, 2, 4], 2) == [[0, 1, 2], [3, 4]]
     assert split_cores([0, 1], 3) == [[0], [1], [0]]  # more workers than cores: shared, round robin
+
+
+def test_each_worker_owns_gpus_or_shares_one_and_says_with_how_many():
+    assert split_gpus(["0", "1"], 2) == [(["0"], 1), (["1"], 1)]
+    # more GPUs than workers: a worker owns several (a config's tensor_parallel_size can use them)
+    assert split_gpus(["0", "1", "2", "3"], 2) == [(["0", "1"], 1), (["2", "3"], 1)]
+    assert split_gpus(["4", "6", "7"], 2) == [(["4", "6"], 1), (["7"], 1)]  # CUDA_VISIBLE_DEVICES' own names
+    # fewer GPUs than workers: round robin, each sharer told how many use its GPU (their engines split its memory)
+    assert split_gpus(["0"], 2) == [(["0"], 2), (["0"], 2)]
+    assert split_gpus(["0", "1"], 3) == [(["0"], 2), (["1"], 1), (["0"], 2)]
+    assert split_gpus([], 2) == [([], 1), ([], 1)]  # a CPU machine
 
 
 def test_samples_come_from_qbench_not_pytest_benchmark():

@@ -16,7 +16,8 @@ MAX_LINES = 400
 
 # The top level: plumbing (pytest hooks, fixtures, options, the CLI) may import anything, and nothing
 # outside it imports it; the leaves import nothing from qbench and anything may import them.
-PLUMBING = {"plugin", "fixtures", "load_fixtures", "options", "preflight", "status", "bench", "cli", "distribute"}
+PLUMBING = {"plugin", "fixtures", "load_fixtures", "options", "preflight", "status", "bench", "cli", "distribute",
+            "placement"}
 LEAVES = {"config", "machine", "redact"}
 TOP = "top"  # the unit of __init__.py and of every plumbing module
 

@@ -13,6 +13,19 @@ def test_a_round_appends_each_components_time_and_the_total():
     for i, total in enumerate(record["seconds"]):
         assert total == pytest.approx(sum(record["by_component"][c][i] for c in probe.components), rel=1e-6)
     assert probe_seconds(record) == record["seconds"]
+    # the diagnostics sit beside the components, outside the total: on-CPU share of the interpreter
+    # part (this process has a core to itself here, so near 1) and the host's steal share (Linux: known)
+    assert len(record["interpreter_on_cpu"]) == 3 and all(0.3 < x <= 1.05 for x in record["interpreter_on_cpu"])
+    assert len(record["steal_share"]) == 3 and all(x is None or 0 <= x <= 1 for x in record["steal_share"])
+
+
+def test_steal_share_is_the_steal_jiffies_over_all_jiffies_between_two_readings():
+    from qbench_plugin.stats.probe import steal_share
+
+    before = [100, 0, 50, 800, 0, 0, 0, 50, 0, 0]
+    after = [200, 0, 100, 1550, 0, 0, 0, 150, 0, 0]  # 1000 jiffies passed, 100 of them stolen
+    assert steal_share(before, after) == pytest.approx(0.1)
+    assert steal_share(None, after) != steal_share(None, after)  # NaN without a reading
 
 
 def test_probes_of_another_workload_or_too_few_rounds_are_not_used():

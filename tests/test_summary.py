@@ -500,3 +500,28 @@ def test_the_log_says_when_a_tail_is_about_the_largest_of_n():
     assert "p95 of 50 batches is about the 3rd largest (max of n)" in note and "p99 of 50 batches" in note
     assert "p95" not in tail_note(200) and "p99 of 200 batches" in tail_note(200)
     assert tail_note(500) is None and tail_note(None) is None
+
+
+def test_workers_gpus_pinned_cores_and_host_diagnostics_are_reported_with_their_warnings():
+    from qbench_plugin.report.htmlblocks import measurement_html
+
+    workers = {"gw0": {"device": "cuda", "cores": [0, 1], "configs": ["a"], "gpus": ["0"], "gpu_sharers": 2,
+                       "gpu_name": "NVIDIA H200"},
+               "gw1": {"device": "cuda", "cores": [2, 3], "configs": ["b"], "gpus": ["0"], "gpu_sharers": 2,
+                       "gpu_name": "NVIDIA H200"}}
+    pinning = [{"group": 0, "pinned": True, "main_thread": [0], "other_threads": [1, 2, 3],
+                "engines": {"a": {"cpus": [1, 9], "threads": 40}}}]
+    probe = {"seconds": [0.06, 0.07], "components": ["interpreter"], "interpreter_on_cpu": [0.98, 0.5],
+             "steal_share": [0.0, 0.02]}
+    run = dict(RUN, measurement={"design": "interleaved rounds", "rounds": 2, "block": 5, "warmup": 5, "seed": 1,
+                                 "groups": [], "workers": workers, "pinning": pinning, "host_probe": probe})
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    text, html = experiment_log(r), "".join(measurement_html(r))
+    for said in ("gw0: cuda (NVIDIA H200 0, shared by 2 workers) cores 0,1: a", "workers shared a GPU",
+                 "main thread on CPU 0 alone", "a on 1,9", "lowest 50%", "highest 2.0%"):
+        assert said in text and said in html, said
+    assert "ran on different GPUs" not in text  # both on GPU 0
+    workers["gw1"].update(gpus=["1"], gpu_sharers=1)
+    workers["gw0"]["gpu_sharers"] = 1
+    text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
+    assert "ran on different GPUs" in text and "workers shared a GPU" not in text

@@ -13,6 +13,7 @@ import time
 from typing import Callable, Sequence
 
 from qbench_plugin.measure.measure import latency_stats
+from qbench_plugin.measure.pinning import pinned
 from qbench_plugin.measure.pool import EnginePool
 from qbench_plugin.stats.probe import HostProbe, record_round
 from qbench_plugin.measure.rounds import Case, CaseTiming, RoundPlan, RoundsInterrupted, run_rounds
@@ -23,13 +24,15 @@ from qbench_plugin.stats.uncertainty import Timed, case_intervals
 class Matrix:
     def __init__(self, pool: EnginePool, cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan,
                  store: RunStore, *, is_out_of_memory: Callable[[BaseException], bool],
-                 progress: Callable[[str], None] = lambda line: None, token_counts: Sequence[int] | None = None):
+                 progress: Callable[[str], None] = lambda line: None, token_counts: Sequence[int] | None = None,
+                 pin_cores: bool = True):
         self.pool, self.cases, self.texts, self.plan = pool, list(dict.fromkeys(cases)), list(texts), plan
         self.token_counts = token_counts  # per text: each case's MFU counts the tokens it timed
         self.store, self.is_out_of_memory, self.progress = store, is_out_of_memory, progress
         self.timings: dict[Case, CaseTiming] | None = None
         self._all_measured = False
         self._probe: HostProbe | None = None
+        self.pin_cores = pin_cores
 
     def timing(self, case: Case) -> CaseTiming | None:
         """The case's timing; the first call measures every case (interleaved), or with
@@ -112,11 +115,14 @@ class Matrix:
             if case[1] == largest[case[0]]:
                 self.pool.sample_memory([case[0]])
 
+        placement = design.setdefault("pinning", [])
+        placement.append({"group": group})
         try:
-            found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
-                               is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
-                               between_blocks=between_blocks, progress=self.progress,
-                               rounds=rounds, token_counts=self.token_counts)
+            with pinned({n: self.pool.members[n].memory.pids for n in resident}, placement[-1], off=self._pin_off()):
+                found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
+                                   is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
+                                   between_blocks=between_blocks, progress=self.progress,
+                                   rounds=rounds, token_counts=self.token_counts)
         except RoundsInterrupted as stopped:
             design["interrupted"] = f"{stopped.how} after {stopped.rounds_done} of {self.plan.rounds} rounds"
             self._record(self._merged(stopped.timings).values(), status="partial")  # whole rounds are kept
@@ -125,6 +131,13 @@ class Matrix:
         self.timings.update(found)
         if rounds is None or rounds.stop == self.plan.rounds:  # a first half waits for its second
             self._record(found.values())
+
+    def _pin_off(self) -> str | None:
+        if not self.pin_cores:
+            return "off (--qbench-pin-cores off)"
+        if self.pool.device != "cuda":
+            return "not pinned on a CPU run (in-process engines bind their own OpenMP threads)"
+        return None
 
     def _merged(self, found: dict[Case, CaseTiming]) -> dict[Case, CaseTiming]:
         """A second visit's samples appended to the first's (the first group's halves)."""

@@ -96,11 +96,12 @@ class EnginePool:
     def __init__(self, configs: list[BenchConfig], *, model: str, labels: list[str], max_model_len: int,
                  default_engine: str, store: RunStore, quant: quantize.QuantContext,
                  progress: Callable[[str], None] = lambda line: None, co_resident: bool = True,
-                 vllm_in_process: bool = True):
+                 vllm_in_process: bool = True, gpu_sharers: int = 1):
         self.configs = configs
         self.model, self.labels, self.max_model_len = model, labels, max_model_len
         self.default_engine, self.store, self.quant = default_engine, store, quant
         self.progress, self.co_resident = progress, co_resident
+        self.gpu_sharers = max(1, gpu_sharers)  # other pytest-xdist workers' engines on this GPU
         self.device = "cuda" if cuda_available() else "cpu"
         # vLLM engine cores in this process: on a CPU only (a GPU engine keeps vLLM's own processes)
         self.vllm_in_process = vllm_in_process and self.device == "cpu"
@@ -125,10 +126,11 @@ class EnginePool:
                           vllm_in_process=self.vllm_in_process)
 
     def _residency_kwargs(self, cfg: BenchConfig, vllm_count: int) -> dict:
-        """A GPU share per co-resident vLLM engine; nothing on CPU (each sizes its KV cache in GiB)."""
-        if self.device != "cuda" or vllm_count < 2:
+        """A GPU share per co-resident vLLM engine (this worker's and the other workers' on the GPU);
+        nothing on CPU (each sizes its KV cache in GiB)."""
+        if self.device != "cuda" or vllm_count * self.gpu_sharers < 2:
             return {}
-        share = min(cfg.gpu_memory_utilization, round(GPU_SHARE_TOTAL / vllm_count, 3))
+        share = min(cfg.gpu_memory_utilization, round(GPU_SHARE_TOTAL / (vllm_count * self.gpu_sharers), 3))
         import torch
 
         total = torch.cuda.get_device_properties(0).total_memory

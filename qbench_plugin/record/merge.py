@@ -67,7 +67,8 @@ def merge_outputs(store: RunStore, outputs: Iterable[Mapping[str, Any]]) -> list
         worker = str(place.get("worker"))
         for name, data in out["configs"].items():
             rec = _config_record(data)
-            rec.info["placement"] = {k: place.get(k) for k in ("worker", "cores", "device")}
+            rec.info["placement"] = {k: place.get(k) for k in ("worker", "cores", "device", "gpus", "gpu_name")
+                                     if k in ("worker", "cores", "device") or place.get(k)}
             store.configs[name] = rec
         store.cases.extend(CaseRecord(**{**case, "samples_ns": list(case.get("samples_ns") or [])})
                            for case in out["cases"])

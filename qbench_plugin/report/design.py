@@ -65,6 +65,13 @@ def throughput_ceiling(r: RunResults) -> str:
     return "\n".join(out)
 
 
+def _gpus_of(worker: dict) -> str:
+    if not worker.get("gpus"):
+        return ""
+    shared = f", shared by {worker['gpu_sharers']} workers" if (worker.get("gpu_sharers") or 1) > 1 else ""
+    return f" ({worker.get('gpu_name') or 'GPU'} {','.join(worker['gpus'])}{shared})"
+
+
 def measurement_design(r: RunResults) -> str:
     m = r.measurement
     if not m:
@@ -84,8 +91,17 @@ def measurement_design(r: RunResults) -> str:
                    "on its own cores, and interleaved them within itself; configs on different workers ran at the "
                    "same time, so only configs on one worker are compared round by round (each worker's round orders are "
                    "under `measurement.workers.<worker>.measurement` in `qbench.json`):\n")
-        out.extend(f"- {worker}: {w.get('device')} cores {','.join(map(str, w.get('cores') or []))}: "
+        out.extend(f"- {worker}: {w.get('device')}{_gpus_of(w)} cores {','.join(map(str, w.get('cores') or []))}: "
                    f"{', '.join(w.get('configs') or []) or 'no config'}" for worker, w in workers.items())
+        owned = {tuple(w.get("gpus") or ()) for w in workers.values()}
+        if len(owned) > 1:
+            out.append("Warning: configs on different workers ran on different GPUs, so a difference between them is "
+                       "also the devices' (two GPUs of one model still differ by clocks and temperature); compare configs "
+                       "of one worker, or rerun the pair on one GPU, before believing a small delta.")
+        if any((w.get("gpu_sharers") or 1) > 1 for w in workers.values()):
+            out.append("Warning: workers shared a GPU, so their configs ran on it at the same time and slowed each other "
+                       "by an amount this run does not measure: this is a functional run of the merge, not a speed verdict "
+                       "across workers.")
     if len(groups) > 1:
         out.append("Not every engine could be resident at once; each group below was interleaved within itself, and "
                    "the first group's rounds were split in halves around the others (A B A), so comparisons across "
@@ -120,6 +136,23 @@ def measurement_design(r: RunResults) -> str:
         out.append(f"\nHost probe (a fixed workload of {', '.join(probe.get('components', []))}, once per round; "
                    f"probe.py): median {sorted(ms)[len(ms) // 2]:.2f} ms over {len(ms)} rounds, "
                    f"{min(ms):.2f}-{max(ms):.2f} ms. Comparing two runs, qbench compare and the perf gates print the probes' ratio: a host slower or faster beyond the probe's own spread is named as the likely cause of a whole-run shift.")
+    pins = [p for p in m.get("pinning") or [] if p.get("pinned")]
+    if pins:
+        engines = {name: e["cpus"] for p in pins for name, e in p["engines"].items()}
+        out.append(f"\nCores during the rounds (`--qbench-pin-cores`): the pytest main thread on CPU "
+                   f"{pins[0]['main_thread'][0]} alone (its SMT sibling left idle); "
+                   + "; ".join(f"{name} on {','.join(map(str, cpus))}" for name, cpus in sorted(engines.items())) + ".")
+    elif m.get("pinning"):
+        out.append(f"\nCores during the rounds: {m['pinning'][0].get('reason')}.")
+    shares = [x for x in probe.get("interpreter_on_cpu") or [] if x is not None]
+    steal = [x for x in probe.get("steal_share") or [] if x is not None]
+    if shares or steal:
+        out.append("\nHost diagnostics per round: " + "; ".join(
+            ([f"the probe's interpreter part was on a CPU {sorted(shares)[len(shares) // 2]:.0%} of its wall time "
+              f"(median; lowest {min(shares):.0%}): below 100%, the timing thread waited for a core or the GIL"]
+             if shares else [])
+            + ([f"hypervisor steal {sorted(steal)[len(steal) // 2]:.1%} of CPU time (median; highest {max(steal):.1%})"]
+               if steal else [])) + ".")
     if m.get("interrupted"):
         out.append(f"\nInterrupted: {m['interrupted']}; the cases keep those whole rounds.")
     return "\n".join(out)

@@ -49,6 +49,7 @@ class HostProbe:
             self.components["cuda_launch"] = self._launch
         for work in self.components.values():  # first calls pay for allocation and kernel loading
             work()
+        self._stat = cpu_stat()
 
     def _matmul(self) -> float:
         out = self._a
@@ -65,20 +66,50 @@ class HostProbe:
         return 0.0
 
     def measure(self) -> dict[str, float]:
-        """Seconds per component (median of REPEATS) and their sum under "total"."""
-        found = {}
+        """Seconds per component (median of REPEATS) and their sum under "total"; besides them, what
+        tells a slow host apart from a slow thread (DIAGNOSTICS)."""
+        found, on_cpu = {}, []
         for name, work in self.components.items():
             times = []
             for _ in range(REPEATS):
-                start = time.perf_counter_ns()
+                start, cpu = time.perf_counter_ns(), time.thread_time_ns()
                 work()
                 times.append(time.perf_counter_ns() - start)
+                if name == "interpreter":
+                    on_cpu.append((time.thread_time_ns() - cpu) / max(times[-1], 1))
             found[name] = statistics.median(times) / 1e9
         found["total"] = sum(found.values())
+        stat, self._stat = self._stat, cpu_stat()
+        found["interpreter_on_cpu"] = statistics.median(on_cpu) if on_cpu else float("nan")
+        found["steal_share"] = steal_share(stat, self._stat)
         return found
 
     def describe(self) -> dict[str, Any]:
         return {"version": VERSION, "components": list(self.components), "repeats": REPEATS}
+
+
+# Per round, beside the components (not in "total"): the interpreter part's thread CPU time over its
+# wall time (below 1: the thread waited for a core or the GIL; about 1 while slow: the core itself was
+# slow, e.g. a busy SMT sibling), and the host's steal time (the hypervisor gave the vCPUs to someone
+# else) as a share of all CPU time since the previous round.
+DIAGNOSTICS = ("interpreter_on_cpu", "steal_share")
+
+
+def cpu_stat() -> list[int] | None:
+    """The "cpu" line of /proc/stat (jiffies: user nice system idle iowait irq softirq steal ...)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            return [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float:
+    """Steal jiffies over all jiffies between two /proc/stat readings (NaN without both)."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return float("nan")
+    total = sum(after[:8]) - sum(before[:8])  # guest time is already inside user
+    return (after[7] - before[7]) / total if total > 0 else float("nan")
 
 
 def record_round(record: dict[str, Any], probe: HostProbe, round_index: int) -> None:
@@ -91,6 +122,9 @@ def record_round(record: dict[str, Any], probe: HostProbe, round_index: int) -> 
     parts = record.setdefault("by_component", {})
     for name in probe.components:
         parts.setdefault(name, []).append(round(found[name], 9))
+    for name in DIAGNOSTICS:
+        value = found.get(name, float("nan"))
+        record.setdefault(name, []).append(None if value != value else round(value, 4))  # NaN is not JSON
 
 
 def probe_seconds(record: Any) -> list[float] | None:
