@@ -239,7 +239,10 @@ class Controller:
             terminalreporter.write_line(f"qbench: {self.decided_after_merge} accuracy gate(s) decided after the merge "
                                         "(the baseline ran on another worker): none failed")
         for worker, place in (self.state.store.measurement.get("workers") or {}).items():
-            terminalreporter.write_line(f"qbench: worker {worker} on {place['device']} cores "
+            gpus = (f" GPU {','.join(place['gpus'])}" + (f" (shared by {place['gpu_sharers']} workers)"
+                                                         if place.get("gpu_sharers", 1) > 1 else "")
+                    if place.get("gpus") else "")
+            terminalreporter.write_line(f"qbench: worker {worker} on {place['device']}{gpus} cores "
                                         f"{','.join(map(str, place['cores']))}: {', '.join(place['configs']) or '-'}")
 
 

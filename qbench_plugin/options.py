@@ -191,9 +191,9 @@ OPTIONS: tuple[_Option, ...] = (
             "pytest process (VLLM_ENABLE_V1_MULTIPROCESSING=0), started one by one, memory read as the process's "
             "growth; off: each in processes of its own (vLLM's default), started concurrently, memory read as their "
             "PSS. No effect on a GPU, whose vLLM engines keep their own processes", _on_off),
-    _Option("pin_cores", "on", "GPU runs: on: during the timed rounds the pytest main thread (which drives every "
-            "engine) gets a physical core to itself and each vLLM engine's processes a core of their own, so the "
-            "OS's placement does not differ between two runs; off: the OS places them. No effect on a CPU run",
+    _Option("pin_cores", "off", "GPU runs: on: during the timed rounds the pytest main thread (which drives every "
+            "engine) gets a physical core to itself and each vLLM engine's processes a core of their own; off: the "
+            "OS places them (measured on an H200: pinning did not steady an A/A pair). No effect on a CPU run",
             _on_off),
     _Option("engine", "vllm", "engine for configs that do not pin one: vllm or hf"),
     _Option("results_dir", "results", "where each run writes results/<run id>/ (relative to the rootdir)"),

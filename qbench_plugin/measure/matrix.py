@@ -25,7 +25,7 @@ class Matrix:
     def __init__(self, pool: EnginePool, cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan,
                  store: RunStore, *, is_out_of_memory: Callable[[BaseException], bool],
                  progress: Callable[[str], None] = lambda line: None, token_counts: Sequence[int] | None = None,
-                 pin_cores: bool = True):
+                 pin_cores: bool = False):
         self.pool, self.cases, self.texts, self.plan = pool, list(dict.fromkeys(cases)), list(texts), plan
         self.token_counts = token_counts  # per text: each case's MFU counts the tokens it timed
         self.store, self.is_out_of_memory, self.progress = store, is_out_of_memory, progress

@@ -9,6 +9,12 @@ thread and the engine processes is one source of such states that qbench can rem
 shares a physical core (SMT sibling) with a busy one runs up to 2x slower, and the OS chooses anew in
 each session.
 
+Measured (2026-12-03, one H200 lease, results/examples/h200/aa/pinned-2026-12-03/): it did not help.
+With pinning, the probe's slow rounds stayed (its interpreter part on a CPU 100% of its wall time and
+no steal, so the vCPU itself was slow: contention on the host, below what the guest sees), and the
+bs-32 ratios to fp16 moved 7-9% between the two sessions, against 2-8% unpinned. So it is off by
+default and kept as an experiment (`--qbench-pin-cores on`).
+
 What. For the rounds only, the pytest main thread (the caller of every engine, and the transformers
 engine itself) gets one logical CPU of a physical core that nothing else of qbench's may use; each
 vLLM engine's processes get a physical core of their own, round-robin over the remaining ones when
@@ -62,8 +68,9 @@ def plan(cores: Sequence[Sequence[int]], engines: Sequence[str]) -> dict[str, li
     each engine; or why nothing is pinned."""
     if len(cores) < 2:
         return f"not pinned: {len(cores)} physical core(s) allowed; the timing thread needs one to itself and the rest another"
-    rest = [list(c) for c in cores[1:]]
-    out = {"main": [cores[0][0]], "others": sorted(c for core in rest for c in core)}
+    # the last core for the timing thread: the first usually takes the device interrupts
+    rest = [list(c) for c in cores[:-1]]
+    out = {"main": [cores[-1][0]], "others": sorted(c for core in rest for c in core)}
     for i, name in enumerate(engines):
         out[name] = rest[i % len(rest)]
     return out
