@@ -23,7 +23,7 @@
 #                                       max-autotune of the one packed shape is ~3; ~1 with the inductor cache
 #                                       of an earlier run), so run it detached and poll. Cut it with
 #                                       QBENCH_CEILING_TEXTS (8192), QBENCH_CEILING_HF_RUNGS, QBENCH_CEILING_LADDER,
-#                                       QBENCH_CEILING_COMPILE_MODE (auto), QBENCH_CEILING_REPLICAS (2; empty: none).
+#                                       QBENCH_CEILING_COMPILE_MODE (auto), QBENCH_CEILING_REPLICAS (2,3,4; empty: none).
 #                                       Points are saved as each lands: a run stopped midway keeps them
 #   bash scripts/h200.sh load OUT [CONFIGS] [pytest args...]   the seed's load grid (after prepare): CONFIGS
 #                                       (default fp16_baseline,gptq_4bit) x users 10,20,50 x 1,8,32 texts a
@@ -75,8 +75,8 @@ case "$stage" in
     QBENCH_TIME_LIMIT=${QBENCH_TIME_LIMIT:-1080} bash "$0" matrix "$out" fp16_baseline,hf_reference \
       -m "gpu and saturation" --qbench-batch-sizes 512 --qbench-sweep on \
       --qbench-sweep-configs fp16_baseline,hf_reference --qbench-sweep-texts "${QBENCH_CEILING_TEXTS:-8192}" \
-      --qbench-sweep-engine-settings "$ladder" --qbench-sweep-replicas "${QBENCH_CEILING_REPLICAS-2}" \
-      --qbench-sweep-hf-rungs "${QBENCH_CEILING_HF_RUNGS:-bucketed,packed,packed+compile,packed+compile+graphs}" \
+      --qbench-sweep-engine-settings "$ladder" --qbench-sweep-replicas "${QBENCH_CEILING_REPLICAS-2,3,4}" \
+      --qbench-sweep-hf-rungs "${QBENCH_CEILING_HF_RUNGS:-bucketed,packed+compile+graphs,packed+flex+compile}" \
       --qbench-sweep-compile-mode "${QBENCH_CEILING_COMPILE_MODE:-auto}" "$@" ;;
   all)
     out=$1; shift
