@@ -525,3 +525,17 @@ def test_workers_gpus_pinned_cores_and_host_diagnostics_are_reported_with_their_
     workers["gw0"]["gpu_sharers"] = 1
     text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
     assert "ran on different GPUs" in text and "workers shared a GPU" not in text
+
+
+def test_a_co_resident_engines_memory_share_is_explained_in_the_deployment_block():
+    import copy
+
+    run = copy.deepcopy(RUN)
+    run["configs"]["int8"]["info"]["engine_kwargs"]["gpu_memory_utilization"] = 0.2125
+    run["configs"]["int8"]["info"]["device"] = "cuda"
+    r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
+    assert r.deployment["GPU_MEMORY_UTILIZATION"] == 0.2125  # what was measured
+    note = [n for n in r.deployment["notes"] if "beside the run's other engines" in n]
+    assert note and f"the config's {CONFIGS['int8'].gpu_memory_utilization}" in note[0]
+    assert not [n for n in build_results(RUN, machine={"gpu_names": []}, bench_configs=CONFIGS,
+                                         options=ReportOptions()).deployment["notes"] if "beside the run's" in n]

@@ -286,6 +286,10 @@ def deployment_settings(rec: Recommendation, record: Mapping[str, Any], config: 
         "DTYPE": kwargs.get("dtype", config.dtype if config else None),
     }
     notes = [f"MAX_NUM_SEQS is the winning batch size ({rec.batch_size}): the concurrency that was measured"]
+    if config is not None and info.get("device") != "cpu" and utilization != config.gpu_memory_utilization:
+        notes.append(f"GPU_MEMORY_UTILIZATION {utilization} is the share this engine was given beside the run's other "
+                     f"engines on the GPU (interleaved rounds, or pytest-xdist workers sharing it); a lone deployment "
+                     f"can use the config's {config.gpu_memory_utilization}")
     if info.get("device") == "cpu":
         notes.append("measured on CPU, where vLLM sizes its KV cache with VLLM_CPU_KVCACHE_SPACE (GiB) and "
                      "ignores GPU_MEMORY_UTILIZATION; the value shown is the config's, for a GPU deployment")
