@@ -31,9 +31,11 @@ SAMPLES = "latency_samples_ns"
 ROUNDS = "latency_sample_rounds"  # the round of each sample; absent in runs made before rounds
 NOISE_TESTED = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_samples_per_s")
 NOISE = "within noise"
-# Memory has no samples to test against noise, and the same engine's RSS moves by a few MiB from run to
-# run (allocator, page cache, the tokenizer's buffers): a change inside this share of A is no change.
-MEMORY_TOLERANCE = {"memory_rss_mib": 0.02, "memory_rss_peak_mib": 0.02, "gpu_memory_peak_mib": 0.02}
+# Memory has no samples to test against noise, and the same engine's memory moves from run to run
+# (allocator, page cache, the tokenizer's buffers): a change inside this share of A is no change. Host
+# RSS of the same vLLM engines moved up to 5.8% between the sessions of two H200 A/A pairs (GPU memory
+# at most 1.9%), so 2% there called 24 of 36 A/A memory deltas better or worse.
+MEMORY_TOLERANCE = {"memory_rss_mib": 0.06, "memory_rss_peak_mib": 0.06, "gpu_memory_peak_mib": 0.02}
 TOLERATED = "within tolerance"
 # ci_low/ci_high: bootstrap 95% interval of B/A where both runs kept their samples; engine_a/engine_b: the
 # engine each run's config ran on (a config of one name may pin no engine and follow --qbench-engine)
