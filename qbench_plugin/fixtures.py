@@ -120,7 +120,8 @@ def qbench_pool(pytestconfig: pytest.Config, qbench_settings: Settings, qbench_m
                              max_model_len=qbench_settings.max_model_len, default_engine=qbench_settings.engine,
                              store=qbench_store, quant=qbench_quant_context, progress=state.progress,
                              co_resident=qbench_settings.interleave,
-                             vllm_in_process=qbench_settings.vllm_inprocess, gpu_sharers=state.gpu_sharers)
+                             vllm_in_process=qbench_settings.vllm_inprocess, gpu_sharers=state.gpu_sharers,
+                             starts=qbench_settings.engine_starts)
     state.pool = engine_pool
     if state.early_config is not None:
         log_dir = qbench_store.out_dir or Path(tempfile.mkdtemp(prefix="qbench-server-"))
@@ -151,7 +152,8 @@ def qbench_matrix(pytestconfig: pytest.Config, qbench_pool: EnginePool, qbench_s
     plan = RoundPlan(rounds=s.rounds, block=s.samples // s.rounds, warmup=s.warmup, seed=state.seed)
     return Matrix(qbench_pool, state.matrix_cases, qbench_eval.texts, plan, qbench_store,
                   is_out_of_memory=is_out_of_memory, progress=state.progress,
-                  token_counts=state.inputs.token_counts if state.inputs else None, pin_cores=s.pin_cores)
+                  token_counts=state.inputs.token_counts if state.inputs else None, pin_cores=s.pin_cores,
+                  starts=s.engine_starts)
 
 
 @pytest.fixture(scope="session")

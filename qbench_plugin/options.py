@@ -191,6 +191,10 @@ OPTIONS: tuple[_Option, ...] = (
             "pytest process (VLLM_ENABLE_V1_MULTIPROCESSING=0), started one by one, memory read as the process's "
             "growth; off: each in processes of its own (vLLM's default), started concurrently, memory read as their "
             "PSS. No effect on a GPU, whose vLLM engines keep their own processes", _on_off),
+    _Option("engine_starts", "1", "engines of each config timed in the interleaved rounds: with N > 1, N - 1 more "
+            "starts of every config's engine join the rounds and the case pools their samples; each start's "
+            "throughput is recorded, so the spread between starts is measured (on an H200 two sessions' ratios "
+            "moved 7-9% while each session's rounds put them at 2-3%)", _positive_int),
     _Option("pin_cores", "off", "GPU runs: on: during the timed rounds the pytest main thread (which drives every "
             "engine) gets a physical core to itself and each vLLM engine's processes a core of their own; off: the "
             "OS places them (measured on an H200: pinning did not steady an A/A pair). No effect on a CPU run",
@@ -296,6 +300,7 @@ class Settings:
     seed: int | None
     interleave: bool
     vllm_inprocess: bool
+    engine_starts: int
     pin_cores: bool
     engine: str
     results_dir: Path

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 from qbench_plugin.measure.measure import latency_stats
 from qbench_plugin.measure.pinning import pinned
 from qbench_plugin.measure.pool import EnginePool
+from qbench_plugin.measure.starts import config_of, extra_engines, fold
 from qbench_plugin.stats.probe import HostProbe, record_round
 from qbench_plugin.measure.rounds import Case, CaseTiming, RoundPlan, RoundsInterrupted, run_rounds
 from qbench_plugin.record.run import CaseRecord, RunStore
@@ -25,7 +26,7 @@ class Matrix:
     def __init__(self, pool: EnginePool, cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan,
                  store: RunStore, *, is_out_of_memory: Callable[[BaseException], bool],
                  progress: Callable[[str], None] = lambda line: None, token_counts: Sequence[int] | None = None,
-                 pin_cores: bool = False):
+                 pin_cores: bool = False, starts: int = 1):
         self.pool, self.cases, self.texts, self.plan = pool, list(dict.fromkeys(cases)), list(texts), plan
         self.token_counts = token_counts  # per text: each case's MFU counts the tokens it timed
         self.store, self.is_out_of_memory, self.progress = store, is_out_of_memory, progress
@@ -33,6 +34,7 @@ class Matrix:
         self._all_measured = False
         self._probe: HostProbe | None = None
         self.pin_cores = pin_cores
+        self.starts = starts  # engines of each config timed in the rounds (starts.py)
 
     def timing(self, case: Case) -> CaseTiming | None:
         """The case's timing; the first call measures every case (interleaved), or with
@@ -88,10 +90,12 @@ class Matrix:
         if not todo:
             return
         design = self.store.measurement
+        extra = extra_engines(self.pool, sorted({c[0] for c in todo}), self.starts, self.progress) if self.starts > 1 else {}
+        cases = list(todo) + [(label, bs) for label in extra for config, bs in todo if config == config_of(label)]
         if group is None:
             group = len(design["groups"])
             design["groups"].append(sorted({c[0] for c in todo}))
-            design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(todo)])
+            design["orders"].append([[f"{c[0]}@{c[1]}" for c in order] for order in self.plan.orders(cases)])
         parked = self.pool.park_neighbours()
         if parked:
             design.setdefault("neighbours", {}).update(parked)
@@ -112,22 +116,28 @@ class Matrix:
         largest = {config: max(bs for c, bs in todo if c == config) for config, _ in todo}
 
         def between_blocks(case: tuple[str, int]) -> None:
-            if case[1] == largest[case[0]]:
+            if case[1] == largest.get(case[0]):  # an extra start's memory is not its config's
                 self.pool.sample_memory([case[0]])
 
         placement = design.setdefault("pinning", [])
         placement.append({"group": group})
+        engines = {**{n: self.pool.members[n].engine for n in resident}, **extra}
+        starts = design.setdefault("starts", {"count": self.starts}) if self.starts > 1 else None
         try:
             with pinned({n: self.pool.members[n].memory.pids for n in resident}, placement[-1], off=self._pin_off()):
-                found = run_rounds({n: self.pool.members[n].engine for n in resident}, todo, self.texts, self.plan,
+                found = run_rounds(engines, cases, self.texts, self.plan,
                                    is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
                                    between_blocks=between_blocks, progress=self.progress,
                                    rounds=rounds, token_counts=self.token_counts)
         except RoundsInterrupted as stopped:
             design["interrupted"] = f"{stopped.how} after {stopped.rounds_done} of {self.plan.rounds} rounds"
-            self._record(self._merged(stopped.timings).values(), status="partial")  # whole rounds are kept
+            timings = fold(stopped.timings, starts) if starts is not None else stopped.timings
+            self._record(self._merged(timings).values(), status="partial")  # whole rounds are kept
             raise
-        found = self._merged(found)
+        finally:
+            for engine in extra.values():
+                engine.close()
+        found = self._merged(fold(found, starts) if starts is not None else found)
         self.timings.update(found)
         if rounds is None or rounds.stop == self.plan.rounds:  # a first half waits for its second
             self._record(found.values())

@@ -96,12 +96,13 @@ class EnginePool:
     def __init__(self, configs: list[BenchConfig], *, model: str, labels: list[str], max_model_len: int,
                  default_engine: str, store: RunStore, quant: quantize.QuantContext,
                  progress: Callable[[str], None] = lambda line: None, co_resident: bool = True,
-                 vllm_in_process: bool = True, gpu_sharers: int = 1):
+                 vllm_in_process: bool = True, gpu_sharers: int = 1, starts: int = 1):
         self.configs = configs
         self.model, self.labels, self.max_model_len = model, labels, max_model_len
         self.default_engine, self.store, self.quant = default_engine, store, quant
         self.progress, self.co_resident = progress, co_resident
         self.gpu_sharers = max(1, gpu_sharers)  # other pytest-xdist workers' engines on this GPU
+        self.starts = max(1, starts)  # engines of each config in the rounds (measure/starts.py): GPU shares for all
         self.device = "cuda" if cuda_available() else "cpu"
         # vLLM engine cores in this process: on a CPU only (a GPU engine keeps vLLM's own processes)
         self.vllm_in_process = vllm_in_process and self.device == "cpu"
@@ -136,27 +137,34 @@ class EnginePool:
         total = torch.cuda.get_device_properties(0).total_memory
         return {"gpu_memory_utilization": share, "kv_cache_memory_bytes": int(min(KV_CACHE_CAP_BYTES, share * total / 2))}
 
+    def recipe(self, cfg: BenchConfig, vllm_count: int) -> tuple[EngineSpec, quantize.Prepared, dict]:
+        """What starting the config's engine takes: its spec, its prepared model (a quantized checkpoint
+        may be made: minutes) and the engine arguments, with a GPU share for `vllm_count` co-resident
+        vLLM engines. Raises EngineUnavailable when this machine cannot run it."""
+        spec = self._spec(cfg)
+        if cfg.device == "cuda" and self.device != "cuda":
+            raise EngineUnavailable(f"config {cfg.name} needs a CUDA GPU; torch.cuda.is_available() is False here")
+        if cfg.device == "cpu" and self.device == "cuda":
+            if spec.engine != "hf":
+                raise EngineUnavailable(f"config {cfg.name} asks for device cpu; the vLLM here is a CUDA build")
+            spec = dataclasses.replace(spec, device="cpu")  # transformers runs where it is told
+        prepared = quantize.prepare(spec, self.quant)
+        extra = {**prepared.engine_kwargs}
+        if spec.engine == "vllm":
+            extra.update(self._residency_kwargs(cfg, vllm_count * self.starts))
+        return dataclasses.replace(spec, model=prepared.model), prepared, extra
+
     def _start(self, member: Member, vllm_count: int, others_inprocess: int = 0) -> None:
         """Prepare and start one engine; its record says what happened (never raises)."""
         cfg, record = member.config, member.record
-        spec = self._spec(cfg)
         try:
-            if cfg.device == "cuda" and self.device != "cuda":
-                raise EngineUnavailable(f"config {cfg.name} needs a CUDA GPU; torch.cuda.is_available() is False here")
-            if cfg.device == "cpu" and self.device == "cuda":
-                if spec.engine != "hf":
-                    raise EngineUnavailable(f"config {cfg.name} asks for device cpu; the vLLM here is a CUDA build")
-                spec = dataclasses.replace(spec, device="cpu")  # transformers runs where it is told
-            prepared = quantize.prepare(spec, self.quant)  # may make a checkpoint (minutes)
-            extra = {**prepared.engine_kwargs}
-            if spec.engine == "vllm":
-                extra.update(self._residency_kwargs(cfg, vllm_count))
-            in_process = self._in_process(spec)
+            spec, prepared, extra = self.recipe(cfg, vllm_count)
+            in_process = self.in_process(spec)
             if in_process:
                 member.memory.main_baseline, member.memory.gpu_baseline = main_rss(), torch_reserved() or 0
             self.progress(f"qbench: starting {cfg.name} ({spec.engine}, {cfg.method})")
             began = time.perf_counter_ns()
-            engine = start_engine(dataclasses.replace(spec, model=prepared.model), self.labels, extra)
+            engine = start_engine(spec, self.labels, extra)
             engine.classify(["warm-up"])  # cold start = construction + the first answer
             seconds = (time.perf_counter_ns() - began) / 1e9
         except EngineUnavailable as exc:
@@ -190,7 +198,7 @@ class EnginePool:
         )
         self.progress(f"qbench: {cfg.name} ready in {seconds:.1f} s")
 
-    def _in_process(self, spec: EngineSpec) -> bool:
+    def in_process(self, spec: EngineSpec) -> bool:
         """Whether this engine lives in the pytest process (its memory is then this process's growth)."""
         return spec.engine != "vllm" or (spec.vllm_in_process and spec.device == "cpu")
 
@@ -206,7 +214,7 @@ class EnginePool:
             if not pending:
                 return self.resident()
             vllm = [m for m in pending if (m.config.engine or self.default_engine) == "vllm"]
-            own = [m for m in vllm if not self._in_process(self._spec(m.config))]
+            own = [m for m in vllm if not self.in_process(self._spec(m.config))]
             # in-process vLLM engines first, then transformers, in config order
             others = [m for m in vllm if m not in own] + [m for m in pending if m not in vllm]
             began = time.perf_counter()

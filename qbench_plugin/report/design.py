@@ -65,6 +65,14 @@ def throughput_ceiling(r: RunResults) -> str:
     return "\n".join(out)
 
 
+def _starts_spread(by_case: dict) -> dict | None:
+    """How far each case's engine starts lay apart, (largest / smallest throughput) - 1, across cases."""
+    gaps = [max(v) / min(v) - 1 for v in by_case.values() if len(v) > 1 and all(v)]
+    if not gaps:
+        return None
+    return {"cases": len(gaps), "median": sorted(gaps)[len(gaps) // 2], "largest": max(gaps)}
+
+
 def _gpus_of(worker: dict) -> str:
     if not worker.get("gpus"):
         return ""
@@ -136,6 +144,13 @@ def measurement_design(r: RunResults) -> str:
         out.append(f"\nHost probe (a fixed workload of {', '.join(probe.get('components', []))}, once per round; "
                    f"probe.py): median {sorted(ms)[len(ms) // 2]:.2f} ms over {len(ms)} rounds, "
                    f"{min(ms):.2f}-{max(ms):.2f} ms. Comparing two runs, qbench compare and the perf gates print the probes' ratio: a host slower or faster beyond the probe's own spread is named as the likely cause of a whole-run shift.")
+    if (starts := m.get("starts")) and starts.get("by_case"):
+        gap = _starts_spread(starts["by_case"])
+        out.append(f"\nEngine starts (`--qbench-engine-starts {starts['count']}`): every config's engine was started "
+                   f"{starts['count']} times and each start timed in every round; a case pools all its starts' samples. "
+                   + (f"The starts of one case differed in throughput by {gap['median']:.1%} (median over {gap['cases']} "
+                      f"cases; largest {gap['largest']:.1%}); each start's figure is in `qbench.json` → "
+                      "`measurement.starts.by_case`." if gap else "No case had two starts to compare."))
     pins = [p for p in m.get("pinning") or [] if p.get("pinned")]
     if pins:
         engines = {name: e["cpus"] for p in pins for name, e in p["engines"].items()}

@@ -1,0 +1,94 @@
+"""More than one start of each config's engine in one session (`--qbench-engine-starts N`).
+
+Why. Interleaved rounds average the drift inside a session, but every engine is started once per
+session, and a start can land faster or slower for the whole session (where its memory and threads
+ended up, what it compiled). No number of rounds averages that: on one H200 lease, two identical
+sessions moved the bs-32 throughput ratios to fp16_baseline by 7-9% while each session's rounds put
+them at 2-3% (results/examples/h200/aa/pinned-2026-12-03/). asv times each benchmark in two processes
+by default for the same reason. With N starts, each config's matrix cases are timed on N engines,
+interleaved in the same rounds (each start is a case of its own in every round's random order); the
+case's samples pool all of them, and the run records each start's own throughput, so the spread
+between starts is measured, not assumed.
+
+The extra starts are started after the pool's group (so the config's cold start and memory are its
+first start's), at the same GPU share (the pool sizes shares for N starts of every vLLM engine), and
+closed after the group's rounds.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from qbench_plugin.engines.engine import Engine, start_engine
+from qbench_plugin.measure.rounds import Case, CaseTiming
+
+SEP = "~start"  # an extra start's case name: "<config>~start2"; never a config name (preflight's names are plain)
+
+
+def start_name(config: str, start: int) -> str:
+    return f"{config}{SEP}{start}"
+
+
+def config_of(name: str) -> str:
+    return name.split(SEP)[0]
+
+
+def extra_engines(pool, names: Sequence[str], starts: int, progress=lambda line: None) -> dict[str, Engine]:
+    """Starts 2..`starts` of these resident configs' engines, by start name. Engines with processes of
+    their own start concurrently, in-process ones one by one; a start that fails is left out (its
+    config is then timed on fewer starts, which the record shows)."""
+    jobs = []
+    vllm = sum(1 for m in pool.members.values() if m.engine is not None and m.record.engine == "vllm")
+    for name in names:
+        member = pool.members[name]
+        spec, _, extra = pool.recipe(member.config, vllm)
+        jobs += [(start_name(name, k), spec, extra) for k in range(2, starts + 1)]
+
+    def start(job) -> tuple[str, Engine | None]:
+        label, spec, extra = job
+        progress(f"qbench: starting {label} (another engine of {config_of(label)})")
+        try:
+            engine = start_engine(spec, pool.labels, extra)
+            engine.classify(["warm-up"])
+            return label, engine
+        except Exception as exc:  # noqa: BLE001  (the config keeps its other starts)
+            progress(f"qbench: {label} did not start: {type(exc).__name__}: {exc}"[:300])
+            return label, None
+
+    own = [j for j in jobs if not pool.in_process(j[1])]
+    found = []
+    if own:
+        with ThreadPoolExecutor(max_workers=len(own), thread_name_prefix="qbench-start") as workers:
+            found += list(workers.map(start, own))
+    found += [start(j) for j in jobs if j not in own]
+    return {label: engine for label, engine in found if engine is not None}
+
+
+def fold(found: Mapping[Case, CaseTiming], record: dict) -> dict[Case, CaseTiming]:
+    """Every extra start's samples appended to its config's case (same round indices: a round's
+    resample takes all starts' blocks of that round); each start's throughput (texts/s over its
+    samples) into `record["by_case"]` under "<config>@<batch size>", first start first."""
+    out = {case: t for case, t in found.items() if SEP not in case[0]}
+    by_case = record.setdefault("by_case", {})
+    for base in out.values():
+        by_case[f"{base.config}@{base.batch_size}"] = [_throughput(base)]
+    for case, timing in sorted((c, t) for c, t in found.items() if SEP in c[0]):
+        base = out.get((config_of(case[0]), case[1]))
+        if base is None:
+            continue
+        by_case[f"{base.config}@{base.batch_size}"].append(_throughput(timing))
+        if timing.error and not base.error:
+            base.error = f"{case[0]}: {timing.error}"
+        complete = base.tokens and len(base.tokens) == len(base.samples_ns) and len(timing.tokens) == len(timing.samples_ns)
+        base.samples_ns += timing.samples_ns
+        base.rounds += timing.rounds
+        base.tokens = base.tokens + timing.tokens if complete else []
+    return out
+
+
+def _throughput(timing: CaseTiming) -> float | None:
+    if not timing.samples_ns:
+        return None
+    return round(timing.batch_size * len(timing.samples_ns) / (float(np.sum(timing.samples_ns)) / 1e9), 3)
