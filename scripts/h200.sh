@@ -13,10 +13,9 @@
 #                                       hf_reference at bs 1,8,32 three times (A, A again, then B with every
 #                                       engine 25% slower by construction: tests/plugins/slowed_engine.py),
 #                                       A' and B gated against A, qbench compare of both pairs;
-#                                       QBENCH_AAB_RUNS=a2 runs the A/A pair alone (results/examples/h200/aa/)
-#   bash scripts/h200.sh starts OUT     is a config's speed a property of one engine start? fp16_baseline and
-#                                       a copy of it (each its own start) beside gptq_4bit and hf_reference at
-#                                       bs 1,8,32, two sessions, with qbench compare of the two starts per session
+#                                       QBENCH_AAB_RUNS=a2 runs the A/A pair alone (results/examples/h200/aa/);
+#                                       with --qbench-engine-starts 2 (and e.g. --qbench-samples 200
+#                                       --qbench-rounds 100) each config is timed on two engine starts
 #   bash scripts/h200.sh ceiling OUT [pytest args...]   the throughput-ceiling sweep of fp16_baseline and
 #                                       hf_reference alone (issue 21's rungs), into OUT/; prepares the fp16 model
 #                                       only. About 13 minutes (engines ~2.5, vLLM ~5, HF ~5.5, of which
@@ -110,21 +109,5 @@ case "$stage" in
       python3 -m qbench_plugin.cli compare "$base" "$(ls -d "$out/$run"/2*/)" --csv "$out/compare-a-$run.csv" \
         | tee "$out/compare-a-$run.txt"
     done ;;
-  starts)
-    # per-start effect: is a config's speed a property of one engine start? fp16_baseline twice (a copy
-    # named fp16_baseline_2, each its own engine start) beside gptq_4bit and hf_reference, in two sessions;
-    # `qbench compare RUN --configs fp16_baseline fp16_baseline_2` then gives the start-to-start difference
-    # inside each session, paired by round (on the 2-core CPU it was under 1%)
-    out=$1; shift
-    mkdir -p "$out/configs"
-    cp configs/*.json "$out/configs/"
-    python3 -c "import json,sys; d=json.load(open('configs/fp16_baseline.json')); d.update(name='fp16_baseline_2', baseline=False, description='fp16_baseline again: a second engine start'); json.dump(d, open(sys.argv[1], 'w'), indent=1)" "$out/configs/fp16_baseline_2.json"
-    QBENCH_PREPARE_CONFIGS="gptq_4bit" bash "$0" prepare
-    for run in a a2; do
-      bash "$0" matrix "$out/$run" fp16_baseline,fp16_baseline_2,gptq_4bit,hf_reference -m "gpu and not load" \
-        -k latency --qbench-batch-sizes 1,8,32 --qbench-configs-dir "$out/configs" "$@" || true
-      python3 -m qbench_plugin.cli compare "$(ls -d "$out/$run"/2*/)" --configs fp16_baseline fp16_baseline_2 \
-        --csv "$out/starts-$run.csv" | tee "$out/starts-$run.txt"
-    done ;;
-  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | ceiling OUT [pytest args...] | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...] | starts OUT [pytest args...]" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | ceiling OUT [pytest args...] | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...]" >&2; exit 2 ;;
 esac

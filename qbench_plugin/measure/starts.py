@@ -23,6 +23,7 @@ import numpy as np
 
 from qbench_plugin.engines.engine import Engine, start_engine
 from qbench_plugin.measure.rounds import Case, CaseTiming
+from qbench_plugin.stats.uncertainty import Timed, ratio_interval
 
 SEP = "~start"  # an extra start's case name: "<config>~start2"; never a config name (preflight's names are plain)
 
@@ -69,16 +70,25 @@ def extra_engines(pool, names: Sequence[str], starts: int, progress=lambda line:
 def fold(found: Mapping[Case, CaseTiming], record: dict) -> dict[Case, CaseTiming]:
     """Every extra start's samples appended to its config's case (same round indices: a round's
     resample takes all starts' blocks of that round); each start's throughput (texts/s over its
-    samples) into `record["by_case"]` under "<config>@<batch size>", first start first."""
+    samples) into `record["by_case"]` under "<config>@<batch size>", first start first, and each extra
+    start's throughput over the first's, paired by round, with its 95% interval, into
+    `record["ratio_to_first"]`: an interval that excludes 1 is a start effect beyond the rounds' noise."""
     out = {case: t for case, t in found.items() if SEP not in case[0]}
-    by_case = record.setdefault("by_case", {})
+    by_case, ratios = record.setdefault("by_case", {}), record.setdefault("ratio_to_first", {})
+    firsts = {case: Timed.of(t.samples_ns, t.batch_size, t.rounds) for case, t in out.items() if t.samples_ns}
     for base in out.values():
         by_case[f"{base.config}@{base.batch_size}"] = [_throughput(base)]
+        ratios[f"{base.config}@{base.batch_size}"] = []
     for case, timing in sorted((c, t) for c, t in found.items() if SEP in c[0]):
         base = out.get((config_of(case[0]), case[1]))
         if base is None:
             continue
-        by_case[f"{base.config}@{base.batch_size}"].append(_throughput(timing))
+        key = f"{base.config}@{base.batch_size}"
+        by_case[key].append(_throughput(timing))
+        first = firsts.get((base.config, base.batch_size))
+        found_ratio = ratio_interval(Timed.of(timing.samples_ns, timing.batch_size, timing.rounds), first,
+                                     "throughput_samples_per_s", paired=True) if first and timing.samples_ns else None
+        ratios[key].append([round(x, 4) for x in found_ratio] if found_ratio else None)
         if timing.error and not base.error:
             base.error = f"{case[0]}: {timing.error}"
         complete = base.tokens and len(base.tokens) == len(base.samples_ns) and len(timing.tokens) == len(timing.samples_ns)

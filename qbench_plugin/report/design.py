@@ -3,6 +3,8 @@ throughput-ceiling sweep and the comparison with a saved run. The experiment log
 the HTML report shows measurement_design too."""
 from __future__ import annotations
 
+import statistics
+
 from qbench_plugin.report import tables
 from qbench_plugin.report.bounds import bound_lines
 from qbench_plugin.report.compare import NOISE, TOLERATED, counts_text, engine_changes, unmatched
@@ -70,7 +72,14 @@ def _starts_spread(by_case: dict) -> dict | None:
     gaps = [max(v) / min(v) - 1 for v in by_case.values() if len(v) > 1 and all(v)]
     if not gaps:
         return None
-    return {"cases": len(gaps), "median": sorted(gaps)[len(gaps) // 2], "largest": max(gaps)}
+    return {"cases": len(gaps), "median": statistics.median(gaps), "largest": max(gaps)}
+
+
+def _beyond_noise(ratios: dict) -> str:
+    found = [r for values in ratios.values() for r in values if r]
+    beyond = [r for r in found if r[1] > 1 or r[2] < 1]
+    return (f"{len(beyond)} of {len(found)} extra starts differed from the first beyond their paired 95% interval"
+            if found else "too few rounds for a paired interval between starts")
 
 
 def _gpus_of(worker: dict) -> str:
@@ -149,8 +158,9 @@ def measurement_design(r: RunResults) -> str:
         out.append(f"\nEngine starts (`--qbench-engine-starts {starts['count']}`): every config's engine was started "
                    f"{starts['count']} times and each start timed in every round; a case pools all its starts' samples. "
                    + (f"The starts of one case differed in throughput by {gap['median']:.1%} (median over {gap['cases']} "
-                      f"cases; largest {gap['largest']:.1%}); each start's figure is in `qbench.json` → "
-                      "`measurement.starts.by_case`." if gap else "No case had two starts to compare."))
+                      f"cases; largest {gap['largest']:.1%}); {_beyond_noise(starts.get('ratio_to_first') or {})}. "
+                      "Each start's figure is in `qbench.json` → `measurement.starts`." if gap
+                      else "No case had two starts to compare."))
     pins = [p for p in m.get("pinning") or [] if p.get("pinned")]
     if pins:
         engines = {name: e["cpus"] for p in pins for name, e in p["engines"].items()}
