@@ -115,14 +115,20 @@ class Matrix:
         # after every block cost ~12 s of a default CPU run.
         largest = {config: max(bs for c, bs in todo if c == config) for config, _ in todo}
 
+        # an in-process engine's memory is the process's growth, which its extra starts would inflate
+        shared = {n for n in resident if extra and not self.pool.members[n].memory.pids}
+
         def between_blocks(case: tuple[str, int]) -> None:
-            if case[1] == largest.get(case[0]):  # an extra start's memory is not its config's
+            if case[1] == largest.get(case[0]) and case[0] not in shared:  # an extra start's memory is not its config's
                 self.pool.sample_memory([case[0]])
 
         placement = design.setdefault("pinning", [])
         placement.append({"group": group})
         engines = {**{n: self.pool.members[n].engine for n in resident}, **extra}
         starts = design.setdefault("starts", {"count": self.starts}) if self.starts > 1 else None
+        if shared:
+            starts["memory"] = (f"not read during the rounds for {', '.join(sorted(shared))}: in-process engines, whose "
+                                "extra starts grow the same process; their peaks are the first start's, read before")
         try:
             with pinned({n: self.pool.members[n].memory.pids for n in resident}, placement[-1], off=self._pin_off()):
                 found = run_rounds(engines, cases, self.texts, self.plan,

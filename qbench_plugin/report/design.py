@@ -160,7 +160,8 @@ def measurement_design(r: RunResults) -> str:
                    + (f"The starts of one case differed in throughput by {gap['median']:.1%} (median over {gap['cases']} "
                       f"cases; largest {gap['largest']:.1%}); {_beyond_noise(starts.get('ratio_to_first') or {})}. "
                       "Each start's figure is in `qbench.json` → `measurement.starts`." if gap
-                      else "No case had two starts to compare."))
+                      else "No case had two starts to compare.")
+                   + (f" Memory: {starts['memory']}." if starts.get("memory") else ""))
     pins = [p for p in m.get("pinning") or [] if p.get("pinned")]
     if pins:
         engines = {name: e["cpus"] for p in pins for name, e in p["engines"].items()}
