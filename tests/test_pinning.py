@@ -52,6 +52,7 @@ def test_pinned_moves_threads_and_an_engine_process_and_gives_the_main_thread_it
             worker.start(), worker.join()  # born inside the block: inherits the main thread's core
             assert seen["mask"] == {cores[-1][0]}
         assert os.sched_getaffinity(0) == before
+        assert os.sched_getaffinity(child.pid) == before  # the engine's threads get theirs back too
     finally:
         child.kill()
         child.wait()

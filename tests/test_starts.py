@@ -31,12 +31,17 @@ def test_extra_starts_pool_into_their_config_and_each_start_keeps_its_throughput
     assert config_of(start_name("a_b", 3)) == "a_b" and config_of("a_b") == "a_b"
 
 
-def test_a_failed_extra_start_marks_the_case_and_drops_tokens_it_cannot_match():
+def test_a_stopped_extra_start_is_left_out_and_named_and_a_second_visit_keeps_its_own_figures():
     found = {("a", 8): CaseTiming("a", 8, samples_ns=[1], rounds=[0], tokens=[3]),
              (start_name("a", 2), 8): CaseTiming(start_name("a", 2), 8, samples_ns=[1], rounds=[0],
-                                                 error="RuntimeError: boom")}
-    out = fold(found, {})
-    assert out[("a", 8)].error.startswith("a~start2: RuntimeError") and out[("a", 8)].tokens == []
+                                                 error="OutOfMemoryError: CUDA out of memory", out_of_memory=True)}
+    record: dict = {}
+    out = fold(found, record)
+    assert out[("a", 8)].error is None and out[("a", 8)].samples_ns == [1]  # the config's own start is intact
+    assert record["errors"] == {"a~start2@8": "OutOfMemoryError: CUDA out of memory"}
+    again = {("a", 8): CaseTiming("a", 8, samples_ns=[2], rounds=[5])}
+    fold(again, record, " (rounds 6-10)")  # the first group's second half: new starts, kept apart
+    assert set(record["by_case"]) == {"a@8", "a@8 (rounds 6-10)"}
 
 
 @pytest.mark.slow
@@ -54,7 +59,7 @@ def test_two_starts_of_a_cpu_config_are_timed_in_the_same_rounds(tmp_path):
     run = json.loads(next(out.glob("*/qbench.json")).read_text())
     starts = run["measurement"]["starts"]
     assert starts["count"] == 2 and set(starts["by_case"]) == {"cpu_default@1", "cpu_default@4"}
-    assert "cpu_default" in starts["memory"]  # in-process: its extra start would inflate its memory reading
+    assert starts["memory_before_extras"] == ["cpu_default"]  # in-process: an extra start would inflate its reading
     assert all(len(v) == 2 and all(x > 0 for x in v) for v in starts["by_case"].values())
     for order in run["measurement"]["orders"][0]:  # both starts in every round
         assert sorted(order) == sorted(["cpu_default@1", "cpu_default@4", "cpu_default~start2@1",

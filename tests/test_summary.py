@@ -518,7 +518,7 @@ def test_workers_gpus_pinned_cores_and_host_diagnostics_are_reported_with_their_
     r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
     text, html = experiment_log(r), "".join(measurement_html(r))
     for said in ("gw0: cuda (NVIDIA H200 0, shared by 2 workers) cores 0,1: a", "workers shared a GPU",
-                 "main thread on CPU 0 alone", "a on 1,9", "lowest 50%", "highest 2.0%"):
+                 "main thread on CPU 0, where nothing else", "a on 1,9", "lowest 50%", "highest 2.0%"):
         assert said in text and said in html, said
     assert "ran on different GPUs" not in text  # both on GPU 0
     workers["gw1"].update(gpus=["1"], gpu_sharers=1)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 from qbench_plugin.measure.measure import latency_stats
 from qbench_plugin.measure.pinning import pinned
 from qbench_plugin.measure.pool import EnginePool
+from qbench_plugin.engines.memory import engine_pids
 from qbench_plugin.measure.starts import config_of, extra_engines, fold
 from qbench_plugin.stats.probe import HostProbe, record_round
 from qbench_plugin.measure.rounds import Case, CaseTiming, RoundPlan, RoundsInterrupted, run_rounds
@@ -89,8 +90,18 @@ class Matrix:
                        group: int | None = None) -> None:
         if not todo:
             return
+        names = sorted({c[0] for c in todo})
+        starts = self.store.measurement.setdefault("starts", {"count": self.starts}) if self.starts > 1 else None
+        if starts is not None:  # in-process engines' memory is this process's growth, which extra starts inflate
+            shared = [n for n in names if not self.pool.members[n].memory.pids]
+            self.pool.sample_memory(shared)
+            starts["memory_before_extras"] = sorted(set(starts.get("memory_before_extras", [])) | set(shared))
+        with extra_engines(self.pool, names, self.starts, self.progress) as extra:
+            self._time_group(todo, resident, rounds, group, extra, starts)
+
+    def _time_group(self, todo: list[Case], resident: list[str], rounds: range | None, group: int | None,
+                    extra: dict, starts: dict | None) -> None:
         design = self.store.measurement
-        extra = extra_engines(self.pool, sorted({c[0] for c in todo}), self.starts, self.progress) if self.starts > 1 else {}
         cases = list(todo) + [(label, bs) for label in extra for config, bs in todo if config == config_of(label)]
         if group is None:
             group = len(design["groups"])
@@ -115,8 +126,7 @@ class Matrix:
         # after every block cost ~12 s of a default CPU run.
         largest = {config: max(bs for c, bs in todo if c == config) for config, _ in todo}
 
-        # an in-process engine's memory is the process's growth, which its extra starts would inflate
-        shared = {n for n in resident if extra and not self.pool.members[n].memory.pids}
+        shared = set((starts or {}).get("memory_before_extras") or []) if extra else set()
 
         def between_blocks(case: tuple[str, int]) -> None:
             if case[1] == largest.get(case[0]) and case[0] not in shared:  # an extra start's memory is not its config's
@@ -125,25 +135,21 @@ class Matrix:
         placement = design.setdefault("pinning", [])
         placement.append({"group": group})
         engines = {**{n: self.pool.members[n].engine for n in resident}, **extra}
-        starts = design.setdefault("starts", {"count": self.starts}) if self.starts > 1 else None
-        if shared:
-            starts["memory"] = (f"not read during the rounds for {', '.join(sorted(shared))}: in-process engines, whose "
-                                "extra starts grow the same process; their peaks are the first start's, read before")
+        visit = f" (rounds {rounds.start + 1}-{rounds.stop})" if rounds is not None and rounds.start > 0 else ""
+        pids = {**{n: self.pool.members[n].memory.pids for n in resident},
+                **{label: engine_pids(engine) for label, engine in extra.items()}}
         try:
-            with pinned({n: self.pool.members[n].memory.pids for n in resident}, placement[-1], off=self._pin_off()):
+            with pinned(pids, placement[-1], off=self._pin_off()):
                 found = run_rounds(engines, cases, self.texts, self.plan,
                                    is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
                                    between_blocks=between_blocks, progress=self.progress,
                                    rounds=rounds, token_counts=self.token_counts)
         except RoundsInterrupted as stopped:
             design["interrupted"] = f"{stopped.how} after {stopped.rounds_done} of {self.plan.rounds} rounds"
-            timings = fold(stopped.timings, starts) if starts is not None else stopped.timings
+            timings = fold(stopped.timings, starts, visit) if starts is not None else stopped.timings
             self._record(self._merged(timings).values(), status="partial")  # whole rounds are kept
             raise
-        finally:
-            for engine in extra.values():
-                engine.close()
-        found = self._merged(fold(found, starts) if starts is not None else found)
+        found = self._merged(fold(found, starts, visit) if starts is not None else found)
         self.timings.update(found)
         if rounds is None or rounds.stop == self.plan.rounds:  # a first half waits for its second
             self._record(found.values())

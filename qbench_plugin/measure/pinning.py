@@ -19,9 +19,9 @@ What. For the rounds only, the pytest main thread (the caller of every engine, a
 engine itself) gets one logical CPU of a physical core that nothing else of qbench's may use; each
 vLLM engine's processes get a physical core of their own, round-robin over the remaining ones when
 there are fewer cores than engines (only one engine works at a time); the pytest process's other
-threads get every core but the main thread's. After the rounds the pytest process gets its own cores
-back, so engines, sweeps and servers started later are not crammed onto one core; the engines keep
-their cores (they idle). Nothing is pinned on a CPU run (in-process engines bind their own OpenMP
+threads get every core but the main thread's. After the rounds every thread gets its mask back, so
+engines, sweeps and servers started later, and later tests on these engines, are not crammed onto
+one core. Nothing is pinned on a CPU run (in-process engines bind their own OpenMP
 threads) or with fewer than two physical cores; the run records what was done or why not.
 """
 from __future__ import annotations
@@ -91,8 +91,16 @@ def _set(tid: int, cpus: Sequence[int]) -> bool:
         return False
 
 
-def pin_tree(pids: Sequence[int], cpus: Sequence[int]) -> int:
-    """Every thread of these processes and of their children onto `cpus`; returns how many threads."""
+def _mask(tid: int) -> set[int] | None:
+    try:
+        return os.sched_getaffinity(tid)
+    except OSError:  # the thread ended
+        return None
+
+
+def pin_tree(pids: Sequence[int], cpus: Sequence[int], saved: dict[int, set[int]]) -> int:
+    """Every thread of these processes and of their children onto `cpus`, each one's mask first kept
+    in `saved`; returns how many threads were moved."""
     import psutil
 
     procs = []
@@ -102,7 +110,13 @@ def pin_tree(pids: Sequence[int], cpus: Sequence[int]) -> int:
             procs += [root, *root.children(recursive=True)]
         except psutil.Error:
             continue
-    return sum(_set(tid, cpus) for proc in procs for tid in _threads(proc.pid))
+    moved = 0
+    for tid in (t for proc in procs for t in _threads(proc.pid)):
+        mask = _mask(tid)
+        if mask is not None and _set(tid, cpus):
+            saved.setdefault(tid, mask)
+            moved += 1
+    return moved
 
 
 @contextmanager
@@ -122,10 +136,11 @@ def pinned(engines: Mapping[str, Sequence[int]], record: dict, *, off: str | Non
         yield
         return
     me, main = os.getpid(), threading.get_native_id()
-    saved = {tid: os.sched_getaffinity(tid) for tid in _threads(me)}
+    saved = {tid: mask for tid in _threads(me) if (mask := _mask(tid)) is not None}
     for tid in saved:
         _set(tid, layout["main"] if tid == main else layout["others"])
-    threads = {name: pin_tree(pids, layout[name]) for name, pids in own.items()}
+    engine_masks: dict[int, set[int]] = {}  # the engines get theirs back too: later tests use them
+    threads = {name: pin_tree(pids, layout[name], engine_masks) for name, pids in own.items()}
     record.update(pinned=True, main_thread=layout["main"], other_threads=layout["others"],
                   engines={name: {"cpus": layout[name], "threads": threads[name]} for name in own})
     try:
@@ -137,3 +152,5 @@ def pinned(engines: Mapping[str, Sequence[int]], record: dict, *, off: str | Non
         for tid in _threads(me):  # threads born inside the block inherited a pinned mask
             if tid not in saved:
                 _set(tid, back)
+        for tid, mask in engine_masks.items():
+            _set(tid, mask)

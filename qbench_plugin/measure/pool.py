@@ -57,6 +57,7 @@ class Member:
     memory: MemoryWatch = field(default_factory=MemoryWatch)
     group: int = 0
     closed_reason: str | None = None
+    engine_kwargs: dict | None = None  # what it was started with: extra starts (starts.py) get the same
 
 
 @dataclass
@@ -138,9 +139,8 @@ class EnginePool:
         return {"gpu_memory_utilization": share, "kv_cache_memory_bytes": int(min(KV_CACHE_CAP_BYTES, share * total / 2))}
 
     def recipe(self, cfg: BenchConfig, vllm_count: int) -> tuple[EngineSpec, quantize.Prepared, dict]:
-        """What starting the config's engine takes: its spec, its prepared model (a quantized checkpoint
-        may be made: minutes) and the engine arguments, with a GPU share for `vllm_count` co-resident
-        vLLM engines. Raises EngineUnavailable when this machine cannot run it."""
+        """The config's engine spec (its model prepared: a quantized checkpoint may take minutes) and
+        arguments, with a GPU share for `vllm_count` co-resident vLLM engines; or EngineUnavailable."""
         spec = self._spec(cfg)
         if cfg.device == "cuda" and self.device != "cuda":
             raise EngineUnavailable(f"config {cfg.name} needs a CUDA GPU; torch.cuda.is_available() is False here")
@@ -175,7 +175,7 @@ class EnginePool:
             record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
             log.warning("qbench: %s failed to start: %s", cfg.name, record.reason)
             return
-        member.engine = engine
+        member.engine, member.engine_kwargs = engine, extra
         member.memory.pids = [] if in_process else engine_pids(engine)
         member.memory.sample(first=True)
         record.status, record.reason = "ready", None

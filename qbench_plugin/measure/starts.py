@@ -17,7 +17,8 @@ closed after the group's rounds.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -36,61 +37,80 @@ def config_of(name: str) -> str:
     return name.split(SEP)[0]
 
 
-def extra_engines(pool, names: Sequence[str], starts: int, progress=lambda line: None) -> dict[str, Engine]:
-    """Starts 2..`starts` of these resident configs' engines, by start name. Engines with processes of
-    their own start concurrently, in-process ones one by one; a start that fails is left out (its
-    config is then timed on fewer starts, which the record shows)."""
+@contextmanager
+def extra_engines(pool, names: Sequence[str], starts: int, progress=lambda line: None) -> Iterator[dict[str, Engine]]:
+    """Starts 2..`starts` of these resident configs' engines, by start name, closed on exit (each
+    close guarded; an engine is in the dict as soon as it answers, so Ctrl-C midway closes what
+    started). Each start gets its config's first start's engine arguments (the same GPU share).
+    Engines with processes of their own start concurrently, in-process ones one by one; a start
+    that fails is left out (its config is then timed on fewer starts, which the record shows)."""
+    engines: dict[str, Engine] = {}
     jobs = []
-    vllm = sum(1 for m in pool.members.values() if m.engine is not None and m.record.engine == "vllm")
-    for name in names:
+    for name in names if starts > 1 else ():
         member = pool.members[name]
-        spec, _, extra = pool.recipe(member.config, vllm)
-        jobs += [(start_name(name, k), spec, extra) for k in range(2, starts + 1)]
+        spec, _, extra = pool.recipe(member.config, 1)
+        jobs += [(start_name(name, k), spec, dict(member.engine_kwargs or extra)) for k in range(2, starts + 1)]
 
-    def start(job) -> tuple[str, Engine | None]:
+    def start(job) -> None:
         label, spec, extra = job
         progress(f"qbench: starting {label} (another engine of {config_of(label)})")
         try:
             engine = start_engine(spec, pool.labels, extra)
+            engines[label] = engine  # before the warm-up: closed on exit whatever happens next
             engine.classify(["warm-up"])
-            return label, engine
         except Exception as exc:  # noqa: BLE001  (the config keeps its other starts)
             progress(f"qbench: {label} did not start: {type(exc).__name__}: {exc}"[:300])
-            return label, None
+            _close(engines.pop(label, None), label, progress)
 
-    own = [j for j in jobs if not pool.in_process(j[1])]
-    found = []
-    if own:
-        with ThreadPoolExecutor(max_workers=len(own), thread_name_prefix="qbench-start") as workers:
-            found += list(workers.map(start, own))
-    found += [start(j) for j in jobs if j not in own]
-    return {label: engine for label, engine in found if engine is not None}
+    try:
+        own = [j for j in jobs if not pool.in_process(j[1])]
+        if own:
+            with ThreadPoolExecutor(max_workers=len(own), thread_name_prefix="qbench-start") as workers:
+                list(workers.map(start, own))
+        for job in (j for j in jobs if j not in own):
+            start(job)
+        yield engines
+    finally:
+        for label in list(engines):
+            _close(engines.pop(label), label, progress)
 
 
-def fold(found: Mapping[Case, CaseTiming], record: dict) -> dict[Case, CaseTiming]:
+def _close(engine: Engine | None, label: str, progress) -> None:
+    if engine is None:
+        return
+    try:
+        engine.close()
+    except Exception as exc:  # noqa: BLE001  (one failed close must not keep the others open)
+        progress(f"qbench: closing {label} failed: {type(exc).__name__}: {exc}"[:300])
+
+
+def fold(found: Mapping[Case, CaseTiming], record: dict, visit: str = "") -> dict[Case, CaseTiming]:
     """Every extra start's samples appended to its config's case (same round indices: a round's
     resample takes all starts' blocks of that round); each start's throughput (texts/s over its
-    samples) into `record["by_case"]` under "<config>@<batch size>", first start first, and each extra
-    start's throughput over the first's, paired by round, with its 95% interval, into
-    `record["ratio_to_first"]`: an interval that excludes 1 is a start effect beyond the rounds' noise."""
+    samples) into `record["by_case"]` under "<config>@<batch size><visit>", first start first, and
+    each extra start's throughput over the first's, paired by round, with its 95% interval, into
+    `record["ratio_to_first"]`: an interval that excludes 1 is a start effect beyond the rounds'
+    noise. An extra start that stopped (an error, out of memory) is left out of its config's case,
+    which it would otherwise fail, and named in `record["errors"]`."""
     out = {case: t for case, t in found.items() if SEP not in case[0]}
     by_case, ratios = record.setdefault("by_case", {}), record.setdefault("ratio_to_first", {})
     firsts = {case: Timed.of(t.samples_ns, t.batch_size, t.rounds) for case, t in out.items() if t.samples_ns}
     for base in out.values():
-        by_case[f"{base.config}@{base.batch_size}"] = [_throughput(base)]
-        ratios[f"{base.config}@{base.batch_size}"] = []
+        by_case[f"{base.config}@{base.batch_size}{visit}"] = [_throughput(base)]
+        ratios[f"{base.config}@{base.batch_size}{visit}"] = []
     for case, timing in sorted((c, t) for c, t in found.items() if SEP in c[0]):
         base = out.get((config_of(case[0]), case[1]))
         if base is None:
             continue
-        key = f"{base.config}@{base.batch_size}"
+        if timing.error:
+            record.setdefault("errors", {})[f"{case[0]}@{case[1]}{visit}"] = timing.error
+            continue
+        key = f"{base.config}@{base.batch_size}{visit}"
         by_case[key].append(_throughput(timing))
         first = firsts.get((base.config, base.batch_size))
         found_ratio = ratio_interval(Timed.of(timing.samples_ns, timing.batch_size, timing.rounds), first,
                                      "throughput_samples_per_s", paired=True) if first and timing.samples_ns else None
         ratios[key].append([round(x, 4) for x in found_ratio] if found_ratio else None)
-        if timing.error and not base.error:
-            base.error = f"{case[0]}: {timing.error}"
         complete = base.tokens and len(base.tokens) == len(base.samples_ns) and len(timing.tokens) == len(timing.samples_ns)
         base.samples_ns += timing.samples_ns
         base.rounds += timing.rounds

@@ -161,12 +161,17 @@ def measurement_design(r: RunResults) -> str:
                       f"cases; largest {gap['largest']:.1%}); {_beyond_noise(starts.get('ratio_to_first') or {})}. "
                       "Each start's figure is in `qbench.json` → `measurement.starts`." if gap
                       else "No case had two starts to compare.")
-                   + (f" Memory: {starts['memory']}." if starts.get("memory") else ""))
+                   + (f" {len(starts['errors'])} extra start case(s) stopped and were left out of their config's "
+                      f"cases (`measurement.starts.errors`)." if starts.get("errors") else "")
+                   + (f" The memory of {', '.join(starts['memory_before_extras'])} (in the pytest process, which "
+                      "their extra starts grow too) was read before the extra starts and not during the rounds; a "
+                      "later reading can include memory the extras freed but the process kept."
+                      if starts.get("memory_before_extras") else ""))
     pins = [p for p in m.get("pinning") or [] if p.get("pinned")]
     if pins:
         engines = {name: e["cpus"] for p in pins for name, e in p["engines"].items()}
         out.append(f"\nCores during the rounds (`--qbench-pin-cores`): the pytest main thread on CPU "
-                   f"{pins[0]['main_thread'][0]} alone (its SMT sibling left idle); "
+                   f"{pins[0]['main_thread'][0]}, where nothing else of this process or its engines ran; "
                    + "; ".join(f"{name} on {','.join(map(str, cpus))}" for name, cpus in sorted(engines.items())) + ".")
     elif m.get("pinning"):
         out.append(f"\nCores during the rounds: {m['pinning'][0].get('reason')}.")
