@@ -57,7 +57,7 @@ class Member:
     memory: MemoryWatch = field(default_factory=MemoryWatch)
     group: int = 0
     closed_reason: str | None = None
-    engine_kwargs: dict | None = None  # what it was started with: extra starts (starts.py) get the same
+    started: tuple[EngineSpec, dict] | None = None  # spec and engine arguments: extra starts (starts.py) reuse them
 
 
 @dataclass
@@ -138,7 +138,7 @@ class EnginePool:
         total = torch.cuda.get_device_properties(0).total_memory
         return {"gpu_memory_utilization": share, "kv_cache_memory_bytes": int(min(KV_CACHE_CAP_BYTES, share * total / 2))}
 
-    def recipe(self, cfg: BenchConfig, vllm_count: int) -> tuple[EngineSpec, quantize.Prepared, dict]:
+    def _recipe(self, cfg: BenchConfig, vllm_count: int) -> tuple[EngineSpec, quantize.Prepared, dict]:
         """The config's engine spec (its model prepared: a quantized checkpoint may take minutes) and
         arguments, with a GPU share for `vllm_count` co-resident vLLM engines; or EngineUnavailable."""
         spec = self._spec(cfg)
@@ -158,7 +158,7 @@ class EnginePool:
         """Prepare and start one engine; its record says what happened (never raises)."""
         cfg, record = member.config, member.record
         try:
-            spec, prepared, extra = self.recipe(cfg, vllm_count)
+            spec, prepared, extra = self._recipe(cfg, vllm_count)
             in_process = self.in_process(spec)
             if in_process:
                 member.memory.main_baseline, member.memory.gpu_baseline = main_rss(), torch_reserved() or 0
@@ -175,7 +175,7 @@ class EnginePool:
             record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
             log.warning("qbench: %s failed to start: %s", cfg.name, record.reason)
             return
-        member.engine, member.engine_kwargs = engine, extra
+        member.engine, member.started = engine, (spec, extra)
         member.memory.pids = [] if in_process else engine_pids(engine)
         member.memory.sample(first=True)
         record.status, record.reason = "ready", None

@@ -20,9 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
-import numpy as np
-
 from qbench_plugin.engines.engine import Engine, start_engine
+from qbench_plugin.measure.measure import latency_stats
 from qbench_plugin.measure.rounds import Case, CaseTiming
 from qbench_plugin.stats.uncertainty import Timed, ratio_interval
 
@@ -47,9 +46,8 @@ def extra_engines(pool, names: Sequence[str], starts: int, progress=lambda line:
     engines: dict[str, Engine] = {}
     jobs = []
     for name in names if starts > 1 else ():
-        member = pool.members[name]
-        spec, _, extra = pool.recipe(member.config, 1)
-        jobs += [(start_name(name, k), spec, dict(member.engine_kwargs or extra)) for k in range(2, starts + 1)]
+        spec, extra = pool.members[name].started
+        jobs += [(start_name(name, k), spec, dict(extra)) for k in range(2, starts + 1)]
 
     def start(job) -> None:
         label, spec, extra = job
@@ -121,4 +119,4 @@ def fold(found: Mapping[Case, CaseTiming], record: dict, visit: str = "") -> dic
 def _throughput(timing: CaseTiming) -> float | None:
     if not timing.samples_ns:
         return None
-    return round(timing.batch_size * len(timing.samples_ns) / (float(np.sum(timing.samples_ns)) / 1e9), 3)
+    return round(latency_stats(timing.samples_ns, timing.batch_size)["throughput_samples_per_s"], 3)
