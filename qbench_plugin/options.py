@@ -91,9 +91,7 @@ def _model(value: str) -> str:
 
 
 def _on_off(value: str) -> bool:
-    if str(value).lower() not in ("on", "off"):
-        raise pytest.UsageError(f"expected on or off, got {value!r}")
-    return str(value).lower() == "on"
+    return _one_of("on", "off")(value) == "on"
 
 
 def _engine_settings(value: str) -> tuple[dict[str, int], ...]:
@@ -125,10 +123,12 @@ def _buckets(value: str) -> tuple[int, ...]:
         raise pytest.UsageError(str(exc)) from None
 
 
-def _tokenize_mode(value: str) -> str:
-    if value not in ("process", "thread", "off"):
-        raise pytest.UsageError(f"expected process, thread or off, got {value!r}")
-    return value
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if str(value).lower() not in choices:
+            raise pytest.UsageError(f"expected {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+        return str(value).lower()
+    return parse
 
 
 def _replica_counts(value: str) -> tuple[int, ...]:
@@ -195,10 +195,10 @@ OPTIONS: tuple[_Option, ...] = (
             "starts of every config's engine join the rounds and the case pools their samples; each start's "
             "throughput is recorded, so the spread between starts is measured (on an H200 two sessions' ratios "
             "moved 7-9% while each session's rounds put them at 2-3%)", _positive_int),
-    _Option("pin_cores", "off", "GPU runs: on: during the timed rounds the pytest main thread (which drives every "
-            "engine) gets a physical core to itself and each vLLM engine's processes a core of their own; off: the "
-            "OS places them (measured on an H200: pinning did not steady an A/A pair). No effect on a CPU run",
-            _on_off),
+    _Option("pin_cores", "off", "GPU runs, during the timed rounds: same: the pytest main thread (which drives "
+            "every engine) on one core and every vLLM engine's processes on one other, the same for all, so a slow "
+            "vCPU hits every config alike; on: each engine's processes on a core of their own; off: the OS places "
+            "them. No effect on a CPU run", _one_of("off", "on", "same")),
     _Option("engine", "vllm", "engine for configs that do not pin one: vllm or hf"),
     _Option("results_dir", "results", "where each run writes results/<run id>/ (relative to the rootdir)"),
     _Option("max_model_len", "256", "longest input in tokens", _positive_int),
@@ -266,7 +266,7 @@ OPTIONS: tuple[_Option, ...] = (
             "--qbench-max-model-len)", _buckets),
     _Option("sweep_pack_width", "512", "tokens a packed row holds (at least --qbench-max-model-len)", _count),
     _Option("sweep_tokenize", "process", "strings-in points with tokenization overlapped: process or thread workers, or off",
-            _tokenize_mode),
+            _one_of("process", "thread", "off")),
     _Option("sweep_tokenize_workers", "0", "tokenizer workers of the overlapped points (0: half the CPUs, at most 8)",
             _positive_int),
     _Option("report", "auto", "write results/<run id>/report.html and benchmark.json: auto (when benchmarks/ runs), always, never"),
@@ -301,7 +301,7 @@ class Settings:
     interleave: bool
     vllm_inprocess: bool
     engine_starts: int
-    pin_cores: bool
+    pin_cores: str
     engine: str
     results_dir: Path
     max_model_len: int

@@ -24,6 +24,8 @@
 #                                       QBENCH_CEILING_TEXTS (8192), QBENCH_CEILING_HF_RUNGS, QBENCH_CEILING_LADDER,
 #                                       QBENCH_CEILING_COMPILE_MODE (auto), QBENCH_CEILING_REPLICAS (2,3,4; empty: none).
 #                                       Points are saved as each lands: a run stopped midway keeps them
+#   bash scripts/h200.sh vcpus OUT      each vCPU's speed at the same pure-Python work, all at once and
+#                                       one at a time, and whether a slow one stays slow (scripts/vcpu_speeds.py)
 #   bash scripts/h200.sh load OUT [CONFIGS] [pytest args...]   the seed's load grid (after prepare): CONFIGS
 #                                       (default fp16_baseline,gptq_4bit) x users 10,20,50 x 1,8,32 texts a
 #                                       request, one server per config, 4 Locust workers, into OUT/ (about
@@ -56,6 +58,8 @@ case "$stage" in
     timeout -s INT -k 30 "${QBENCH_TIME_LIMIT:-560}" python3 -m pytest benchmarks -m gpu -rs \
       --qbench-model "$MODEL" --qbench-configs "$configs" --qbench-quant-python "$QUANT_PYTHON" \
       --qbench-results-dir "$out" "$@" 2>&1 | tee "$out/pytest.log" | grep -v " INFO \|^INFO" ;;
+  vcpus)
+    python3 scripts/vcpu_speeds.py "$1" --seconds "${QBENCH_VCPU_SECONDS:-30}" ;;
   load)
     out=$1; shift
     configs=${1:-fp16_baseline,gptq_4bit}; shift || true
@@ -109,5 +113,5 @@ case "$stage" in
       python3 -m qbench_plugin.cli compare "$base" "$(ls -d "$out/$run"/2*/)" --csv "$out/compare-a-$run.csv" \
         | tee "$out/compare-a-$run.txt"
     done ;;
-  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | ceiling OUT [pytest args...] | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...]" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | ceiling OUT [pytest args...] | vcpus OUT | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...]" >&2; exit 2 ;;
 esac

@@ -525,6 +525,9 @@ def test_workers_gpus_pinned_cores_and_host_diagnostics_are_reported_with_their_
     workers["gw0"]["gpu_sharers"] = 1
     text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
     assert "ran on different GPUs" in text and "workers shared a GPU" not in text
+    pinning[0].update(mode="same", engines={"a": {"cpus": [2], "threads": 40}, "b": {"cpus": [2], "threads": 30}})
+    text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
+    assert "every engine's processes on CPU 2 (`same`" in text and "a on 2" not in text
 
 
 def test_a_co_resident_engines_memory_share_is_explained_in_the_deployment_block():
