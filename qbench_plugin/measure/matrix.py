@@ -10,7 +10,8 @@ group and the rest alike on average. The run records the groups, the order and w
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 from qbench_plugin.measure.measure import latency_stats
 from qbench_plugin.measure.pinning import pinned
@@ -21,6 +22,19 @@ from qbench_plugin.stats.probe import HostProbe, record_round
 from qbench_plugin.measure.rounds import Case, CaseTiming, RoundPlan, RoundsInterrupted, run_rounds
 from qbench_plugin.record.run import CaseRecord, RunStore
 from qbench_plugin.stats.uncertainty import Timed, case_intervals
+
+
+MEMORY_READINGS = 25  # per config and group; each costs a page-table walk of the engine's processes
+
+
+@contextmanager
+def _adds(totals: dict, key: str) -> Iterator[None]:
+    """Adds the block's wall time to totals[key]: what the rounds spent outside the timed calls."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        totals[key] = round(totals[key] + time.perf_counter() - began, 3)
 
 
 class Matrix:
@@ -116,21 +130,30 @@ class Matrix:
             self._probe = HostProbe(cuda=self.pool.device == "cuda")
             design["host_probe"] = {}
 
+        overhead = design.setdefault("overhead_s", {"memory": 0.0, "host_probe": 0.0, "save": 0.0})
+        now = {"round": rounds.start if rounds is not None else 0}
+
         def after_round(index: int) -> None:
-            design["rounds_done"] = index + 1
-            record_round(design["host_probe"], self._probe, index)  # after the round: no engine is working
-            self.store.save()
+            design["rounds_done"], now["round"] = index + 1, index + 1
+            with _adds(overhead, "host_probe"):
+                record_round(design["host_probe"], self._probe, index)  # after the round: no engine is working
+            with _adds(overhead, "save"):
+                self.store.save()
 
-        # A config's memory is read once a round, after its largest batch's block (where its peak is):
-        # reading a vLLM engine walks its processes' page tables (50-130 ms on a 2-core CPU), which
-        # after every block cost ~12 s of a default CPU run.
+        # A config's memory is read after its largest batch's block (where its peak is), in about
+        # MEMORY_READINGS rounds spread over the run and the last: reading a vLLM engine walks its
+        # processes' page tables (50-130 ms on a 2-core CPU; after every block that cost ~12 s of a
+        # default CPU run, and once a round ~0.6 s a round of an H200 run with three vLLM engines).
         largest = {config: max(bs for c, bs in todo if c == config) for config, _ in todo}
-
+        every = max(1, self.plan.rounds // MEMORY_READINGS)
         shared = set((starts or {}).get("memory_before_extras") or []) if extra else set()
 
         def between_blocks(case: tuple[str, int]) -> None:
+            if now["round"] % every and now["round"] != self.plan.rounds - 1:
+                return
             if case[1] == largest.get(case[0]) and case[0] not in shared:  # an extra start's memory is not its config's
-                self.pool.sample_memory([case[0]])
+                with _adds(overhead, "memory"):
+                    self.pool.sample_memory([case[0]])
 
         placement = design.setdefault("pinning", [])
         placement.append({"group": group})

@@ -98,8 +98,9 @@ def measurement_design(r: RunResults) -> str:
            f"were split into {m['rounds']} rounds of {m['block']}, after {m['warmup']} untimed warm-up batches; in "
            f"every round each case ran one untimed call and then its block, the cases in a fresh random order "
            f"(seed {m['seed']}; `qbench.json` -> `measurement.orders` has every round's order). Garbage collection "
-           "was off inside a block and memory was read between blocks (once a round per config, after its largest batch), never during one. The matrix took "
-           f"{fmt(m.get('seconds'), 1)} s.\n",
+           "was off inside a block and memory was read between blocks (per config after its largest batch, in about 25 "
+           "rounds spread over the run), never during one. The matrix took "
+           f"{fmt(m.get('seconds'), 1)} s" + _overhead(m.get("overhead_s")) + ".\n",
            "Intervals (95%) come from the rounds: a bootstrap that resamples whole rounds, so drift over seconds to "
            "minutes is inside them. Two configs of this run are compared round by round (paired); two runs are "
            "compared with each run's rounds resampled on its own.\n"]
@@ -190,3 +191,10 @@ def measurement_design(r: RunResults) -> str:
     if m.get("interrupted"):
         out.append(f"\nInterrupted: {m['interrupted']}; the cases keep those whole rounds.")
     return "\n".join(out)
+
+
+def _overhead(spent: dict | None) -> str:
+    """What the rounds spent outside the timed calls (memory readings, the host probe, saving)."""
+    if not spent:
+        return ""
+    return (", of which outside the calls: " + ", ".join(f"{what.replace('_', ' ')} {s:.1f} s" for what, s in spent.items()))
