@@ -530,6 +530,13 @@ def test_workers_gpus_pinned_cores_and_host_diagnostics_are_reported_with_their_
     pinning[0].update(mode="same", engines={"a": {"cpus": [2], "threads": 40}, "b": {"cpus": [2], "threads": 30}})
     text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
     assert "every engine's processes on CPU 2 (`same`" in text and "a on 2" not in text
+    workers["gw1"]["measurement"] = {"starts": {"count": 2, "by_case": {"b@8": [100.0, 104.0]},
+                                                "ratio_to_first": {"b@8": [[1.04, 1.01, 1.07]]}},
+                                     "pinning": [{"group": 0, "pinned": False, "reason": "off (--qbench-pin-cores off)"}]}
+    text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
+    worker = text[text.index("Worker gw1's own rounds:"):]  # a worker's diagnostics are not lost in the merge
+    assert "`--qbench-engine-starts 2`" in worker and "Cores during the rounds: off" in worker
+    assert "Worker gw0's own rounds" not in text  # nothing of its own recorded
 
 
 def test_a_co_resident_engines_memory_share_is_explained_in_the_deployment_block():

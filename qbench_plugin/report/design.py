@@ -148,6 +148,27 @@ def measurement_design(r: RunResults) -> str:
     if m.get("run_noise") is not None:
         out.append(f"\nRun-to-run noise allowed by this run's perf gates: {m['run_noise']:.0%} (the device's A/A figure, "
                    "or `--qbench-run-noise`).")
+    out += _diagnostics(m)
+    for worker, w in (m.get("workers") or {}).items():
+        if found := _diagnostics(w.get("measurement") or {}):
+            out.append(f"\nWorker {worker}'s own rounds:")
+            out += found
+    if m.get("interrupted"):
+        out.append(f"\nInterrupted: {m['interrupted']}; the cases keep those whole rounds.")
+    return "\n".join(out)
+
+
+def _overhead(spent: dict | None) -> str:
+    """What the rounds spent outside the timed calls (memory readings, the host probe, saving)."""
+    if not spent:
+        return ""
+    return (", of which outside the calls: " + ", ".join(f"{what.replace('_', ' ')} {s:.1f} s" for what, s in spent.items()))
+
+
+def _diagnostics(m: dict) -> list[str]:
+    """The host probe, engine starts, pinned cores and per-round host figures of one process's rounds
+    (the run's, or one xdist worker's)."""
+    out: list[str] = []
     probe = m.get("host_probe") or {}
     if probe.get("seconds"):
         ms = [1e3 * x for x in probe["seconds"]]
@@ -188,13 +209,4 @@ def measurement_design(r: RunResults) -> str:
              if shares else [])
             + ([f"hypervisor steal {sorted(steal)[len(steal) // 2]:.1%} of CPU time (median; highest {max(steal):.1%})"]
                if steal else [])) + ".")
-    if m.get("interrupted"):
-        out.append(f"\nInterrupted: {m['interrupted']}; the cases keep those whole rounds.")
-    return "\n".join(out)
-
-
-def _overhead(spent: dict | None) -> str:
-    """What the rounds spent outside the timed calls (memory readings, the host probe, saving)."""
-    if not spent:
-        return ""
-    return (", of which outside the calls: " + ", ".join(f"{what.replace('_', ' ')} {s:.1f} s" for what, s in spent.items()))
+    return out
