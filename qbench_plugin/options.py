@@ -195,10 +195,10 @@ OPTIONS: tuple[_Option, ...] = (
             "starts of every config's engine join the rounds and the case pools their samples; each start's "
             "throughput is recorded, so the spread between starts is measured (on an H200 two sessions' ratios "
             "moved 7-9% while each session's rounds put them at 2-3%)", _positive_int),
-    _Option("pin_cores", "off", "GPU runs, during the timed rounds: same: the pytest main thread (which drives "
-            "every engine) on one core and every vLLM engine's processes on one other, the same for all, so a slow "
-            "vCPU hits every config alike; on: each engine's processes on a core of their own; off: the OS places "
-            "them. No effect on a CPU run", _one_of("off", "on", "same")),
+    _Option("pin_cores", "off", "GPU runs: on: during the timed rounds the pytest main thread (which drives every "
+            "engine) gets a physical core to itself and each vLLM engine's processes a core of their own; off: the "
+            "OS places them (measured on an H200: pinning did not steady an A/A pair). No effect on a CPU run",
+            _on_off),
     _Option("engine", "vllm", "engine for configs that do not pin one: vllm or hf"),
     _Option("results_dir", "results", "where each run writes results/<run id>/ (relative to the rootdir)"),
     _Option("max_model_len", "256", "longest input in tokens", _positive_int),
@@ -301,7 +301,7 @@ class Settings:
     interleave: bool
     vllm_inprocess: bool
     engine_starts: int
-    pin_cores: str
+    pin_cores: bool
     engine: str
     results_dir: Path
     max_model_len: int

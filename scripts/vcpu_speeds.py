@@ -1,10 +1,16 @@
 """How fast each vCPU of this machine runs the same pure-Python work, and how long a speed lasts.
 
 Why: on the shared H200 host, bs-32 throughput ratios between engines moved 7-9% between two
-sessions while each session's rounds put them at 2-3%. If some vCPUs are persistently slower than
-others (a busy sibling on the host, another tenant), an engine whose processes sit on a slow vCPU is
-slow for as long as it stays there, which rounds inside one session cannot average; qbench's
-`--qbench-pin-cores same` then puts every engine on one core. This measures the premise.
+sessions while each session's rounds put them at 2-3%. One explanation was vCPUs persistently
+slower than others (a busy sibling on the host, another tenant): an engine whose processes sat on a
+slow vCPU would be slow for the whole session, which rounds cannot average. This measures that premise.
+
+Measured (H200 lease, 2026-12-03, 20 s a phase, results/examples/h200/engine-starts-2026-12-03/):
+vCPU medians differed by up to 1.5-1.7x, but which vCPU was slow did not last: the correlation of
+relative speeds between consecutive 5-second windows was 0.10 (together) and 0.06 (hopping), and
+each vCPU's own p90/p10 was 1.8x. The host is fast noise, not slow vCPUs; putting every engine on
+one core (tried the same day) made every call ~9x slower, since idle vLLM engines on a GPU do not
+sleep. Hence more, shorter blocks (one batch a block on a GPU) rather than placement.
 
 Two phases, each `--seconds` long:
 - together: one process pinned on every vCPU, all timing the same work at the same moments

@@ -34,14 +34,6 @@ def test_the_timing_thread_gets_a_core_nothing_else_uses_and_engines_share_the_r
     assert "1 physical core" in plan([[0, 1]], ["a"])
 
 
-def test_same_puts_every_engine_on_one_core_apart_from_the_timing_thread_and_the_other_threads():
-    layout = plan([[0, 8], [1, 9], [2, 10], [3, 11]], ["a", "b", "c"], "same")
-    assert layout["main"] == [3]
-    assert layout["a"] == layout["b"] == layout["c"] == [2, 10]  # one core: a slow vCPU slows every config
-    assert layout["others"] == [0, 1, 8, 9]
-    assert "2 physical core(s)" in plan([[0], [1]], ["a"], "same")  # needs three
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 def test_pinned_moves_threads_and_an_engine_process_and_gives_the_main_thread_its_cores_back():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -64,21 +56,6 @@ def test_pinned_moves_threads_and_an_engine_process_and_gives_the_main_thread_it
     finally:
         child.kill()
         child.wait()
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 3, reason="needs three CPUs")
-def test_same_moves_every_engine_process_onto_one_core():
-    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(2)]
-    record: dict = {}
-    try:
-        with pinned({"a": [children[0].pid], "b": [children[1].pid]}, record, mode="same"):
-            assert record["mode"] == "same"
-            assert os.sched_getaffinity(children[0].pid) == os.sched_getaffinity(children[1].pid)
-            assert len(os.sched_getaffinity(children[0].pid) & {*record["main_thread"], *record["other_threads"]}) == 0
-    finally:
-        for child in children:
-            child.kill()
-            child.wait()
 
 
 def test_off_or_too_few_cores_pins_nothing_and_says_why():

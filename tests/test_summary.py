@@ -527,9 +527,6 @@ def test_workers_gpus_pinned_cores_and_host_diagnostics_are_reported_with_their_
     workers["gw0"]["gpu_sharers"] = 1
     text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
     assert "ran on different GPUs" in text and "workers shared a GPU" not in text
-    pinning[0].update(mode="same", engines={"a": {"cpus": [2], "threads": 40}, "b": {"cpus": [2], "threads": 30}})
-    text = experiment_log(build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions()))
-    assert "every engine's processes on CPU 2 (`same`" in text and "a on 2" not in text
     workers["gw1"]["measurement"] = {"starts": {"count": 2, "by_case": {"b@8": [100.0, 104.0]},
                                                 "ratio_to_first": {"b@8": [[1.04, 1.01, 1.07]]}},
                                      "pinning": [{"group": 0, "pinned": False, "reason": "off (--qbench-pin-cores off)"}]}

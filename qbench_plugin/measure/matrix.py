@@ -41,14 +41,14 @@ class Matrix:
     def __init__(self, pool: EnginePool, cases: Sequence[Case], texts: Sequence[str], plan: RoundPlan,
                  store: RunStore, *, is_out_of_memory: Callable[[BaseException], bool],
                  progress: Callable[[str], None] = lambda line: None, token_counts: Sequence[int] | None = None,
-                 pin_cores: str = "off", starts: int = 1):
+                 pin_cores: bool = False, starts: int = 1):
         self.pool, self.cases, self.texts, self.plan = pool, list(dict.fromkeys(cases)), list(texts), plan
         self.token_counts = token_counts  # per text: each case's MFU counts the tokens it timed
         self.store, self.is_out_of_memory, self.progress = store, is_out_of_memory, progress
         self.timings: dict[Case, CaseTiming] | None = None
         self._all_measured = False
         self._probe: HostProbe | None = None
-        self.pin_cores = pin_cores  # off, on (a core per engine) or same (one core for every engine)
+        self.pin_cores = pin_cores
         self.starts = starts  # engines of each config timed in the rounds (starts.py)
 
     def timing(self, case: Case) -> CaseTiming | None:
@@ -162,7 +162,7 @@ class Matrix:
         pids = {**{n: self.pool.members[n].memory.pids for n in resident},
                 **{label: engine_pids(engine) for label, engine in extra.items()}}
         try:
-            with pinned(pids, placement[-1], off=self._pin_off(), mode=self.pin_cores):
+            with pinned(pids, placement[-1], off=self._pin_off()):
                 found = run_rounds(engines, cases, self.texts, self.plan,
                                    is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
                                    between_blocks=between_blocks, progress=self.progress,
@@ -178,7 +178,7 @@ class Matrix:
             self._record(found.values())
 
     def _pin_off(self) -> str | None:
-        if self.pin_cores == "off":
+        if not self.pin_cores:
             return "off (--qbench-pin-cores off)"
         if self.pool.device != "cuda":
             return "not pinned on a CPU run (in-process engines bind their own OpenMP threads)"

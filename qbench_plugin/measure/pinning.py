@@ -63,19 +63,12 @@ def physical_cores(cpus: Sequence[int], sys_cpu: Path = SYS_CPU) -> list[list[in
     return cores
 
 
-def plan(cores: Sequence[Sequence[int]], engines: Sequence[str], mode: str = "on") -> dict[str, list[int]] | str:
+def plan(cores: Sequence[Sequence[int]], engines: Sequence[str]) -> dict[str, list[int]] | str:
     """Logical CPUs for "main" (the timing thread), "others" (the pytest process's other threads) and
-    each engine; or why nothing is pinned. `mode` "on": each engine a core of its own (round-robin);
-    "same": every engine the one same core, apart from the main thread's and the others'."""
-    need = 3 if mode == "same" else 2
-    if len(cores) < need:
-        return (f"not pinned: {len(cores)} physical core(s) allowed; the timing thread needs one to itself"
-                + (", the engines another and the rest a third" if mode == "same" else " and the rest another"))
+    each engine; or why nothing is pinned."""
+    if len(cores) < 2:
+        return f"not pinned: {len(cores)} physical core(s) allowed; the timing thread needs one to itself and the rest another"
     # the last core for the timing thread: the first usually takes the device interrupts
-    if mode == "same":
-        rest, engine_core = [list(c) for c in cores[:-2]], list(cores[-2])
-        out = {"main": [cores[-1][0]], "others": sorted(c for core in rest for c in core)}
-        return {**out, **{name: engine_core for name in engines}}
     rest = [list(c) for c in cores[:-1]]
     out = {"main": [cores[-1][0]], "others": sorted(c for core in rest for c in core)}
     for i, name in enumerate(engines):
@@ -127,8 +120,7 @@ def pin_tree(pids: Sequence[int], cpus: Sequence[int], saved: dict[int, set[int]
 
 
 @contextmanager
-def pinned(engines: Mapping[str, Sequence[int]], record: dict, *, off: str | None = None,
-           mode: str = "on") -> Iterator[None]:
+def pinned(engines: Mapping[str, Sequence[int]], record: dict, *, off: str | None = None) -> Iterator[None]:
     """The rounds' placement: inside the block the main thread is on its own core and each engine's
     processes (`engines`: name -> root pids; empty for engines inside the pytest process) on theirs;
     `record` gets the plan, or `off` (why the caller pins nothing) or the reason it could not. The
@@ -138,7 +130,7 @@ def pinned(engines: Mapping[str, Sequence[int]], record: dict, *, off: str | Non
         yield
         return
     own = {name: list(pids) for name, pids in engines.items() if pids}
-    layout = plan(physical_cores(sorted(os.sched_getaffinity(0))), sorted(own), mode)
+    layout = plan(physical_cores(sorted(os.sched_getaffinity(0))), sorted(own))
     if isinstance(layout, str):
         record.update(pinned=False, reason=layout)
         yield
@@ -149,7 +141,7 @@ def pinned(engines: Mapping[str, Sequence[int]], record: dict, *, off: str | Non
         _set(tid, layout["main"] if tid == main else layout["others"])
     engine_masks: dict[int, set[int]] = {}  # the engines get theirs back too: later tests use them
     threads = {name: pin_tree(pids, layout[name], engine_masks) for name, pids in own.items()}
-    record.update(pinned=True, mode=mode, main_thread=layout["main"], other_threads=layout["others"],
+    record.update(pinned=True, main_thread=layout["main"], other_threads=layout["others"],
                   engines={name: {"cpus": layout[name], "threads": threads[name]} for name in own})
     try:
         yield

@@ -192,12 +192,9 @@ def _diagnostics(m: dict) -> list[str]:
     pins = [p for p in m.get("pinning") or [] if p.get("pinned")]
     if pins:
         engines = {name: e["cpus"] for p in pins for name, e in p["engines"].items()}
-        same = {tuple(cpus) for cpus in engines.values()}
-        where = (f"every engine's processes on CPU {','.join(map(str, next(iter(same))))} (`same`: a slow vCPU "
-                 "hits every config alike)" if pins[0].get("mode") == "same" and len(same) == 1 else
-                 "; ".join(f"{name} on {','.join(map(str, cpus))}" for name, cpus in sorted(engines.items())))
         out.append(f"\nCores during the rounds (`--qbench-pin-cores`): the pytest main thread on CPU "
-                   f"{pins[0]['main_thread'][0]}, where nothing else of this process or its engines ran; {where}.")
+                   f"{pins[0]['main_thread'][0]}, where nothing else of this process or its engines ran; "
+                   + "; ".join(f"{name} on {','.join(map(str, cpus))}" for name, cpus in sorted(engines.items())) + ".")
     elif m.get("pinning"):
         out.append(f"\nCores during the rounds: {m['pinning'][0].get('reason')}.")
     shares = [x for x in probe.get("interpreter_on_cpu") or [] if x is not None]
