@@ -181,8 +181,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("batch_sizes", "1,4,8,16,32", "comma-separated batch sizes", _int_csv),
     _Option("samples", "50", "timed batches per (config, batch size)", _positive_int),
     _Option("warmup", "5", "untimed batches before the timed ones", _positive_int),
-    _Option("rounds", "10", "interleaved rounds the timed batches are split into (each round times a block of "
-            "samples/rounds batches of every case, in a fresh random order)", _positive_int),
+    _Option("rounds", "auto", "interleaved rounds the timed batches are split into (each round times a block of "
+            "samples/rounds batches of every case, in a fresh random order); auto: one batch a block on a GPU, five "
+            "on a CPU", lambda v: None if str(v).lower() == "auto" else _number(int, "auto or a whole number")(v)),
     _Option("seed", "", "seed of the rounds' random order (default: drawn per run and recorded)",
             _number(int, "a non-negative integer", minimum=0, optional=True)),
     _Option("interleave", "on", "on: keep every config's engine up and interleave them in rounds; off: one "
@@ -296,7 +297,7 @@ class Settings:
     batch_sizes: tuple[int, ...]
     samples: int
     warmup: int
-    rounds: int
+    rounds: int | None  # None: auto, by device
     seed: int | None
     interleave: bool
     vllm_inprocess: bool
@@ -385,12 +386,11 @@ class Settings:
         if values["calibration_split"] == values["split"] and values["calibration_dataset"] in ("", values["dataset"]):
             raise pytest.UsageError(f"--qbench-calibration-split must differ from the evaluated split "
                                     f"--qbench-split ({values['split']!r}): calibrating on it would flatter accuracy")
-        if values["samples"] < 1:
-            raise pytest.UsageError("--qbench-samples must be at least 1")
-        from qbench_plugin.measure.rounds import RoundPlan
+        from qbench_plugin.measure.rounds import RoundPlan  # its checks also refuse --qbench-samples 0
 
         try:
-            RoundPlan.from_samples(values["samples"], values["rounds"], values["warmup"], 0)
+            (RoundPlan.auto(values["samples"], "cpu", values["warmup"], 0) if values["rounds"] is None  # stricter than cuda
+             else RoundPlan.from_samples(values["samples"], values["rounds"], values["warmup"], 0))
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
         return cls(**values)

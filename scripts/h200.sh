@@ -14,8 +14,9 @@
 #                                       engine 25% slower by construction: tests/plugins/slowed_engine.py),
 #                                       A' and B gated against A, qbench compare of both pairs;
 #                                       QBENCH_AAB_RUNS=a2 runs the A/A pair alone (results/examples/h200/aa/);
-#                                       with --qbench-engine-starts 2 (and e.g. --qbench-samples 200
-#                                       --qbench-rounds 100) each config is timed on two engine starts
+#                                       with --qbench-samples 150 --qbench-engine-starts 2 each config is
+#                                       timed on two engine starts, one batch a block (the GPU default):
+#                                       the settings for a ratio between sessions (README, "How qbench measures")
 #   bash scripts/h200.sh ceiling OUT [pytest args...]   the throughput-ceiling sweep of fp16_baseline and
 #                                       hf_reference alone (issue 21's rungs), into OUT/; prepares the fp16 model
 #                                       only. About 13 minutes (engines ~2.5, vLLM ~5, HF ~5.5, of which

@@ -200,6 +200,7 @@ def test_ctrl_c_keeps_finished_cases_and_marks_the_run_partial(tmp_path, embedde
     kept = {len(set(c["sample_rounds"])) for c in cases}
     assert len(kept) == 1 and 2 <= kept.pop() < 10, kept
     assert record["measurement"]["interrupted"].startswith("Ctrl-C after")
+    assert record["measurement"]["seconds"] > 0  # how long the finished rounds took, even when cut short
     html = (run_dir / "report.html").read_text()
     assert "PARTIAL RUN" in html
     assert "**PARTIAL RUN**" in (run_dir / "EXPERIMENT_LOG.md").read_text()

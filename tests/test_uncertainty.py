@@ -130,3 +130,15 @@ def test_the_probe_does_not_touch_paired_comparisons():
     a, b = Timed.of(a_ns, 8, a_r), Timed.of(b_ns, 8, b_r)
     assert ratio_interval(b, a, "latency_p50_ms", paired=True) == \
         ratio_interval(b, a, "latency_p50_ms", paired=True, hosts=(_probe(rng, 2.0), _probe(rng)))
+
+
+@pytest.mark.parametrize("samples, device, rounds", [(50, "cpu", 10), (50, "cuda", 50), (12, "cpu", 3), (7, "cpu", 7),
+                                                      (4, "cpu", 2), (300, "cuda", 300)])
+def test_auto_rounds_keep_blocks_short_by_device_and_never_below_two_rounds(samples, device, rounds):
+    plan = RoundPlan.auto(samples, device, warmup=1, seed=0)
+    assert (plan.rounds, plan.block * plan.rounds) == (rounds, samples)
+
+
+def test_auto_rounds_with_one_sample_names_the_options():
+    with pytest.raises(ValueError, match="--qbench-samples 1 is too few for --qbench-rounds auto"):
+        RoundPlan.auto(1, "cuda", warmup=1, seed=0)

@@ -62,16 +62,18 @@ class Matrix:
         measured = self._all_measured if self.pool.co_resident else any(c[0] == case[0] for c in self.timings)
         if case not in self.timings and not measured:
             began = time.perf_counter()
-            if self.pool.co_resident:
-                self._all_measured = True
-                self._measure_groups()
-            else:
-                self.pool.get(self.pool.members[case[0]].config)
-                self._measure_group([c for c in self.cases if c[0] == case[0]], [case[0]])
-            design = self.store.measurement
-            design["not_resident"] = dict(self.pool.group_reasons)
-            design["seconds"] = round(design["seconds"] + time.perf_counter() - began, 3)
-            self.store.save()
+            try:
+                if self.pool.co_resident:
+                    self._all_measured = True
+                    self._measure_groups()
+                else:
+                    self.pool.get(self.pool.members[case[0]].config)
+                    self._measure_group([c for c in self.cases if c[0] == case[0]], [case[0]])
+            finally:  # an interrupted matrix still says how long its finished rounds took
+                design = self.store.measurement
+                design["not_resident"] = dict(self.pool.group_reasons)
+                design["seconds"] = round(design["seconds"] + time.perf_counter() - began, 3)
+                self.store.save()
         return self.timings.get(case)
 
     def _measure_groups(self) -> None:

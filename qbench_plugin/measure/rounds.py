@@ -29,6 +29,12 @@ from qbench_plugin.measure.measure import make_batches
 
 Case = tuple[str, int]  # (config, batch size)
 MIN_ROUNDS = 2
+# `--qbench-rounds auto`: the most batches a block holds, by device. On an H200 the batches of one
+# block are alike (intra-block correlation 0.7-0.8 at bs 32: the host's state lasts about a block,
+# not from one engine's block to the next, 0.27-0.32), so a block of 3 tells little more than one
+# batch; at the same 300 batches a case, blocks of 1 halved the bs-32 ratios' standard error (2.2-2.8%
+# to 1.3-1.5%). On the 2-core CPU the correlation is 0.2-0.5, and a block's untimed call costs more.
+AUTO_BLOCK = {"cuda": 1, "cpu": 5}
 ROW_ORDER_SEED = 0  # fixed, not the run's seed: runs compared with each other time the same rows
 
 
@@ -53,6 +59,17 @@ class RoundPlan:
             raise ValueError(f"--qbench-samples {samples} does not split into --qbench-rounds {rounds} equal blocks of at "
                              f"least one batch; use a multiple of {rounds}")
         return cls(rounds=rounds, block=samples // rounds, warmup=warmup, seed=seed)
+
+    @classmethod
+    def auto(cls, samples: int, device: str, warmup: int, seed: int) -> "RoundPlan":
+        """`--qbench-rounds auto`: blocks of at most AUTO_BLOCK[device] batches (the largest divisor of
+        `samples` that still leaves two rounds)."""
+        fits = [b for b in range(1, AUTO_BLOCK.get(device, AUTO_BLOCK["cpu"]) + 1)
+                if samples % b == 0 and samples // b >= MIN_ROUNDS]
+        if not fits:
+            raise ValueError(f"--qbench-samples {samples} is too few for --qbench-rounds auto (at least "
+                             f"{MIN_ROUNDS} rounds of one batch); give at least {MIN_ROUNDS}")
+        return cls.from_samples(samples, samples // max(fits), warmup, seed)
 
     def orders(self, cases: Sequence[Case]) -> list[list[Case]]:
         """Each round's order of cases: a fresh permutation per round, reproducible from the seed."""
