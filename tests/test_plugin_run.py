@@ -225,3 +225,18 @@ def test_the_host_probe_is_timed_after_every_round(run):
     assert set(probe["by_component"]) == {"interpreter", "cpu_matmul"}
     assert all(s > 0 for s in probe_seconds(probe))
     assert "Host probe (a fixed workload of interpreter, cpu_matmul" in (run_dir / "EXPERIMENT_LOG.md").read_text()
+
+
+def test_each_blocks_untimed_switch_call_and_the_time_outside_the_calls_are_recorded(run):
+    """The real matrix keeps, per case, its untimed first calls over its timed calls, and what the
+    rounds spent outside the calls; the log prints both."""
+    _, run_dir = run
+    record = json.loads((run_dir / "qbench.json").read_text())
+    measurement = record["measurement"]
+    cases = {f"{c['config']}@{c['batch_size']}" for c in record["cases"]}
+    assert set(measurement["switch_over_timed"]) == cases
+    assert all(0.1 < ratio < 20 for ratio in measurement["switch_over_timed"].values())
+    assert set(measurement["overhead_s"]) == {"memory", "host_probe", "save"}
+    assert all(s > 0 for s in measurement["overhead_s"].values())
+    log = (run_dir / "EXPERIMENT_LOG.md").read_text()
+    assert "Switching engines: the untimed first call" in log and "of which outside the calls: memory" in log

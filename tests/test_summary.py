@@ -515,12 +515,14 @@ def test_workers_gpus_pinned_cores_and_host_diagnostics_are_reported_with_their_
              "steal_share": [0.0, 0.02]}
     run = dict(RUN, measurement={"design": "interleaved rounds", "rounds": 2, "block": 5, "warmup": 5, "seed": 1,
                                  "groups": [], "workers": workers, "pinning": pinning, "host_probe": probe,
-                                 "overhead_s": {"memory": 1.25, "host_probe": 0.5, "save": 0.1}})
+                                 "overhead_s": {"memory": 1.25, "host_probe": 0.5, "save": 0.1},
+                                 "switch_over_timed": {"a@1": 1.5, "a@8": 1.02, "b@8": 0.98}})
     r = build_results(run, machine={"gpu_names": []}, bench_configs=CONFIGS, options=ReportOptions())
     text, html = experiment_log(r), "".join(measurement_html(r))
     for said in ("gw0: cuda (NVIDIA H200 0, shared by 2 workers) cores 0,1: a", "workers shared a GPU",
                  "main thread on CPU 0, where nothing else", "a on 1,9", "lowest 50%", "highest 2.0%",
-                 "outside the calls: memory 1.2 s, host probe 0.5 s, save 0.1 s"):
+                 "outside the calls: memory 1.2 s, host probe 0.5 s, save 0.1 s",
+                 "untimed first call of each block took 1.02x a timed call (median over 3 cases, each its own median; 0.98-1.50)"):
         assert said in text and said in html, said
     assert "ran on different GPUs" not in text  # both on GPU 0
     workers["gw1"].update(gpus=["1"], gpu_sharers=1)

@@ -13,6 +13,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
+
 from qbench_plugin.measure.measure import latency_stats
 from qbench_plugin.measure.pinning import pinned
 from qbench_plugin.measure.pool import EnginePool
@@ -35,6 +37,15 @@ def _adds(totals: dict, key: str) -> Iterator[None]:
         yield
     finally:
         totals[key] = round(totals[key] + time.perf_counter() - began, 3)
+
+
+def _switch_cost(design: dict, timings: dict[Case, CaseTiming], visit: str) -> None:
+    """Each case's untimed first call of a block over its timed calls (medians): near 1, switching
+    engines costs nothing the untimed call needed to absorb; above 1, it kept that cost out of the samples."""
+    out = design.setdefault("switch_over_timed", {})
+    for t in timings.values():
+        if t.switch_ns and t.samples_ns:
+            out[f"{t.config}@{t.batch_size}{visit}"] = round(float(np.median(t.switch_ns) / np.median(t.samples_ns)), 3)
 
 
 class Matrix:
@@ -169,7 +180,9 @@ class Matrix:
                                    is_out_of_memory=self.is_out_of_memory, group=group, after_round=after_round,
                                    between_blocks=between_blocks, progress=self.progress,
                                    rounds=rounds, token_counts=self.token_counts)
+            _switch_cost(design, found, visit)
         except RoundsInterrupted as stopped:
+            _switch_cost(design, stopped.timings, visit)
             design["interrupted"] = f"{stopped.how} after {stopped.rounds_done} of {self.plan.rounds} rounds"
             timings = fold(stopped.timings, starts, visit) if starts is not None else stopped.timings
             self._record(self._merged(timings).values(), status="partial")  # whole rounds are kept

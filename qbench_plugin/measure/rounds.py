@@ -88,6 +88,7 @@ class CaseTiming:
     rounds: list[int] = field(default_factory=list)  # round index of each sample
     tokens: list[int] = field(default_factory=list)  # tokens of each sample's texts (when counts are known)
     group: int = 0
+    switch_ns: list[int] = field(default_factory=list)  # each block's untimed first call, kept to tell its cost
     error: str | None = None  # why the case stopped (its samples so far are kept)
     out_of_memory: bool = False
 
@@ -174,7 +175,7 @@ def _rounds(plan, cases, timings, stopped, call, timed, stop, between_blocks, af
                 continue
             timing = timings[case]
             try:
-                call(case)  # untimed: the first call after another engine ran
+                switch = call(case)  # outside the samples: the first call after another engine ran
                 gc_was_on = gc.isenabled()
                 gc.disable()
                 try:
@@ -185,6 +186,7 @@ def _rounds(plan, cases, timings, stopped, call, timed, stop, between_blocks, af
             except Exception as exc:  # noqa: BLE001  (a failing case fails alone)
                 stop(case, exc)
                 continue
+            timing.switch_ns.append(switch)
             timing.samples_ns.extend(ns for ns, _ in block)
             timing.rounds.extend([index] * len(block))
             timing.tokens.extend(tokens for _, tokens in block if tokens is not None)

@@ -189,6 +189,12 @@ def _diagnostics(m: dict) -> list[str]:
                       "their extra starts grow too) was read before the extra starts and not during the rounds; a "
                       "later reading can include memory the extras freed but the process kept."
                       if starts.get("memory_before_extras") else ""))
+    if switch := m.get("switch_over_timed"):
+        ratios = sorted(switch.values())
+        out.append(f"\nSwitching engines: the untimed first call of each block took {ratios[len(ratios) // 2]:.2f}x a "
+                   f"timed call (median over {len(ratios)} cases, each its own median; {ratios[0]:.2f}-{ratios[-1]:.2f}). Near 1, "
+                   "the switch costs nothing the untimed call had to absorb; above 1, it kept that cost out of the "
+                   "samples (`measurement.switch_over_timed`).")
     pins = [p for p in m.get("pinning") or [] if p.get("pinned")]
     if pins:
         engines = {name: e["cpus"] for p in pins for name, e in p["engines"].items()}
