@@ -182,8 +182,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("samples", "50", "timed batches per (config, batch size)", _positive_int),
     _Option("warmup", "5", "untimed batches before the timed ones", _positive_int),
     _Option("rounds", "auto", "interleaved rounds the timed batches are split into (each round times a block of "
-            "samples/rounds batches of every case, in a fresh random order); auto: one batch a block on a GPU, five "
-            "on a CPU", lambda v: None if str(v).lower() == "auto" else _number(int, "auto or a whole number")(v)),
+            "samples/rounds batches of every case, in a fresh random order); auto: one batch a block on a GPU, up "
+            "to five on a CPU (at least 10 rounds)", lambda v: None if str(v).lower() == "auto" else _number(int, "auto or a whole number")(v)),
     _Option("seed", "", "seed of the rounds' random order (default: drawn per run and recorded)",
             _number(int, "a non-negative integer", minimum=0, optional=True)),
     _Option("interleave", "on", "on: keep every config's engine up and interleave them in rounds; off: one "

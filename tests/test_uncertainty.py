@@ -132,8 +132,9 @@ def test_the_probe_does_not_touch_paired_comparisons():
         ratio_interval(b, a, "latency_p50_ms", paired=True, hosts=(_probe(rng, 2.0), _probe(rng)))
 
 
-@pytest.mark.parametrize("samples, device, rounds", [(50, "cpu", 10), (50, "cuda", 50), (12, "cpu", 3), (7, "cpu", 7),
-                                                      (4, "cpu", 2), (300, "cuda", 300)])
+@pytest.mark.parametrize("samples, device, rounds", [(50, "cpu", 10), (50, "cuda", 50), (20, "cpu", 10), (12, "cpu", 12),
+                                                      (7, "cpu", 7), (4, "cpu", 4), (100, "cpu", 20),
+                                                      (300, "cuda", 300)])
 def test_auto_rounds_keep_blocks_short_by_device_and_never_below_two_rounds(samples, device, rounds):
     plan = RoundPlan.auto(samples, device, warmup=1, seed=0)
     assert (plan.rounds, plan.block * plan.rounds) == (rounds, samples)

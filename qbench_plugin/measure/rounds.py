@@ -35,6 +35,7 @@ MIN_ROUNDS = 2
 # batch; at the same 300 batches a case, blocks of 1 halved the bs-32 ratios' standard error (2.2-2.8%
 # to 1.3-1.5%). On the 2-core CPU the correlation is 0.2-0.5, and a block's untimed call costs more.
 AUTO_BLOCK = {"cuda": 1, "cpu": 5}
+AUTO_MIN_ROUNDS = 10  # auto keeps at least this many rounds where the samples allow (gates want 5 or more)
 ROW_ORDER_SEED = 0  # fixed, not the run's seed: runs compared with each other time the same rows
 
 
@@ -62,13 +63,13 @@ class RoundPlan:
 
     @classmethod
     def auto(cls, samples: int, device: str, warmup: int, seed: int) -> "RoundPlan":
-        """`--qbench-rounds auto`: blocks of at most AUTO_BLOCK[device] batches (the largest divisor of
-        `samples` that still leaves two rounds)."""
-        fits = [b for b in range(1, AUTO_BLOCK.get(device, AUTO_BLOCK["cpu"]) + 1)
-                if samples % b == 0 and samples // b >= MIN_ROUNDS]
-        if not fits:
+        """`--qbench-rounds auto`: the longest block of at most AUTO_BLOCK[device] batches that divides
+        `samples` and leaves AUTO_MIN_ROUNDS rounds (or one batch a round, with fewer samples)."""
+        if samples < MIN_ROUNDS:
             raise ValueError(f"--qbench-samples {samples} is too few for --qbench-rounds auto (at least "
                              f"{MIN_ROUNDS} rounds of one batch); give at least {MIN_ROUNDS}")
+        fits = [b for b in range(1, AUTO_BLOCK.get(device, AUTO_BLOCK["cpu"]) + 1)
+                if samples % b == 0 and samples // b >= min(AUTO_MIN_ROUNDS, samples)]
         return cls.from_samples(samples, samples // max(fits), warmup, seed)
 
     def orders(self, cases: Sequence[Case]) -> list[list[Case]]:
