@@ -43,19 +43,27 @@ def _quantize(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from qbench_plugin.report.compare import CompareError, compare_configs, compare_paths, print_rich, shift_text
     from qbench_plugin.record.run import write_text_atomic
+    from qbench_plugin.report.relative import compare_relative
 
     try:
         if args.configs:
             label_a, label_b, long = compare_configs(args.a, *args.configs)
         elif args.b is None:
             raise CompareError("give two runs, or one run and --configs A B")
+        elif args.relative_to:
+            label_a, label_b, long = compare_relative(args.a, args.b, args.relative_to, args.run_noise)
         else:
             label_a, label_b, long = compare_paths(args.a, args.b, args.run_noise, normalize=args.host_scale)
     except CompareError as exc:
         print(f"qbench compare: {exc}", file=sys.stderr)
         return 1
     print_rich(long, label_a, label_b)
-    print(shift_text(long))
+    if args.relative_to and not args.configs:
+        print(f"each config's speed over {args.relative_to}'s in its own run, paired by round; run-to-run noise "
+              f"allowed: {long.attrs['run_noise']:.0%} (a shift of every config alike cancels: compare without "
+              f"--relative-to for that)")
+    else:
+        print(shift_text(long))
     write_text_atomic(Path(args.csv), long.to_csv(index=False))
     print(f"wrote {args.csv}")
     return 0
@@ -83,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "for B")
     c.add_argument("--configs", nargs=2, metavar=("CONFIG_A", "CONFIG_B"),
                    help="compare two configs of the one run A instead, paired by interleaved round")
+    c.add_argument("--relative-to", metavar="CONFIG",
+                   help="compare each config's speed over CONFIG's in its own run (e.g. fp16_baseline), A against B: "
+                        "a whole-session shift cancels, so a change of one config is seen at 10%% instead of 20%%")
     c.add_argument("--csv", default="compare.csv", help="where to write every delta (default: ./compare.csv)")
     c.add_argument("--run-noise", type=float, default=None,
                    help="run-to-run noise to allow on top of the rounds' interval, e.g. 0.1 (default: the A/A-measured "

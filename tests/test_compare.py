@@ -163,3 +163,55 @@ def test_the_host_probe_explains_a_shift_and_scales_only_when_asked(tmp_path, ca
     unprobed = _write(tmp_path / "d.json", _with_samples(RUN, "d", 2, 1.3))
     assert main(["compare", str(a), str(unprobed), "--csv", str(tmp_path / "d.csv")]) == 0
     assert "no host probe in both runs" in capsys.readouterr().out
+
+
+def _two_configs(run_id, seed, session=1.0, q_scale=1.0):
+    """base and q at bs 1 in 40 interleaved rounds of one batch on a CPU: each round's drift (up to
+    ~1.3x) hits both configs alike; `session` moves the whole run, `q_scale` only q."""
+    import numpy as np
+
+    from qbench_plugin.measure.measure import latency_stats
+
+    rng = np.random.default_rng(seed)
+    drift = rng.lognormal(0.0, 0.12, 40) * session
+    run = {"run_id": run_id, "settings": {}, "commit": None, "measurement": {"device": "cpu"},
+           "configs": {}, "cases": []}
+    for config, ms in (("base", 10.0), ("q", 8.0 * q_scale)):
+        samples = [int(ms * 1e6 * d * rng.lognormal(0.0, 0.03)) for d in drift]
+        run["configs"][config] = {"name": config, "method": "none", "engine": "vllm", "status": "ready", "metrics": {}}
+        run["cases"].append({"config": config, "batch_size": 1, "metrics": latency_stats(samples, 1),
+                             "samples_ns": samples, "sample_rounds": list(range(40))})
+    return run
+
+
+def test_relative_to_a_reference_cancels_a_session_shift_and_sees_one_config_move(tmp_path, capsys):
+    from qbench_plugin.report.relative import compare_relative
+
+    a = _write(tmp_path / "a.json", _two_configs("a", 1))
+    shifted = _write(tmp_path / "shifted.json", _two_configs("shifted", 2, session=1.5))  # every config 1.5x slower
+    q_slower = _write(tmp_path / "q.json", _two_configs("q", 3, q_scale=1.25))  # only q, 25% slower
+    absolute = compare_paths(a, shifted)[2].set_index(["case", "metric"])["verdict"]
+    assert absolute[("q-bs1", "throughput_samples_per_s")] == "worse"  # the shift is beyond the 25% allowance
+    relative = compare_relative(a, shifted, "base")[2]
+    assert list(relative["case"].unique()) == ["q / base-bs1"]
+    assert (relative["verdict"] == "within noise").all(), relative
+    assert relative.attrs["run_noise"] == 0.10
+    moved = compare_relative(a, q_slower, "base")[2].set_index("metric")
+    assert moved.loc["throughput_samples_per_s", "verdict"] == "worse"
+    assert moved.loc["latency_p50_ms", "verdict"] == "worse"
+    assert moved.loc["throughput_samples_per_s", "b"] / moved.loc["throughput_samples_per_s", "a"] < 0.85
+    # the same 25% on q alone is within the absolute comparison's noise: the whole run could have moved that much
+    assert compare_paths(a, q_slower)[2].set_index(["case", "metric"]).loc[
+        ("q-bs1", "throughput_samples_per_s"), "verdict"] == "within noise"
+    csv = tmp_path / "rel.csv"
+    assert main(["compare", str(a), str(q_slower), "--relative-to", "base", "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "q / base-bs1" in out and "over base's in its own run" in out and "allowed: 10%" in out
+    assert pd.read_csv(csv)["verdict"].isin(["worse"]).sum() >= 2
+
+
+def test_relative_to_a_config_a_run_lacks_is_named(tmp_path, capsys):
+    a = _write(tmp_path / "a.json", _two_configs("a", 1))
+    assert main(["compare", str(a), str(a), "--relative-to", "fp16_baseline", "--csv", str(tmp_path / "x.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "no latency cases of fp16_baseline" in err and "configs in this run: base, q" in err

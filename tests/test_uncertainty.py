@@ -143,3 +143,20 @@ def test_auto_rounds_keep_blocks_short_by_device_and_never_below_two_rounds(samp
 def test_auto_rounds_with_one_sample_names_the_options():
     with pytest.raises(ValueError, match="--qbench-samples 1 is too few for --qbench-rounds auto"):
         RoundPlan.auto(1, "cuda", warmup=1, seed=0)
+
+
+def test_relative_interval_pairs_rounds_inside_each_run_so_round_drift_cancels():
+    from qbench_plugin.stats.uncertainty import relative_interval
+
+    def run(seed, q_scale):
+        rng = np.random.default_rng(seed)
+        drift = rng.lognormal(0.0, 0.3, 30)  # rounds up to ~2x apart, both configs alike
+        base = [int(10e6 * d * rng.lognormal(0.0, 0.02)) for d in drift]
+        q = [int(8e6 * q_scale * d * rng.lognormal(0.0, 0.02)) for d in drift]
+        return Timed.of(q, 1, list(range(30))), Timed.of(base, 1, list(range(30)))
+
+    same = relative_interval(run(1, 1.0), run(2, 1.0), "throughput_samples_per_s")
+    assert same[1] <= 1 <= same[2] and same[2] - same[1] < 0.05, same  # unpaired, the drift alone spans ~0.3
+    slower = relative_interval(run(3, 1.1), run(2, 1.0), "latency_p50_ms")
+    assert slower[1] > 1 and slower[0] == pytest.approx(1.1, rel=0.03), slower
+    assert relative_interval(run(1, 1.0), (Timed.of([1] * 3, 1, [0, 1, 2]),) * 2, "latency_p50_ms") is None

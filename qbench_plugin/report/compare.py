@@ -140,7 +140,7 @@ def frame_from_benchmarks(data: Mapping[str, Any]) -> pd.DataFrame:
     return _rows_frame(rows, "benchmark JSON")
 
 
-def _verdict(metric: str, a: float, b: float, interval: tuple[float, float] | None = None,
+def verdict_of(metric: str, a: float, b: float, interval: tuple[float, float] | None = None,
              ratio: float | None = None) -> str:
     """ratio: B/A as the interval sees it (on the hosts' scale when normalized), which decides the
     direction when it differs from the raw values'."""
@@ -220,7 +220,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, noise: float | None = None,
                 found = _interval(metric, int(row["batch_size"]), row[SAMPLES + "_a"], row[SAMPLES + "_b"],
                                   row[ROUNDS + "_a"], row[ROUNDS + "_b"], noise, paired, hosts)
                 interval = found[1:] if found else None
-                verdict = _verdict(metric, float(va), float(vb), interval, found[0] if found else None)
+                verdict = verdict_of(metric, float(va), float(vb), interval, found[0] if found else None)
             delta = float(vb) - float(va) if has_a and has_b else math.nan
             pct = delta / float(va) if has_a and has_b and float(va) != 0 else math.nan
             rows.append({"case": case, "config": row["config"], "batch_size": int(row["batch_size"]),
@@ -297,11 +297,12 @@ def shift_text(long: pd.DataFrame) -> str:
     return line
 
 
-def cell(row: Mapping[str, Any]) -> str:
-    """'12.30 (-5.1% better)': B's value, its change from A, the verdict; ratios change in points."""
+def cell(row: Mapping[str, Any], relative: bool = False) -> str:
+    """'12.30 (-5.1% better)': B's value, its change from A, the verdict; ratios change in points.
+    relative: the values are one config's speed over another's (relative.py), shown to 3 decimals."""
     metric, verdict = row["metric"], row["verdict"]
     value = row["b"] if pd.notna(row["b"]) else row["a"]
-    fmt = "{:.4f}" if BY_NAME[metric].unit == "ratio" else "{:,.2f}"
+    fmt = "{:.4f}" if BY_NAME[metric].unit == "ratio" else "{:.3f}" if relative else "{:,.2f}"
     if verdict not in ("better", "worse", "same", NOISE, TOLERATED):
         return f"{fmt.format(value)} ({verdict})"
     if verdict == "same":
@@ -382,7 +383,7 @@ def print_rich(long: pd.DataFrame, label_a: str, label_b: str) -> None:
                 out.append("")
                 continue
             style = {"better": "green", "worse": "red"}.get(row["verdict"], "")
-            text = escape(cell(row))
+            text = escape(cell(row, relative=bool(long.attrs.get("relative"))))
             out.append(f"[{style}]{text}[/{style}]" if style else text)
         table.add_row(escape(str(case)), *out)
     console = Console()

@@ -94,6 +94,22 @@ def case_interval(timed: Timed, metric: str, resamples: int = RESAMPLES, seed: i
     return (point, *_interval(_resampled(blocks, picks, stat)))
 
 
+def _paired(b: Timed, a: Timed, metric: str, rng: np.random.Generator,
+            resamples: int) -> tuple[float, np.ndarray] | None:
+    """metric(b) / metric(a) of two cases timed in the same rounds of one run, and its resampled
+    values drawing the same rounds for both; None when they share too few rounds."""
+    if not (a.decidable and b.decidable and a.labelled and b.labelled):
+        return None
+    common = np.intersect1d(np.unique(a.rounds), np.unique(b.rounds))
+    if common.size < MIN_ROUNDS:
+        return None
+    stat_a, stat_b = statistic(metric, a.batch_size), statistic(metric, b.batch_size)
+    picks = rng.integers(0, common.size, size=(resamples, common.size))
+    ratios = _resampled(b.blocks(common), picks, stat_b) / _resampled(a.blocks(common), picks, stat_a)
+    point = float(stat_b((b.samples_ns / 1e6)[None, :])[0] / stat_a((a.samples_ns / 1e6)[None, :])[0])
+    return point, ratios
+
+
 def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: int = RESAMPLES,
                    seed: int = 0, confidence: float = CONFIDENCE,
                    hosts: tuple[Sequence[float], Sequence[float]] | None = None) -> tuple[float, float, float] | None:
@@ -106,20 +122,19 @@ def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: 
     probes' own rounds are resampled too, so their noise is in the interval."""
     if not (a.decidable and b.decidable):
         return None
-    stat_a, stat_b = statistic(metric, a.batch_size), statistic(metric, b.batch_size)
     rng = np.random.default_rng(seed)
     if paired and a.labelled and b.labelled:
-        common = np.intersect1d(np.unique(a.rounds), np.unique(b.rounds))
-        if common.size < MIN_ROUNDS:
+        found = _paired(b, a, metric, rng, resamples)
+        if found is None:
             return None
-        picks = rng.integers(0, common.size, size=(resamples, common.size))
-        num, den = _resampled(b.blocks(common), picks, stat_b), _resampled(a.blocks(common), picks, stat_a)
+        point, ratios = found
     else:
+        stat_a, stat_b = statistic(metric, a.batch_size), statistic(metric, b.batch_size)
         blocks_b, blocks_a = b.blocks(), a.blocks()
         num = _resampled(blocks_b, rng.integers(0, len(blocks_b), size=(resamples, len(blocks_b))), stat_b)
         den = _resampled(blocks_a, rng.integers(0, len(blocks_a), size=(resamples, len(blocks_a))), stat_a)
-    point = float(stat_b((b.samples_ns / 1e6)[None, :])[0] / stat_a((a.samples_ns / 1e6)[None, :])[0])
-    ratios = num / den
+        point = float(stat_b((b.samples_ns / 1e6)[None, :])[0] / stat_a((a.samples_ns / 1e6)[None, :])[0])
+        ratios = num / den
     if hosts is not None and not paired:
         host_b, host_a = (np.asarray(h, dtype=np.float64) for h in hosts)
         if host_b.size >= 2 and host_a.size >= 2:
@@ -129,6 +144,19 @@ def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: 
             point *= float(np.median(host_b) / np.median(host_a)) ** power
             ratios = ratios * slower ** power
     return (point, *_interval(ratios, confidence))
+
+
+def relative_interval(b: tuple[Timed, Timed], a: tuple[Timed, Timed], metric: str, resamples: int = RESAMPLES,
+                      seed: int = 0) -> tuple[float, float, float] | None:
+    """How a config's speed relative to a reference config of the same run moved between two runs:
+    (config/reference in run b) / (config/reference in run a), each pair (config, reference) paired
+    by round inside its run and the two runs resampled apart, with its CONFIDENCE interval; None when
+    either run lacks the rounds. A whole-session shift hits both configs of a run alike and cancels."""
+    rng = np.random.default_rng(seed)
+    found_b, found_a = _paired(*b, metric, rng, resamples), _paired(*a, metric, rng, resamples)
+    if found_b is None or found_a is None:
+        return None
+    return (found_b[0] / found_a[0], *_interval(found_b[1] / found_a[1]))
 
 
 def _probe_ratios(b: np.ndarray, a: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
@@ -168,10 +196,24 @@ DEFAULT_RUN_NOISE = 0.25  # an unmeasured machine gets the largest allowance see
 NORMALIZED_RUN_NOISE = {"NVIDIA H200": 0.10, "cpu": 0.10}
 
 
-def run_noise_for(device: str | None, normalized: bool = False) -> float:
+# The allowance of `qbench compare --relative-to` (relative.py): what is left between two sessions
+# once each config is divided by the reference config of its own run. Measured with
+# scripts/relative_aa.py on the six published H200 A/A pairs (results/examples/h200/: aa/,
+# aa/rounds-100/, aa/pinned-2026-12-03/, aa/starts-2-2026-12-03/, probe-aab/ a and a2,
+# aa-cross-lease-2026-12-02/; fp16_baseline the reference; 320 relative p50/p95/p99/throughput
+# deltas): the rounds' intervals alone called 29 different, 7 with 5% allowed, 2 with 10%. An engine
+# start that lands slower or faster stays for its whole session, which no interval from inside one
+# session sees: the pair with two starts a config called none. On the 2-core CPU, four back-to-back
+# runs of cpu_default and cpu_bnb_int8 at bs 1 and 8 (six pairs, 48 deltas; 10 rounds a run, so wide
+# intervals) called none with nothing allowed, though single deltas moved up to 27%.
+RELATIVE_RUN_NOISE = {"NVIDIA H200": 0.10, "cpu": 0.10}
+
+
+def run_noise_for(device: str | None, normalized: bool = False, relative: bool = False) -> float:
     """The A/A-measured run-to-run allowance of a device (a GPU name, or "cpu"); normalized: the
-    allowance left when both runs are on their host probe's scale."""
-    table = NORMALIZED_RUN_NOISE if normalized else RUN_NOISE
+    allowance left when both runs are on their host probe's scale; relative: of each config's speed
+    over a reference config's of the same run."""
+    table = RELATIVE_RUN_NOISE if relative else NORMALIZED_RUN_NOISE if normalized else RUN_NOISE
     if not device:
         return DEFAULT_RUN_NOISE
     for name, noise in table.items():
