@@ -19,17 +19,16 @@ from qbench_plugin.report.compare import (LONG_COLUMNS, NOISE_TESTED, ROUNDS, SA
                                           verdict_of)
 from qbench_plugin.stats.uncertainty import Timed, relative_interval, run_noise_for, widen
 
-def _timed(frame: pd.DataFrame, config: str, batch_size: int) -> Timed | None:
+
+def _row(frame: pd.DataFrame, config: str, batch_size: int) -> pd.Series | None:
     rows = frame[(frame["config"] == config) & (frame["batch_size"] == batch_size)]
-    if rows.empty or not rows.iloc[0][SAMPLES]:
+    return None if rows.empty else rows.iloc[0]
+
+
+def _timed(row: pd.Series | None, batch_size: int) -> Timed | None:
+    if row is None or not row[SAMPLES]:
         return None
-    row = rows.iloc[0]
     return Timed.of(row[SAMPLES], batch_size, row[ROUNDS] or None)
-
-
-def _point(frame: pd.DataFrame, config: str, batch_size: int, metric: str) -> float:
-    rows = frame[(frame["config"] == config) & (frame["batch_size"] == batch_size)]
-    return float(rows.iloc[0][metric]) if not rows.empty else math.nan
 
 
 def compare_relative(a_path: str | Path, b_path: str | Path, reference: str,
@@ -48,15 +47,19 @@ def compare_relative(a_path: str | Path, b_path: str | Path, reference: str,
     for config in sorted((set(a["config"]) & set(b["config"])) - {reference}):
         sizes = set(a.loc[a["config"] == config, "batch_size"]) & set(b.loc[b["config"] == config, "batch_size"])
         for batch_size in sorted(sizes):
-            sides = [(_timed(f, config, batch_size), _timed(f, reference, batch_size)) for f in (b, a)]
+            mine_a, ref_a = _row(a, config, batch_size), _row(a, reference, batch_size)
+            mine_b, ref_b = _row(b, config, batch_size), _row(b, reference, batch_size)
+            if ref_a is None or ref_b is None:
+                continue
+            timed_b = (_timed(mine_b, batch_size), _timed(ref_b, batch_size))
+            timed_a = (_timed(mine_a, batch_size), _timed(ref_a, batch_size))
             for metric in NOISE_TESTED:
-                va, vb = (_point(f, config, batch_size, metric) / _point(f, reference, batch_size, metric)
-                          for f in (a, b))
+                va, vb = float(mine_a[metric]) / float(ref_a[metric]), float(mine_b[metric]) / float(ref_b[metric])
                 if not (math.isfinite(va) and math.isfinite(vb)):
                     continue
                 found = None
-                if all(t is not None for side in sides for t in side):
-                    found = widen(relative_interval(sides[0], sides[1], metric), noise)
+                if all(t is not None for t in (*timed_b, *timed_a)):
+                    found = widen(relative_interval(timed_b, timed_a, metric), noise)
                 interval = found[1:] if found else None
                 rows.append({"case": f"{config} / {reference}-bs{batch_size}", "config": f"{config} / {reference}",
                              "batch_size": batch_size, "metric": metric, "engine_a": None, "engine_b": None,
