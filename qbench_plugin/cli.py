@@ -46,6 +46,8 @@ def _compare(args: argparse.Namespace) -> int:
     from qbench_plugin.report.relative import compare_relative
 
     try:
+        if args.configs and (args.relative_to or args.b is not None):
+            raise CompareError("--configs compares two configs inside the one run A; give neither B nor --relative-to")
         if args.configs:
             label_a, label_b, long = compare_configs(args.a, *args.configs)
         elif args.b is None:
@@ -58,7 +60,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"qbench compare: {exc}", file=sys.stderr)
         return 1
     print_rich(long, label_a, label_b)
-    if args.relative_to and not args.configs:
+    if args.relative_to:
         print(f"each config's speed over {args.relative_to}'s in its own run, paired by round; run-to-run noise "
               f"allowed: {long.attrs['run_noise']:.0%} (a shift of every config alike cancels: compare without "
               f"--relative-to for that)")

@@ -215,3 +215,11 @@ def test_relative_to_a_config_a_run_lacks_is_named(tmp_path, capsys):
     assert main(["compare", str(a), str(a), "--relative-to", "fp16_baseline", "--csv", str(tmp_path / "x.csv")]) == 1
     err = capsys.readouterr().err
     assert "no latency cases of fp16_baseline" in err and "configs in this run: base, q" in err
+
+
+def test_configs_with_a_second_run_or_relative_to_is_refused_not_ignored(tmp_path, capsys):
+    a = _write(tmp_path / "a.json", _two_configs("a", 1))
+    for extra in ([str(a)], ["--relative-to", "base"]):
+        assert main(["compare", str(a), *extra, "--configs", "base", "q", "--csv", str(tmp_path / "x.csv")]) == 1
+        assert "--configs compares two configs inside the one run A" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()

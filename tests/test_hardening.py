@@ -2,7 +2,8 @@
 
 The run-level tests drive `pytest benchmarks` in a subprocess with the real vLLM engine; the
 out-of-memory test is pure logic (a stand-in engine that raises MemoryError) since a real OOM
-cannot be provoked safely on a shared 2-core machine.
+cannot be provoked safely on a shared 2-core machine; so is the rounds' gc.freeze test (a stand-in that
+records the collector's state at each call).
 """
 import gc
 import json
