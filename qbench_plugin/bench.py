@@ -214,6 +214,7 @@ def _rung_setup(settings: Settings, device: str, top: ceiling.Point, lengths: li
     return hf_rungs.RungSetup(
         config=config, device=device, batch_size=top.batch_size, total=settings.sweep_texts,
         max_length=settings.max_model_len, buckets=settings.sweep_buckets, pack_width=settings.sweep_pack_width,
+        pack_texts=settings.sweep_pack_texts or top.batch_size,
         compile_mode=hf_rungs.DEFAULT_COMPILE_MODE.get(device, "default") if mode == "auto" else mode,
         cache_dir=hf_rungs.compile_cache(settings.cache_dir or default_cache_dir()),
         mean_tokens=sum(lengths) / max(1, len(lengths)),

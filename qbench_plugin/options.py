@@ -266,6 +266,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("sweep_buckets", "32,64", "padded lengths of the bucketed rungs, comma-separated (a longer batch pads to "
             "--qbench-max-model-len)", _buckets),
     _Option("sweep_pack_width", "512", "tokens a packed row holds (at least --qbench-max-model-len)", _count),
+    _Option("sweep_pack_texts", "0", "texts a packed HF batch holds on average, which sets its row count (0: the best "
+            "pre-tokenized batch size, as the bucketed rungs)", _positive_int),
     _Option("sweep_tokenize", "process", "strings-in points with tokenization overlapped: process or thread workers, or off",
             _one_of("process", "thread", "off")),
     _Option("sweep_tokenize_workers", "0", "tokenizer workers of the overlapped points (0: half the CPUs, at most 8)",
@@ -350,6 +352,7 @@ class Settings:
     sweep_compile_mode: str
     sweep_buckets: tuple[int, ...]
     sweep_pack_width: int
+    sweep_pack_texts: int
     sweep_tokenize: str
     sweep_tokenize_workers: int
     report: str

@@ -22,7 +22,7 @@
 #                                       only. About 13 minutes (engines ~2.5, vLLM ~5, HF ~5.5, of which
 #                                       max-autotune of the one packed shape is ~3; ~1 with the inductor cache
 #                                       of an earlier run), so run it detached and poll. Cut it with
-#                                       QBENCH_CEILING_TEXTS (8192), QBENCH_CEILING_HF_RUNGS, QBENCH_CEILING_LADDER,
+#                                       QBENCH_CEILING_TEXTS (8192), QBENCH_CEILING_HF_RUNGS, QBENCH_CEILING_PACK_TEXTS, QBENCH_CEILING_LADDER,
 #                                       QBENCH_CEILING_COMPILE_MODE (auto), QBENCH_CEILING_REPLICAS (2,3,4; empty: none).
 #                                       Points are saved as each lands: a run stopped midway keeps them
 #   bash scripts/h200.sh vcpus OUT      each vCPU's speed at the same pure-Python work, all at once and
@@ -74,13 +74,16 @@ case "$stage" in
     QBENCH_PREPARE_CONFIGS= bash "$0" prepare
     # the sweep starts at batch 512 (--qbench-batch-sizes sets where; the matrix is deselected); the ladder
     # jumps to 262144 batched tokens, then adds async scheduling and larger graph capture; the HF rungs
-    # compile one shape (the packed rows), which the graphs rung then replays
+    # compile one shape (the packed rows), which the graphs rung then replays. Packed batches hold 4096
+    # texts (200 rows of 512): with no padding they need not stop at the padded sweep's best batch (512),
+    # and the probe of issue 21 reached its 19,190 texts/s with 4096-text batches
     ladder=${QBENCH_CEILING_LADDER-max_num_seqs=2048,max_num_batched_tokens=262144;max_num_seqs=2048,max_num_batched_tokens=262144,async_scheduling=true,max_cudagraph_capture_size=2048}
     QBENCH_TIME_LIMIT=${QBENCH_TIME_LIMIT:-1080} bash "$0" matrix "$out" fp16_baseline,hf_reference \
       -m "gpu and saturation" --qbench-batch-sizes 512 --qbench-sweep on \
       --qbench-sweep-configs fp16_baseline,hf_reference --qbench-sweep-texts "${QBENCH_CEILING_TEXTS:-8192}" \
       --qbench-sweep-engine-settings "$ladder" --qbench-sweep-replicas "${QBENCH_CEILING_REPLICAS-2,3,4}" \
-      --qbench-sweep-hf-rungs "${QBENCH_CEILING_HF_RUNGS:-bucketed,packed+compile+graphs,packed+flex+compile}" \
+      --qbench-sweep-hf-rungs "${QBENCH_CEILING_HF_RUNGS:-packed,packed+compile+graphs,packed+flex+compile}" \
+      --qbench-sweep-pack-texts "${QBENCH_CEILING_PACK_TEXTS:-4096}" \
       --qbench-sweep-compile-mode "${QBENCH_CEILING_COMPILE_MODE:-auto}" "$@" ;;
   all)
     out=$1; shift

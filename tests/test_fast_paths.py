@@ -29,6 +29,16 @@ def test_packed_rows_restart_positions_per_text_and_keep_every_text_once():
         hf_paths.pack([[1] * 7], rows=1, width=6)
 
 
+def test_packed_row_count_follows_pack_texts_and_falls_back_to_the_batch_size():
+    setup = hf_rungs.RungSetup(config="t", device="cuda", batch_size=512, total=8192, max_length=256, buckets=(32,),
+                               pack_width=512, compile_mode="default", cache_dir=None, mean_tokens=25.0)
+    assert hf_rungs._rows(setup) == 25  # 512 texts of 25 tokens in rows of 512
+    bigger = hf_rungs.RungSetup(**{**setup.__dict__, "pack_texts": 4096})
+    assert hf_rungs._rows(bigger) == 200
+    assert hf_rungs._point(hf_rungs.parse_rungs("packed")[0], bigger, ceiling.TOKENS).path_settings["rows"] == 200
+    assert hf_rungs._point(hf_rungs.parse_rungs("bucketed")[0], bigger, ceiling.TOKENS).batch_size == 512
+
+
 def test_buckets_give_a_fixed_shape_per_bucket():
     assert hf_paths.parse_buckets(" 64,32 ,32") == [32, 64]
     with pytest.raises(ValueError, match="positive whole numbers"):

@@ -65,14 +65,17 @@ class RungSetup:
 
     config: str
     device: str
-    batch_size: int  # texts a bucketed batch; a packed batch holds about as many tokens
+    batch_size: int  # texts a bucketed batch
     total: int
     max_length: int
     buckets: tuple[int, ...]
     pack_width: int
     compile_mode: str
     cache_dir: str | None
-    mean_tokens: float = 32.0  # the texts' mean token length: sizes packed rows like batch_size texts
+    mean_tokens: float = 32.0  # the texts' mean token length: sizes packed rows like pack_texts texts
+    # texts a packed batch holds on average (0: batch_size). Packed batches have no padding, so unlike padded
+    # ones they need not stop at the padded sweep's saturation point: larger shapes keep the GPU's GEMMs fuller
+    pack_texts: int = 0
     tokenize_mode: str | None = None  # None: no strings-in point
     tokenize_workers: int = 2
 
@@ -140,8 +143,8 @@ def _point(rung: Rung, setup: RungSetup, input: str) -> Point:
 
 
 def _rows(setup: RungSetup) -> int:
-    """Packed rows a batch: about `batch_size` texts of the mean length (a fixed shape: rows x width)."""
-    return max(1, round(setup.batch_size * setup.mean_tokens / setup.pack_width))
+    """Packed rows a batch: about `pack_texts` texts of the mean length (a fixed shape: rows x width)."""
+    return max(1, round((setup.pack_texts or setup.batch_size) * setup.mean_tokens / setup.pack_width))
 
 
 def _token_layouts(tokenizer, texts: Sequence[str], lengths: Sequence[int], rung: Rung,
