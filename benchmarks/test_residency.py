@@ -18,6 +18,7 @@ import time
 import pytest
 
 from qbench_plugin.measure.measure import latency_stats, make_batches, paired_ratio
+from qbench_plugin.measure.rounds import RoundPlan
 
 PAIRS = 20
 TARGET = 0.95  # stopped / resident: idle neighbours may cost at most 5%
@@ -50,7 +51,9 @@ def test_idle_engines_cost(benchmark, qbench_engine, qbench_pool, qbench_config,
         benchmark.extra_info.update(kind="residency", **idle)
         assert idle["share"] <= IDLE_TARGET, _idle_failure(idle)
         return
-    batch_size, block = min(qbench_settings.batch_sizes), max(1, qbench_settings.samples // qbench_settings.rounds)
+    # the matrix's own block length (--qbench-rounds auto gives one batch a block on a GPU)
+    batch_size = min(qbench_settings.batch_sizes)
+    block = RoundPlan.of(qbench_settings.samples, qbench_settings.rounds, qbench_pool.device, 0, 0).block
     feed = iter(make_batches(qbench_eval.texts, batch_size, PAIRS * 2 * (block + 1)))
     times = {"resident": [], "stopped": []}
 

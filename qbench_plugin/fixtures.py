@@ -149,8 +149,7 @@ def qbench_matrix(pytestconfig: pytest.Config, qbench_pool: EnginePool, qbench_s
     """The latency matrix of the session's selected cases, timed in interleaved rounds at first use."""
     state = pytestconfig._qbench
     s = qbench_settings
-    plan = (RoundPlan.auto(s.samples, qbench_pool.device, s.warmup, state.seed) if s.rounds is None
-            else RoundPlan.from_samples(s.samples, s.rounds, s.warmup, state.seed))
+    plan = RoundPlan.of(s.samples, s.rounds, qbench_pool.device, s.warmup, state.seed)
     return Matrix(qbench_pool, state.matrix_cases, qbench_eval.texts, plan, qbench_store,
                   is_out_of_memory=is_out_of_memory, progress=state.progress,
                   token_counts=state.inputs.token_counts if state.inputs else None, pin_cores=s.pin_cores,

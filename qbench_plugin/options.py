@@ -392,8 +392,7 @@ class Settings:
         from qbench_plugin.measure.rounds import RoundPlan  # its checks also refuse --qbench-samples 0
 
         try:
-            (RoundPlan.auto(values["samples"], "cpu", values["warmup"], 0) if values["rounds"] is None  # stricter than cuda
-             else RoundPlan.from_samples(values["samples"], values["rounds"], values["warmup"], 0))
+            RoundPlan.of(values["samples"], values["rounds"], "cpu", values["warmup"], 0)  # auto: cpu is stricter than cuda
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
         return cls(**values)

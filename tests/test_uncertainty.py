@@ -140,6 +140,16 @@ def test_auto_rounds_keep_blocks_short_by_device_and_never_below_two_rounds(samp
     assert (plan.rounds, plan.block * plan.rounds) == (rounds, samples)
 
 
+def test_the_plan_of_the_rounds_option_is_auto_by_device_when_unset():
+    # `--qbench-rounds auto` is None in the settings: every reader of the block length (the matrix, the
+    # idle-engine check) must resolve it the same way, not divide by it (the H200 run of 8f37f6e did)
+    assert RoundPlan.of(50, None, "cuda", 1, 0) == RoundPlan.auto(50, "cuda", 1, 0)
+    assert RoundPlan.of(50, None, "cuda", 1, 0).block == 1 and RoundPlan.of(50, None, "cpu", 1, 0).block == 5
+    assert RoundPlan.of(50, 25, "cuda", 1, 0).block == 2
+    with pytest.raises(ValueError, match="--qbench-rounds 1"):
+        RoundPlan.of(50, 1, "cuda", 1, 0)
+
+
 def test_auto_rounds_with_one_sample_names_the_options():
     with pytest.raises(ValueError, match="--qbench-samples 1 is too few for --qbench-rounds auto"):
         RoundPlan.auto(1, "cuda", warmup=1, seed=0)

@@ -72,6 +72,12 @@ class RoundPlan:
                 if samples % b == 0 and samples // b >= min(AUTO_MIN_ROUNDS, samples)]
         return cls.from_samples(samples, samples // max(fits), warmup, seed)
 
+    @classmethod
+    def of(cls, samples: int, rounds: int | None, device: str, warmup: int, seed: int) -> "RoundPlan":
+        """The plan `--qbench-rounds` asks for: None is auto (by device), a number splits `samples` evenly."""
+        return (cls.auto(samples, device, warmup, seed) if rounds is None
+                else cls.from_samples(samples, rounds, warmup, seed))
+
     def orders(self, cases: Sequence[Case]) -> list[list[Case]]:
         """Each round's order of cases: a fresh permutation per round, reproducible from the seed."""
         rng = np.random.default_rng(self.seed)
