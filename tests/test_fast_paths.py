@@ -39,6 +39,21 @@ def test_packed_row_count_follows_pack_texts_and_falls_back_to_the_batch_size():
     assert hf_rungs._point(hf_rungs.parse_rungs("bucketed")[0], bigger, ceiling.TOKENS).batch_size == 512
 
 
+def test_timed_packed_layouts_are_all_full_however_the_total_divides():
+    # 10 texts of 3 tokens; a 2x6 layout holds 4: packing the 10 alone would leave a last layout of 2,
+    # timed at a full layout's cost. The stream cycles on instead: every layout holds 4
+    ids = [[t] * 3 for t in range(1, 11)]
+    layouts = hf_rungs.full_layouts(ids, rows=2, width=6, pad=0, total=10)
+    assert [len(layout.texts) for layout in layouts] == [4] * ceiling.MIN_BATCHES
+    assert layouts[2].input_ids.tolist()[0][:3] == [9, 9, 9] and layouts[2].input_ids.tolist()[1][:3] == [1, 1, 1]
+    many = hf_rungs.full_layouts(ids, rows=2, width=6, pad=0, total=30)
+    assert len(many) == 8 and sum(len(layout.texts) for layout in many) >= 30
+    mixed_ids = [[1] * 5, [2] * 2, [3] * 4]
+    mixed = hf_rungs.full_layouts(mixed_ids, rows=3, width=8, pad=0, total=50)
+    longhand = hf_paths.pack_all(mixed_ids * 100, rows=3, width=8)  # the same stream, written out
+    assert [layout.input_ids.tolist() for layout in mixed] == [layout.input_ids.tolist() for layout in longhand[: len(mixed)]]
+
+
 def test_buckets_give_a_fixed_shape_per_bucket():
     assert hf_paths.parse_buckets(" 64,32 ,32") == [32, 64]
     with pytest.raises(ValueError, match="positive whole numbers"):
