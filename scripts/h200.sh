@@ -3,6 +3,10 @@
 # machine that has vLLM (source /tmp/v/env.sh after ../shared/gpu/prepare.sh's install) and the
 # llm-compressor environment (bash scripts/gpu_quant_env.sh install -> /tmp/q/bin/python).
 #
+#   bash scripts/h200.sh check          what the GPU matrix needs is importable (vLLM, datasets, bitsandbytes,
+#                                       Locust, pytest-html, llm-compressor in QUANT_PYTHON); names what is not.
+#                                       Run it first: a bundle without bitsandbytes skips two configs, each
+#                                       with its reason, and a matrix timed without them is not the whole matrix
 #   bash scripts/h200.sh prepare        train the Qwen2.5-0.5B-shaped classifier, make GPTQ/AWQ/W8A8 checkpoints
 #   bash scripts/h200.sh matrix OUT CONFIGS [pytest args...]   one pytest run of those configs into OUT/
 #   bash scripts/h200.sh all OUT        prepare, then every GPU config, the sweep of fp16_baseline and
@@ -44,6 +48,13 @@ MODEL=embedded:qwen2.5-0.5b
 QUANT_PYTHON=${QUANT_PYTHON:-/tmp/q/bin/python}
 stage=${1:-}; shift || true
 case "$stage" in
+  check)
+    missing=$(python3 -c "
+import importlib.util as u
+print(' '.join(m for m in ('vllm', 'datasets', 'bitsandbytes', 'locust', 'pytest_html') if u.find_spec(m) is None))")
+    "$QUANT_PYTHON" -c "import llmcompressor" 2>/dev/null || missing="$missing llmcompressor($QUANT_PYTHON)"
+    if [ -n "${missing// /}" ]; then echo "missing on this machine: $missing" >&2; exit 1; fi
+    echo "vLLM, datasets, bitsandbytes, Locust, pytest-html and llm-compressor are importable" ;;
   prepare)
     python3 -c "from qbench_plugin.dataset.embedded import resolve_model; print(resolve_model('$MODEL'))"
     # QBENCH_PREPARE_CONFIGS= (set, empty) trains the fp16 model only: `-`, not `:-`, keeps the empty value
@@ -74,9 +85,9 @@ case "$stage" in
     QBENCH_PREPARE_CONFIGS= bash "$0" prepare
     # the sweep starts at batch 512 (--qbench-batch-sizes sets where; the matrix is deselected); the ladder
     # jumps to 262144 batched tokens, then adds async scheduling and larger graph capture; the HF rungs
-    # compile one shape (the packed rows), which the graphs rung then replays. Packed batches hold 4096
-    # texts (200 rows of 512): with no padding they need not stop at the padded sweep's best batch (512),
-    # and the probe of issue 21 reached its 19,190 texts/s with 4096-text batches
+    # compile one shape (the packed rows), which the graphs rung then replays. Packed batches hold about
+    # 4096 texts (200 rows of 512): a call took 184 ms there against 28.1 ms at 25 rows, 21% less per row
+    # (ceiling-2026-12-03c/README.md); QBENCH_CEILING_PACK_TEXTS=0 packs the padded sweep's best batch
     ladder=${QBENCH_CEILING_LADDER-max_num_seqs=2048,max_num_batched_tokens=262144;max_num_seqs=2048,max_num_batched_tokens=262144,async_scheduling=true,max_cudagraph_capture_size=2048}
     QBENCH_TIME_LIMIT=${QBENCH_TIME_LIMIT:-1080} bash "$0" matrix "$out" fp16_baseline,hf_reference \
       -m "gpu and saturation" --qbench-batch-sizes 512 --qbench-sweep on \
@@ -117,5 +128,5 @@ case "$stage" in
       python3 -m qbench_plugin.cli compare "$base" "$(ls -d "$out/$run"/2*/)" --csv "$out/compare-a-$run.csv" \
         | tee "$out/compare-a-$run.txt"
     done ;;
-  *) echo "usage: $0 prepare | matrix OUT CONFIGS [pytest args...] | ceiling OUT [pytest args...] | vcpus OUT | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...]" >&2; exit 2 ;;
+  *) echo "usage: $0 check | prepare | matrix OUT CONFIGS [pytest args...] | ceiling OUT [pytest args...] | vcpus OUT | load OUT [CONFIGS] [pytest args...] | all OUT [pytest args...] | aa OUT [pytest args...] | aab OUT [pytest args...]" >&2; exit 2 ;;
 esac
