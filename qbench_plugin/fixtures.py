@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,10 +96,22 @@ def qbench_gatekeeper(pytestconfig: pytest.Config, qbench_settings: Settings,
     defer = None
     if distribute.is_worker(pytestconfig) and not any(c.baseline for c in state.configs or []):
         defer = qbench_store.measurement.setdefault(distribute.GATES_AFTER_MERGE, []).append
+    relative_noise = run_noise_for(device, relative=True)
+    if saved is not None and s.perf_relative_to:
+        qbench_store.measurement.update(perf_relative_to=s.perf_relative_to, relative_run_noise=relative_noise)
     return gates.GateKeeper(overrides, saved, thresholds, qbench_store.add_gate, run_noise=noise,
                             strict=s.gate_strict, comparisons=comparisons, saved_probe=saved_probe,
                             current_probe=lambda: probe_seconds(qbench_store.measurement.get("host_probe")),
-                            defer=defer)
+                            defer=defer, relative_to=s.perf_relative_to, relative_noise=relative_noise,
+                            current_case=lambda config, batch_size: _case_samples(qbench_store, config, batch_size))
+
+
+def _case_samples(store: RunStore, config: str, batch_size: int) -> dict[str, Any] | None:
+    """This run's timed case, as the perf gates read one (None: not timed in this process)."""
+    for case in store.cases:
+        if (case.config, case.batch_size) == (config, batch_size) and case.samples_ns:
+            return {"samples_ns": case.samples_ns, "sample_rounds": case.sample_rounds, "batch_size": batch_size}
+    return None
 
 
 def _device_name() -> str:

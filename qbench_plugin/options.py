@@ -80,13 +80,18 @@ _seconds = _number(float, "a number of seconds of at least 0", minimum=0)
 _optional_positive_float = _number(float, "a positive number", above=0, optional=True)
 
 
+def _usage(parse: Callable[[str], Any], value: str) -> Any:
+    """parse(value), its ValueError turned into the one-line usage error pytest prints."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 def _model(value: str) -> str:
     from qbench_plugin.dataset.embedded import parse_embedded
 
-    try:
-        parse_embedded(value)
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    _usage(parse_embedded, value)
     return value
 
 
@@ -97,30 +102,21 @@ def _on_off(value: str) -> bool:
 def _engine_settings(value: str) -> tuple[dict[str, int], ...]:
     from qbench_plugin.measure.ceiling import parse_engine_settings
 
-    try:
-        return tuple(parse_engine_settings(value))
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    return tuple(_usage(parse_engine_settings, value))
 
 
 def _hf_rungs(value: str) -> str:
     from qbench_plugin.measure.hf_rungs import parse_rungs
 
     if value != "auto":
-        try:
-            parse_rungs(value)
-        except ValueError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        _usage(parse_rungs, value)
     return value
 
 
 def _buckets(value: str) -> tuple[int, ...]:
     from qbench_plugin.engines.hf_paths import parse_buckets
 
-    try:
-        return tuple(parse_buckets(value))
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    return tuple(_usage(parse_buckets, value))
 
 
 def _one_of(*choices: str) -> Callable[[str], str]:
@@ -219,6 +215,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("run_noise", "", "run-to-run noise the perf gates allow on top of the rounds' interval, e.g. 0.1 "
             "(default: the A/A-measured figure of this device in uncertainty.py)",
             _number(float, "a number between 0 and 1", minimum=0, maximum=1, optional=True)),
+    _Option("perf_relative_to", "", "with --qbench-perf-baseline: gate every other config's speed over this config's "
+            "against that ratio in the saved run (10% allowed, not 20-25%); this one keeps the absolute gate"),
     _Option("perf_thresholds", "", "allowed regressions, e.g. latency_p95_ms=15%,throughput_samples_per_s=10% (defaults in gates.py)"),
     _Option("gate_strict", "off", "on: a gate that cannot be decided (a case missing from the saved run, too few rounds, "
             "a saved run that does not record what makes it comparable) fails instead of passing as n/a", _on_off,
@@ -266,8 +264,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("sweep_buckets", "32,64", "padded lengths of the bucketed rungs, comma-separated (a longer batch pads to "
             "--qbench-max-model-len)", _buckets),
     _Option("sweep_pack_width", "512", "tokens a packed row holds (at least --qbench-max-model-len)", _count),
-    _Option("sweep_pack_texts", "0", "texts a packed HF batch holds on average, which sets its row count (0: the best "
-            "pre-tokenized batch size, as the bucketed rungs)", _positive_int),
+    _Option("sweep_pack_texts", "0", "texts a packed HF batch holds on average (0: the best pre-tokenized batch)", _positive_int),
     _Option("sweep_tokenize", "process", "strings-in points with tokenization overlapped: process or thread workers, or off",
             _one_of("process", "thread", "off")),
     _Option("sweep_tokenize_workers", "0", "tokenizer workers of the overlapped points (0: half the CPUs, at most 8)",
@@ -319,6 +316,7 @@ class Settings:
     max_flip_rate: float | None
     perf_baseline: str
     run_noise: float | None
+    perf_relative_to: str
     perf_thresholds: str
     gate_strict: bool
     gpu_type: str

@@ -183,7 +183,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if _only_collecting(config):
         return
     try:
-        check_gate_inputs(state.settings)
+        check_gate_inputs(state.settings, state.configs)
         state.inputs = prepare(state.settings, state.store, progress=lambda line: _say(config, line),
                                configs=state.configs)
     except (PreflightError, DataError) as exc:

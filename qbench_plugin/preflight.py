@@ -167,14 +167,30 @@ def saved_baseline(settings: Settings) -> tuple[dict, list[float] | None] | None
     return cases, gates.probe_of(data)
 
 
-def check_gate_inputs(settings: Settings) -> None:
-    """--qbench-perf-thresholds parses and --qbench-perf-baseline reads and is comparable (the gatekeeper
-    reads them again)."""
+def check_gate_inputs(settings: Settings, configs: Sequence[BenchConfig] | None = None) -> None:
+    """--qbench-perf-thresholds parses, --qbench-perf-baseline reads and is comparable (the gatekeeper
+    reads them again), and --qbench-perf-relative-to names a config of this run that the saved run has."""
     from qbench_plugin.gates import gates
 
     for option, check in (("--qbench-perf-thresholds", lambda: gates.parse_thresholds(settings.perf_thresholds)),
-                          ("--qbench-perf-baseline", lambda: saved_baseline(settings))):
+                          ("--qbench-perf-baseline", lambda: saved_baseline(settings)),
+                          ("--qbench-perf-relative-to", lambda: _check_relative_to(settings, configs))):
         try:
             check()
         except ValueError as exc:
             raise PreflightError(f"{option}: {exc}") from None
+
+
+def _check_relative_to(settings: Settings, configs: Sequence[BenchConfig] | None) -> None:
+    reference = settings.perf_relative_to
+    if not reference:
+        return
+    names = [c.name for c in configs or []]
+    if configs is not None and reference not in names:
+        raise ValueError(f"{reference} is not a config of this run (configs: {', '.join(names)})")
+    if not settings.perf_baseline:
+        raise ValueError(f"{reference}: a relative gate compares with a saved run; give --qbench-perf-baseline too")
+    saved = {config for config, _ in (saved_baseline(settings) or ({}, None))[0]}
+    if reference not in saved:
+        raise ValueError(f"{reference} has no latency cases in the saved run {settings.perf_baseline} "
+                         f"(configs there: {', '.join(sorted(saved))})")

@@ -6,7 +6,7 @@ import pytest
 
 from qbench_plugin.config import Gates
 from qbench_plugin.gates.gates import (GateFailure, GateKeeper, accuracy_gates, effective_gates, load_saved_cases,
-                                       parse_thresholds, perf_comparisons, perf_gates)
+                                       parse_thresholds, perf_comparisons, perf_gates, relative_perf_gates)
 from qbench_plugin.stats.uncertainty import Timed, ratio_interval
 
 METRICS = {"accuracy": 0.93, "accuracy_delta": -0.015, "flip_rate": 0.04}
@@ -239,3 +239,62 @@ def test_gates_after_merge_decide_the_baseline_gates_on_merged_records():
     assert gates_after_merge(configs, records, {"max_accuracy_drop": 0.02})[0].passed  # the override wins
     strict = gates_after_merge(configs, records, {}, strict=True)
     assert strict[1].passed is False and strict[1].message.startswith("UNDECIDED")
+
+
+# -- --qbench-perf-relative-to ------------------------------------------------------------------------
+
+def _run(rng, rounds=20, config_scale=1.0, session_scale=1.0):
+    """One run's (config case, reference case): a shared drift per round and a whole-session speed."""
+    drift = rng.lognormal(0.0, 0.10, size=rounds) * session_scale
+    labels = list(range(rounds))
+
+    def case(scale):
+        ns = (20e6 * scale * drift * rng.lognormal(0.0, 0.03, size=rounds)).astype(np.int64).tolist()
+        return {"latency_samples_ns": ns, "latency_sample_rounds": labels}
+
+    return case(config_scale), case(1.0)
+
+
+def test_relative_gate_cancels_a_session_shift_the_absolute_gate_cannot_allow():
+    rng = np.random.default_rng(5)
+    saved, current = _run(rng), _run(rng, session_scale=1.4)  # the whole second session 40% slower
+    thresholds = parse_thresholds("")
+    absolute = perf_gates("gptq", 8, current[0], saved[0], thresholds, run_noise=0.2)
+    assert any(r.passed is False for r in absolute)
+    relative = relative_perf_gates("gptq", 8, "fp16", current, saved, thresholds, run_noise=0.1)
+    assert [r.passed for r in relative if not r.by_rule] == [True, True]
+    assert "against fp16 than in the saved run" in relative[0].message
+    assert "relative run-to-run noise 10%" in relative[0].message
+
+
+def test_relative_gate_catches_one_config_slowed_against_the_reference_inside_a_shift():
+    rng = np.random.default_rng(6)
+    saved, current = _run(rng), _run(rng, config_scale=1.3, session_scale=0.8)  # faster session, gptq 30% slower in it
+    relative = relative_perf_gates("gptq", 8, "fp16", current, saved, parse_thresholds(""), run_noise=0.1)
+    decided = [r for r in relative if not r.by_rule]
+    assert decided and all(r.passed is False for r in decided)
+    assert decided[0].message.startswith("REGRESSION case gptq-bs8: latency_p50_ms")
+    # the absolute gate sees the faster session hide it
+    assert all(r.passed is not False for r in perf_gates("gptq", 8, current[0], saved[0], parse_thresholds(""),
+                                                         run_noise=0.2))
+
+
+def test_relative_gate_without_the_reference_case_is_undecided_and_says_which():
+    rng = np.random.default_rng(7)
+    saved, current = _run(rng), _run(rng)
+    (result,) = relative_perf_gates("gptq", 8, "fp16", (current[0], None), saved, parse_thresholds(""))
+    assert result.passed is None
+    assert result.message == "case gptq-bs8: no fp16-bs8 in this run; cannot compare against fp16"
+
+
+def test_gatekeeper_gates_the_reference_absolutely_and_the_others_relative_to_it():
+    rng = np.random.default_rng(8)
+    saved, current = _run(rng), _run(rng, session_scale=1.4)
+    seen = []
+    keeper = GateKeeper({}, {("gptq", 8): saved[0], ("fp16", 8): saved[1]}, parse_thresholds(""), seen.append,
+                        run_noise=0.2, relative_to="fp16", relative_noise=0.1,
+                        current_case=lambda config, bs: {"fp16": current[1]}.get(config))
+    keeper.check_latency("gptq", 8, current[0])  # relative: the shift cancels
+    with pytest.raises(GateFailure, match="case fp16-bs8"):  # absolute: 40% slower is beyond 20% + 10%
+        keeper.check_latency("fp16", 8, current[1])
+    assert "against fp16" in seen[0].message and "than the saved run" in seen[-1].message

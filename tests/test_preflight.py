@@ -168,6 +168,15 @@ def test_unreadable_perf_baseline_and_thresholds_name_their_option(tmp_path):
 
 
 @pytest.mark.slow
+def test_relative_gate_without_its_config_or_a_saved_run_names_the_option(tmp_path):
+    _, out, _ = _stopped(tmp_path, "--qbench-configs=cpu_default", "--qbench-perf-relative-to=nope")
+    assert "--qbench-perf-relative-to: nope is not a config of this run (configs: cpu_default)" in out
+    _, out, _ = _stopped(tmp_path, "--qbench-configs=cpu_default", "--qbench-perf-relative-to=cpu_default")
+    assert ("--qbench-perf-relative-to: cpu_default: a relative gate compares with a saved run; give "
+            "--qbench-perf-baseline too") in out
+
+
+@pytest.mark.slow
 def test_threshold_that_would_never_be_checked_stops_the_run(tmp_path):
     _, out, _ = _stopped(tmp_path, "--qbench-perf-thresholds=memory_rss_peak_mib=5%")
     assert ("--qbench-perf-thresholds: perf threshold 'memory_rss_peak_mib=5%': 'memory_rss_peak_mib' is not "

@@ -1,5 +1,5 @@
 """CI gates: accuracy against fixed thresholds and the run's baseline, and performance against a
-saved run.
+saved run (each case's own speed, or with --qbench-perf-relative-to its speed over a reference config's).
 
 Performance decisions are noise-aware: each latency statistic is compared through a bootstrap
 confidence interval of the ratio current/saved over the rounds both runs kept (uncertainty.py), and
@@ -21,7 +21,8 @@ from qbench_plugin.record.metrics import BY_NAME
 from qbench_plugin.gates.baseline import read_saved
 from qbench_plugin.stats.probe import HostCheck, probe_seconds
 from qbench_plugin.gates.tails import family_confidence, resamples_for, too_few_for_tail
-from qbench_plugin.stats.uncertainty import CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, RESAMPLES, Timed, ratio_interval, widen
+from qbench_plugin.stats.uncertainty import (CONFIDENCE, MIN_ROUNDS, MIN_SAMPLES, RESAMPLES, Timed, ratio_interval,
+                                             relative_interval, widen)
 
 # metric -> allowed relative change in the worse direction (0.10: 10 % slower / less / more memory)
 DEFAULT_PERF_THRESHOLDS: dict[str, float] = {
@@ -171,27 +172,73 @@ def perf_gates(config: str, batch_size: int, current: dict[str, Any], saved: dic
                            f"case {case}: {cur.units} current and {old.units} saved rounds (or unlabelled batches); "
                            f"at least {MIN_ROUNDS} rounds ({MIN_SAMPLES} unlabelled batches) each are needed to decide",
                            case)]
+
+    def interval(metric: str):
+        return ratio_interval(cur, old, metric, paired=False, confidence=confidence,
+                              resamples=resamples_for(confidence, RESAMPLES))
+
+    return _decide(case, config, thresholds, min(cur.samples_ns.size, old.samples_ns.size), interval, run_noise,
+                   confidence, "than the saved run", "over rounds and run-to-run", host_note)
+
+
+def relative_perf_gates(config: str, batch_size: int, reference: str, current: tuple[dict, dict | None],
+                        saved: tuple[dict | None, dict | None], thresholds: dict[str, float], run_noise: float = 0.0,
+                        confidence: float = CONFIDENCE, host_note: str = "") -> list[GateResult]:
+    """Compare one case's speed relative to `reference` (same batch size, same run) with that ratio in
+    the saved run: `current` and `saved` are (the config's case, the reference's case) of each run.
+
+    Each run's pair is compared round by round, so a whole session's shift, which hits every config of
+    a run alike, cancels (uncertainty.relative_interval); `run_noise` is then the relative allowance
+    (RELATIVE_RUN_NOISE, 10% where measured), not the 20-25% between two runs' absolute speeds. A
+    slowdown of every config alike is invisible here: the reference's own cases keep the absolute gate."""
+    case = f"{config}-bs{batch_size}"
+    missing = [f"{name}-bs{batch_size} in {run}" for name, run, extra in (
+        (config, "the saved run", saved[0]), (reference, "this run", current[1]),
+        (reference, "the saved run", saved[1])) if extra is None]
+    if missing:
+        return [GateResult("perf_regression", config, None, None, None,
+                           f"case {case}: no {' and no '.join(missing)}; cannot compare against {reference}", case)]
+    cur = tuple(timed_of({**extra, "batch_size": batch_size}) for extra in current)
+    old = tuple(timed_of({**extra, "batch_size": batch_size}) for extra in saved)
+
+    def interval(metric: str):
+        return relative_interval(cur, old, metric, resamples=resamples_for(confidence, RESAMPLES),
+                                 confidence=confidence)
+
+    samples = min(t.samples_ns.size for t in (*cur, *old))
+    return _decide(case, config, thresholds, samples, interval, run_noise, confidence,
+                   f"against {reference} than in the saved run", "over rounds paired in each run and relative run-to-run",
+                   host_note)
+
+
+def _decide(case: str, config: str, thresholds: dict[str, float], samples: int,
+            interval: Callable[[str], tuple[float, float, float] | None], run_noise: float, confidence: float,
+            than: str, over: str, host_note: str) -> list[GateResult]:
+    """Each gated metric's verdict from its ratio interval (current over saved): a regression only
+    when the whole interval, widened by run_noise, lies beyond the threshold in the worse direction."""
     results = []
     for metric, threshold in thresholds.items():
         if metric not in GATED_METRICS:
             continue
-        few = too_few_for_tail(metric, min(cur.samples_ns.size, old.samples_ns.size))
+        few = too_few_for_tail(metric, samples)
         if few is not None:
             results.append(GateResult("perf_regression:" + metric, config, None, None, threshold,
                                       f"case {case}: {metric}: {few}", case, by_rule=True))
             continue
-        found = ratio_interval(cur, old, metric, paired=False, confidence=confidence,
-                               resamples=resamples_for(confidence, RESAMPLES))
-        ratio, low, high = widen(found, run_noise)
-        higher_is_better = BY_NAME[metric].higher_is_better
-        # regression only when the whole interval is beyond the threshold in the worse direction
-        if higher_is_better:
+        found = widen(interval(metric), run_noise)
+        if found is None:
+            results.append(GateResult("perf_regression:" + metric, config, None, None, threshold,
+                                      f"case {case}: {metric}: fewer than {MIN_ROUNDS} rounds shared by the cases "
+                                      "of a run; cannot decide", case))
+            continue
+        ratio, low, high = found
+        if BY_NAME[metric].higher_is_better:
             regressed, change = high < 1 - threshold, 1 - ratio
         else:
             regressed, change = low > 1 + threshold, ratio - 1
         word = "worse" if change > 0 else "better"
-        msg = (f"case {case}: {metric} {abs(change):.1%} {word} than the saved run "
-               f"(ratio {ratio:.3f}, {_level(confidence)} CI {low:.3f}-{high:.3f} over rounds and run-to-run "
+        msg = (f"case {case}: {metric} {abs(change):.1%} {word} {than} "
+               f"(ratio {ratio:.3f}, {_level(confidence)} CI {low:.3f}-{high:.3f} {over} "
                f"noise {run_noise:.0%}; allowed {threshold:.0%} worse){host_note}")
         results.append(GateResult("perf_regression:" + metric, config, not regressed, ratio, threshold,
                                   ("REGRESSION " if regressed else "") + msg, case))
@@ -215,8 +262,13 @@ class GateKeeper:
                  record: Callable[[GateResult], None], run_noise: float = 0.0, *, strict: bool = False,
                  comparisons: int = 1, saved_probe: list[float] | None = None,
                  current_probe: Callable[[], list[float] | None] = lambda: None,
-                 defer: Callable[[str], None] | None = None):
+                 defer: Callable[[str], None] | None = None, relative_to: str | None = None,
+                 relative_noise: float = 0.0,
+                 current_case: Callable[[str, int], dict[str, Any] | None] = lambda config, batch_size: None):
         self.overrides = overrides
+        # --qbench-perf-relative-to: every other config's speed is gated over this config's in its own run
+        # (relative_perf_gates, at relative_noise); current_case looks up this run's reference case
+        self.relative_to, self.relative_noise, self.current_case = relative_to or None, relative_noise, current_case
         # a pytest-xdist worker without the baseline config: its gates against the baseline go to the
         # controller, which decides them once every worker's results are merged (distribute.py)
         self.defer = defer
@@ -256,9 +308,15 @@ class GateKeeper:
         if self.saved_cases is None:
             return []
         saved = self.saved_cases.get((config, batch_size))
-        host = HostCheck.of(self.current_probe(), self.saved_probe)
+        note = HostCheck.of(self.current_probe(), self.saved_probe).note("this run", "the saved run")
+        if self.relative_to and config != self.relative_to:
+            reference = self.relative_to
+            return self._enforce(relative_perf_gates(
+                config, batch_size, reference, (extra, self.current_case(reference, batch_size)),
+                (saved, self.saved_cases.get((reference, batch_size))), self.thresholds, self.relative_noise,
+                confidence=self.confidence, host_note=note))
         return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, self.run_noise,
-                                        confidence=self.confidence, host_note=host.note("this run", "the saved run")))
+                                        confidence=self.confidence, host_note=note))
 
 
 def gates_after_merge(configs: Mapping[str, BenchConfig], records: Mapping[str, Any],

@@ -147,16 +147,16 @@ def ratio_interval(b: Timed, a: Timed, metric: str, *, paired: bool, resamples: 
 
 
 def relative_interval(b: tuple[Timed, Timed], a: tuple[Timed, Timed], metric: str, resamples: int = RESAMPLES,
-                      seed: int = 0) -> tuple[float, float, float] | None:
+                      seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, float, float] | None:
     """How a config's speed relative to a reference config of the same run moved between two runs:
     (config/reference in run b) / (config/reference in run a), each pair (config, reference) paired
-    by round inside its run and the two runs resampled apart, with its CONFIDENCE interval; None when
+    by round inside its run and the two runs resampled apart, with its `confidence` interval; None when
     either run lacks the rounds. A whole-session shift hits both configs of a run alike and cancels."""
     rng = np.random.default_rng(seed)
     found_b, found_a = _paired(*b, metric, rng, resamples), _paired(*a, metric, rng, resamples)
     if found_b is None or found_a is None:
         return None
-    return (found_b[0] / found_a[0], *_interval(found_b[1] / found_a[1]))
+    return (found_b[0] / found_a[0], *_interval(found_b[1] / found_a[1], confidence))
 
 
 def _probe_ratios(b: np.ndarray, a: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
