@@ -84,11 +84,13 @@ print(' '.join(m for m in ('vllm', 'datasets', 'bitsandbytes', 'locust', 'pytest
     out=$1; shift
     QBENCH_PREPARE_CONFIGS= bash "$0" prepare
     # the sweep starts at batch 512 (--qbench-batch-sizes sets where; the matrix is deselected); the ladder
-    # jumps to 262144 batched tokens, then adds async scheduling and larger graph capture; the HF rungs
+    # first moves the engine core into the pytest process (no IPC of 2048 requests a call: vLLM is host-bound
+    # here, and 262144 batched tokens alone never beat the defaults in three runs), then adds 262144 batched
+    # tokens, async scheduling and larger graph capture; the HF rungs
     # compile one shape (the packed rows), which the graphs rung then replays. Packed batches hold about
     # 4096 texts (200 rows of 512): a call took 184 ms there against 28.1 ms at 25 rows, 21% less per row
     # (ceiling-2026-12-03c/README.md); QBENCH_CEILING_PACK_TEXTS=0 packs the padded sweep's best batch
-    ladder=${QBENCH_CEILING_LADDER-max_num_seqs=2048,max_num_batched_tokens=262144;max_num_seqs=2048,max_num_batched_tokens=262144,async_scheduling=true,max_cudagraph_capture_size=2048}
+    ladder=${QBENCH_CEILING_LADDER-in_process=true;in_process=true,max_num_seqs=2048,max_num_batched_tokens=262144,async_scheduling=true,max_cudagraph_capture_size=2048}
     QBENCH_TIME_LIMIT=${QBENCH_TIME_LIMIT:-1080} bash "$0" matrix "$out" fp16_baseline,hf_reference \
       -m "gpu and saturation" --qbench-batch-sizes 512 --qbench-sweep on \
       --qbench-sweep-configs fp16_baseline,hf_reference --qbench-sweep-texts "${QBENCH_CEILING_TEXTS:-8192}" \

@@ -54,6 +54,8 @@ def test_batches_cycle_the_rows_and_length_sorting_groups_similar_lengths():
 def test_engine_settings_parse_and_name_the_bad_item():
     assert ceiling.parse_engine_settings("max_num_seqs=8, max_num_batched_tokens=4096; max_num_seqs=16") == [
         {"max_num_seqs": 8, "max_num_batched_tokens": 4096}, {"max_num_seqs": 16}]
+    assert ceiling.parse_engine_settings("in_process=true,async_scheduling=false") == [
+        {"in_process": True, "async_scheduling": False}]
     assert ceiling.parse_engine_settings("") == []
     with pytest.raises(ValueError, match="'block_size=16'"):
         ceiling.parse_engine_settings("block_size=16")
@@ -276,3 +278,14 @@ def test_replicas_share_the_memory_and_a_failed_set_is_a_point():
     point = ceiling.replica_point(engine, 4, top, ["t"] * 8, [1] * 8, 8, config="c")
     assert point.replicas == 4 and point.error.startswith("4 replicas failed: ValueError")
     assert engine.log == []  # nothing started, nothing left running
+
+
+def test_replicas_of_an_in_process_rung_get_processes_of_their_own():
+    # replicas are driven from threads at once, which in-process vLLM engines cannot share
+    top = ceiling.Point("c", "vllm", "engine", "tokens", 64, texts_per_s=1.0,
+                        engine_settings={"in_process": True, "max_num_seqs": 512})
+    engine = _StandIn()
+    with ceiling.started_replicas(engine, 2, top) as replicas:
+        assert len(replicas) == 2
+    starts = [overrides for kind, overrides in engine.log if kind == "start"]
+    assert starts == [{"in_process": False, "max_num_seqs": 512, "gpu_memory_utilization": 0.25}] * 2

@@ -282,9 +282,10 @@ def started_replicas(engine, count: int, top: Point) -> Iterator[list]:
     utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
     if utilization:
         share["gpu_memory_utilization"] = utilization / count
-    if getattr(engine, "in_process", False):
+    if getattr(engine, "in_process", False) or share.get("in_process"):
         # replicas are driven from threads at once: in-process vLLM engines share this process's vLLM
-        # state (its forward context), so each replica gets processes of its own, as on a GPU
+        # state (its forward context), so each replica gets processes of its own, even when the best
+        # point's rung ran in-process
         share["in_process"] = False
     replicas: list = []
     try:
@@ -360,6 +361,9 @@ ENGINE_SETTINGS = {  # vLLM LLM() arguments the ladder may vary, and their kind
     "max_num_seqs": int, "max_num_batched_tokens": int,
     "max_cudagraph_capture_size": int,  # largest token count vLLM captures a CUDA graph for (default <= 512)
     "async_scheduling": bool,  # vLLM 0.24 turns it off by default for pooling models
+    # the engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0; engines/inprocess.py): no request or
+    # output crosses a process boundary, which at 2048 requests a call is host work a GPU run is bound by
+    "in_process": bool,
 }
 
 
