@@ -181,7 +181,7 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
         for count in settings.sweep_replicas if top is not None else ():
             def strings_in(replicas, top=top):  # the same replicas from strings, one tokenizer pipeline feeding them
                 return overlapped_point(replicas, texts, top.batch_size, settings.sweep_texts, config=config,
-                                        mode=mode, workers=workers, settings=top.engine_settings,
+                                        mode=mode, workers=workers, settings=ceiling.replica_settings(engine, top),
                                         is_out_of_memory=is_out_of_memory)
 
             also = strings_in if engine.name == "vllm" and mode != "off" else None

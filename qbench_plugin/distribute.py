@@ -20,7 +20,7 @@ into its own store (record/merge.py) and hands pytest-benchmark the entries, so 
 it never starts an engine (it collects no tests).
 
 Gates. A worker decides the performance gates of its own cases (each needs only the saved run and the
-case's samples; the error budget is the whole run's, run_matrix_cases) and the accuracy gates it can:
+case's samples; --qbench-perf-relative-to, which needs a reference timed in the same rounds, is refused; the error budget is the whole run's, run_matrix_cases) and the accuracy gates it can:
 minimum accuracy always, the drop and flip-rate gates when the baseline config is its own. The others
 it skips with a message and names (GATES_AFTER_MERGE); the controller decides them on the merged
 records and fails the session when one fails, as pytest-benchmark's --benchmark-compare-fail does.
@@ -55,6 +55,10 @@ UNSUPPORTED_TEST = ("qbench: {module} does not run under pytest-xdist (-n) yet: 
                     "Run it without -n.")
 UNSUPPORTED_OPTIONS = {
     "sweep": "--qbench-sweep is not supported with -n yet (a sweep takes the whole machine); run without -n",
+    # each worker times its own configs in rounds of its own: there is no round to pair a config with a
+    # reference timed on another worker
+    "perf_relative_to": "--qbench-perf-relative-to is not supported with -n (a config and its reference must be "
+                        "timed in the same rounds, on one worker); run without -n",
 }
 GATES_AFTER_MERGE = "accuracy_gates_after_merge"  # a worker's measurement key: configs whose baseline gates it left
 

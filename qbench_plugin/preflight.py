@@ -173,8 +173,9 @@ def check_gate_inputs(settings: Settings, configs: Sequence[BenchConfig] | None 
     from qbench_plugin.gates import gates
 
     for option, check in (("--qbench-perf-thresholds", lambda: gates.parse_thresholds(settings.perf_thresholds)),
+                          ("--qbench-perf-relative-to", lambda: _check_relative_to(settings, configs)),
                           ("--qbench-perf-baseline", lambda: saved_baseline(settings)),
-                          ("--qbench-perf-relative-to", lambda: _check_relative_to(settings, configs))):
+                          ("--qbench-perf-relative-to", lambda: _check_reference_saved(settings))):
         try:
             check()
         except ValueError as exc:
@@ -182,6 +183,7 @@ def check_gate_inputs(settings: Settings, configs: Sequence[BenchConfig] | None 
 
 
 def _check_relative_to(settings: Settings, configs: Sequence[BenchConfig] | None) -> None:
+    """What the option needs of this run (before the saved run is read)."""
     reference = settings.perf_relative_to
     if not reference:
         return
@@ -190,6 +192,16 @@ def _check_relative_to(settings: Settings, configs: Sequence[BenchConfig] | None
         raise ValueError(f"{reference} is not a config of this run (configs: {', '.join(names)})")
     if not settings.perf_baseline:
         raise ValueError(f"{reference}: a relative gate compares with a saved run; give --qbench-perf-baseline too")
+    if not settings.interleave:
+        raise ValueError(f"{reference}: a relative gate pairs each config with {reference} round by round, which "
+                         "needs them timed in the same rounds; drop --qbench-interleave off")
+
+
+def _check_reference_saved(settings: Settings) -> None:
+    """The saved run (comparable, checked before) has the reference's cases."""
+    reference = settings.perf_relative_to
+    if not reference:
+        return
     saved = {config for config, _ in (saved_baseline(settings) or ({}, None))[0]}
     if reference not in saved:
         raise ValueError(f"{reference} has no latency cases in the saved run {settings.perf_baseline} "

@@ -289,3 +289,6 @@ def test_replicas_of_an_in_process_rung_get_processes_of_their_own():
         assert len(replicas) == 2
     starts = [overrides for kind, overrides in engine.log if kind == "start"]
     assert starts == [{"in_process": False, "max_num_seqs": 512, "gpu_memory_utilization": 0.25}] * 2
+    # and their points say so: not the in-process settings of the point they copy
+    failed = ceiling.replica_point(_StandIn(fail_on={"max_num_seqs": 512}), 2, top, ["t"] * 8, [1] * 8, 8, config="c")
+    assert failed.engine_settings == {"in_process": False, "max_num_seqs": 512}

@@ -284,7 +284,7 @@ def test_relative_gate_without_the_reference_case_is_undecided_and_says_which():
     saved, current = _run(rng), _run(rng)
     (result,) = relative_perf_gates("gptq", 8, "fp16", (current[0], None), saved, parse_thresholds(""))
     assert result.passed is None
-    assert result.message == "case gptq-bs8: no fp16-bs8 in this run; cannot compare against fp16"
+    assert result.message == "case gptq-bs8: no fp16-bs8 timed in this run; cannot compare against fp16"
 
 
 def test_gatekeeper_gates_the_reference_absolutely_and_the_others_relative_to_it():

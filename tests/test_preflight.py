@@ -174,6 +174,10 @@ def test_relative_gate_without_its_config_or_a_saved_run_names_the_option(tmp_pa
     _, out, _ = _stopped(tmp_path, "--qbench-configs=cpu_default", "--qbench-perf-relative-to=cpu_default")
     assert ("--qbench-perf-relative-to: cpu_default: a relative gate compares with a saved run; give "
             "--qbench-perf-baseline too") in out
+    saved = ROOT / "results" / "examples" / "h200" / "aa" / "a"  # read only after the interleaving check
+    _, out, _ = _stopped(tmp_path, "--qbench-configs=cpu_default", "--qbench-perf-relative-to=cpu_default",
+                         f"--qbench-perf-baseline={saved}", "--qbench-interleave=off")
+    assert "--qbench-perf-relative-to: cpu_default: a relative gate pairs each config with cpu_default" in out
 
 
 @pytest.mark.slow

@@ -107,12 +107,17 @@ def test_pytest_benchmark_compare_reads_it(run):
     assert "cpu_default" in proc.stdout and "cpu_bnb_int8" in proc.stdout
 
 
-def test_a_sweep_is_refused_under_n(tmp_path):
-    """A sweep takes the whole machine: one usage error before anything starts."""
+@pytest.mark.parametrize(("option", "said"), [
+    ("--qbench-sweep=on", "--qbench-sweep is not supported with -n yet"),  # a sweep takes the whole machine
+    # a config and its reference must share rounds, and each worker times its own
+    ("--qbench-perf-relative-to=cpu_default", "--qbench-perf-relative-to is not supported with -n"),
+])
+def test_what_needs_one_process_is_refused_under_n(tmp_path, option, said):
+    """One usage error before anything starts."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks", "-n", "2", "--qbench-configs", "cpu_default",
-         "--qbench-sweep=on", f"--qbench-results-dir={tmp_path / 'results'}"],
+         option, f"--qbench-results-dir={tmp_path / 'results'}"],
         cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "--qbench-sweep is not supported with -n yet" in proc.stderr
+    assert said in proc.stderr
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").iterdir())

@@ -156,6 +156,7 @@ class VllmEngine:
         # vLLM rejects a prompt longer than max_model_len; truncate as the HF engine does
         self._tokenization = {"truncation": True, "max_length": spec.max_model_len}
         self.in_process = bool(spec.vllm_in_process and spec.device == "cpu")
+        self.device = spec.device
         self.llm = _build_llm(kwargs, self.in_process)
         self.threads = inprocess.worker_threads(self.llm) if self.in_process else None
 
@@ -166,10 +167,11 @@ class VllmEngine:
         threads at once need that, since in-process engines share this process's vLLM state."""
         other = object.__new__(VllmEngine)
         other.engine_kwargs = {**self.engine_kwargs, **overrides}
-        other.labels, other._tokenization = self.labels, self._tokenization
+        other.labels, other._tokenization, other.device = self.labels, self._tokenization, self.device
         other.in_process = self.in_process if in_process is None else in_process
         other.llm = _build_llm(other.engine_kwargs, other.in_process)
-        other.threads = inprocess.worker_threads(other.llm) if other.in_process else None
+        # the CPU worker's thread binding; on a GPU the in-process engine (a ladder rung) has none to read
+        other.threads = inprocess.worker_threads(other.llm) if other.in_process and other.device == "cpu" else None
         return other
 
     def compute_threads(self):

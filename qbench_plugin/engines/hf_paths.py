@@ -29,7 +29,8 @@ PAD_DOC = -1  # document id of padding tokens: they attend only to each other, n
 @dataclass
 class Layout:
     """One batch as the fast paths take it. `ends[i]` is the flat index (row * width + column) of text
-    `texts[i]`'s last token; `texts` are indices into the caller's list."""
+    `texts[i]`'s last token; `texts` are positions in the id list it was packed from (hf_rungs.full_layouts
+    packs a cycled stream, so there they count texts and may exceed the list's length)."""
 
     input_ids: np.ndarray  # (rows, width) int64
     position_ids: np.ndarray  # (rows, width) int64

@@ -192,7 +192,7 @@ def relative_perf_gates(config: str, batch_size: int, reference: str, current: t
     (RELATIVE_RUN_NOISE, 10% where measured), not the 20-25% between two runs' absolute speeds. A
     slowdown of every config alike is invisible here: the reference's own cases keep the absolute gate."""
     case = f"{config}-bs{batch_size}"
-    missing = [f"{name}-bs{batch_size} in {run}" for name, run, extra in (
+    missing = [f"{name}-bs{batch_size} timed in {run}" for name, run, extra in (
         (config, "the saved run", saved[0]), (reference, "this run", current[1]),
         (reference, "the saved run", saved[1])) if extra is None]
     if missing:
@@ -228,8 +228,9 @@ def _decide(case: str, config: str, thresholds: dict[str, float], samples: int,
         found = widen(interval(metric), run_noise)
         if found is None:
             results.append(GateResult("perf_regression:" + metric, config, None, None, threshold,
-                                      f"case {case}: {metric}: fewer than {MIN_ROUNDS} rounds shared by the cases "
-                                      "of a run; cannot decide", case))
+                                      f"case {case}: {metric}: cannot pair it with the reference in one of the "
+                                      f"runs (samples without round labels, or fewer than {MIN_ROUNDS} rounds "
+                                      "shared); cannot decide", case))
             continue
         ratio, low, high = found
         if BY_NAME[metric].higher_is_better:

@@ -274,19 +274,24 @@ def variant_ladder(engine, variants: Sequence[dict[str, int]], texts: Sequence[s
         best_so_far = gained
 
 
+def replica_settings(engine, top: Point) -> dict[str, Any]:
+    """The engine settings every replica starts with (and its points record): the best point's, with
+    the engine core in processes of its own, since replicas are driven from threads at once and
+    in-process vLLM engines share this process's vLLM state (its forward context)."""
+    share = dict(top.engine_settings)
+    if getattr(engine, "in_process", False) or share.get("in_process"):
+        share["in_process"] = False
+    return share
+
+
 @contextmanager
 def started_replicas(engine, count: int, top: Point) -> Iterator[list]:
     """`count` copies of the engine at the best point's settings, each with its share of the GPU memory
     the original was given; closed on the way out."""
-    share = dict(top.engine_settings)
+    share = replica_settings(engine, top)
     utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
     if utilization:
         share["gpu_memory_utilization"] = utilization / count
-    if getattr(engine, "in_process", False) or share.get("in_process"):
-        # replicas are driven from threads at once: in-process vLLM engines share this process's vLLM
-        # state (its forward context), so each replica gets processes of its own, even when the best
-        # point's rung ran in-process
-        share["in_process"] = False
     replicas: list = []
     try:
         for _ in range(count):
@@ -305,11 +310,11 @@ def replica_point(engine, count: int, top: Point, texts: Sequence[str], lengths:
     try:
         with started_replicas(engine, count, top) as replicas:
             point = replicated_point(replicas, texts, lengths, top.batch_size, total, config=config, order=top.order,
-                                     settings=top.engine_settings)
+                                     settings=replica_settings(engine, top))
             return point if also is None else [point, also(replicas)]
     except Exception as exc:  # noqa: BLE001
         return Point(config, engine.name, "engine", TOKENS, top.batch_size, order=top.order, replicas=count,
-                     engine_settings=dict(top.engine_settings),
+                     engine_settings=replica_settings(engine, top),
                      error=f"{count} replicas failed: {type(exc).__name__}: {exc}"[:300])
 
 
