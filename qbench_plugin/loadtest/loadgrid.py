@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-LATE_TOLERANCE_MS = 10.0  # open loop: a request sent more than this after its slot is late
+LATE_TOLERANCE_MS = 10.0  # open loop: a request its user's previous answer held more than this past its slot is late
 MAX_LATE_SHARE = 0.01  # open loop: a point keeps its schedule when at most this share of its window is late
 
 
