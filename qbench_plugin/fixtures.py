@@ -110,7 +110,8 @@ def _case_samples(store: RunStore, config: str, batch_size: int) -> dict[str, An
     """This run's timed case, as the perf gates read one (None: not timed in this process)."""
     for case in store.cases:
         if (case.config, case.batch_size) == (config, batch_size) and case.samples_ns:
-            return {"samples_ns": case.samples_ns, "sample_rounds": case.sample_rounds, "batch_size": batch_size}
+            return {"samples_ns": case.samples_ns, "sample_rounds": case.sample_rounds, "batch_size": batch_size,
+                    "group": case.group}
     return None
 
 

@@ -215,8 +215,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("run_noise", "", "run-to-run noise the perf gates allow on top of the rounds' interval, e.g. 0.1 "
             "(default: the A/A-measured figure of this device in uncertainty.py)",
             _number(float, "a number between 0 and 1", minimum=0, maximum=1, optional=True)),
-    _Option("perf_relative_to", "", "with --qbench-perf-baseline: gate every other config's speed over this config's "
-            "against that ratio in the saved run (10% allowed, not 20-25%); this one keeps the absolute gate"),
+    _Option("perf_relative_to", "", "with --qbench-perf-baseline: gate other configs' speed over this config's against "
+            "that ratio in the saved run (10% allowance on a measured device, else 25%); it keeps the absolute gate"),
     _Option("perf_thresholds", "", "allowed regressions, e.g. latency_p95_ms=15%,throughput_samples_per_s=10% (defaults in gates.py)"),
     _Option("gate_strict", "off", "on: a gate that cannot be decided (a case missing from the saved run, too few rounds, "
             "a saved run that does not record what makes it comparable) fails instead of passing as n/a", _on_off,

@@ -255,3 +255,7 @@ def test_the_log_names_what_bounds_the_ceiling_with_the_evidence():
     assert found["tokens_bound"] == "undetermined" and "in series" in found["strings_bound"]
     assert "would give 6,667 texts/s" in found["evidence"]  # 1 / (1/10,000 + 1/20,000)
     assert bounds(slow_gpu, cpu_run=True)[0]["tokens_bound"].startswith("CPU compute")
+    # vLLM's engine core in the pytest process removes only the IPC of each call's requests: a gain is the host's
+    vllm = [p(engine="vllm", texts_per_s=6500.0), p(engine="vllm", texts_per_s=8000.0, engine_settings={"in_process": True})]
+    found = bounds(ceiling_table(vllm, {"mean_tokens_per_text": 25, "non_embedding_params": 360e6}, 989.0), False)[0]
+    assert found["tokens_bound"] == "host" and "in-process core, replicas) gained 23%" in found["evidence"]

@@ -298,3 +298,38 @@ def test_gatekeeper_gates_the_reference_absolutely_and_the_others_relative_to_it
     with pytest.raises(GateFailure, match="case fp16-bs8"):  # absolute: 40% slower is beyond 20% + 10%
         keeper.check_latency("fp16", 8, current[1])
     assert "against fp16" in seen[0].message and "than the saved run" in seen[-1].message
+
+
+def test_relative_gate_with_a_case_of_too_few_rounds_is_undecided_and_names_it():
+    rng = np.random.default_rng(9)
+    saved, current = _run(rng), _run(rng)
+    empty = {"latency_samples_ns": [], "latency_sample_rounds": []}  # a saved run written without samples
+    (result,) = relative_perf_gates("gptq", 8, "fp16", current, (saved[0], empty), parse_thresholds(""))
+    assert result.passed is None
+    assert "fp16-bs8 has 0 rounds in the saved run" in result.message and "against fp16" in result.message
+
+
+def test_a_config_timed_in_another_group_than_the_reference_is_gated_absolutely():
+    # a later group of engines reuses the round labels minutes after the first: pairing by label would
+    # cancel nothing, so 60% slower over the whole second session is judged as the absolute gate does
+    rng = np.random.default_rng(10)
+    saved, current = _run(rng), _run(rng, session_scale=1.6)
+    grouped = ({**current[0], "group": 1}, {**current[1], "group": 0})
+    seen = []
+    keeper = GateKeeper({}, {("gptq", 8): saved[0], ("fp16", 8): saved[1]}, parse_thresholds(""), seen.append,
+                        run_noise=0.2, relative_to="fp16", relative_noise=0.1,
+                        current_case=lambda config, bs: {"fp16": grouped[1]}.get(config))
+    with pytest.raises(GateFailure, match="case gptq-bs8"):
+        keeper.check_latency("gptq", 8, grouped[0])
+    absolute = perf_gates("gptq", 8, grouped[0], saved[0], parse_thresholds(""), run_noise=0.2,
+                          confidence=keeper.confidence)
+    assert [(r.passed, r.measured) for r in seen] == [(r.passed, r.measured) for r in absolute]
+    assert "than the saved run" in seen[0].message
+    assert "absolute, not against fp16: timed in different groups, this run: gptq in group 1, fp16 in group 0" \
+        in seen[0].message
+    # the same groups in both runs (or none recorded, as before groups were saved): relative
+    same = GateKeeper({}, {("gptq", 8): saved[0], ("fp16", 8): saved[1]}, parse_thresholds(""), seen.append,
+                      run_noise=0.2, relative_to="fp16", relative_noise=0.1,
+                      current_case=lambda config, bs: {"fp16": {**current[1], "group": 0}}.get(config))
+    same.check_latency("gptq", 8, {**current[0], "group": 0})
+    assert "against fp16 than in the saved run" in seen[-1].message

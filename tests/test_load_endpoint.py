@@ -254,6 +254,13 @@ def test_open_loop_points_that_missed_their_schedule_are_no_capacity():
     assert "offered req/s" in header and "sent late" in header
     late_col = header.index("sent late")
     assert [r[late_col] for r in rows] == ["0", "10", "11 (schedule missed)"]  # sorted by offered rate
+    # no request late, but the window answered 80 of the 100 req/s offered: the client fell behind
+    (short,) = capacities([_load("a", 10, 1, 80, 30, rate=100), _load("a", 10, 1, 45, 30, rate=50)], 100)
+    assert short.rps == 45 and short.rate == 50
+    (none,) = capacities([_load("a", 10, 1, 80, 30, rate=100)], 100)
+    assert not none.found and "fell behind its open-loop schedule" in none.reason
+    header, rows = display(load_table([_load("a", 10, 1, 80, 30, rate=100)]))
+    assert rows[0][header.index("sent late")] == "0 (schedule missed)"
 
 
 def test_load_table_has_one_row_per_point_in_run_order_and_shows_skips():

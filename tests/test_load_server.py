@@ -347,6 +347,7 @@ def test_plugin_runs_an_open_loop_grid_against_a_remote_vllm_server(server, tmp_
         assert load["metrics"]["load_rps"] == pytest.approx(rate, rel=0.15)  # the offered rate was held
     late = {load["point"]: (load["metrics"]["load_late_requests"], load["metrics"]["load_window_requests"])
             for load in loads}
+    assert all(n <= MAX_LATE_SHARE * window for n, window in late.values()), late
     assert "qbench load capacity: endpoint:" in proc.stdout and "req/s offered by 8 users" in proc.stdout, late
     log = (run_dir / "EXPERIMENT_LOG.md").read_text()
     assert "| offered req/s |" in log and "Open loop: the users send on a fixed schedule" in log

@@ -200,6 +200,13 @@ def relative_perf_gates(config: str, batch_size: int, reference: str, current: t
                            f"case {case}: no {' and no '.join(missing)}; cannot compare against {reference}", case)]
     cur = tuple(timed_of({**extra, "batch_size": batch_size}) for extra in current)
     old = tuple(timed_of({**extra, "batch_size": batch_size}) for extra in saved)
+    few = [f"{name}-bs{batch_size} has {timed.units} rounds in {run}" for name, run, timed in (
+        (config, "this run", cur[0]), (reference, "this run", cur[1]), (config, "the saved run", old[0]),
+        (reference, "the saved run", old[1])) if not timed.decidable]
+    if few:
+        return [GateResult("perf_regression", config, None, None, None,
+                           f"case {case}: {'; '.join(few)}; at least {MIN_ROUNDS} rounds each are needed to decide "
+                           f"against {reference}", case)]
 
     def interval(metric: str):
         return relative_interval(cur, old, metric, resamples=resamples_for(confidence, RESAMPLES),
@@ -209,6 +216,16 @@ def relative_perf_gates(config: str, batch_size: int, reference: str, current: t
     return _decide(case, config, thresholds, samples, interval, run_noise, confidence,
                    f"against {reference} than in the saved run", "over rounds paired in each run and relative run-to-run",
                    host_note)
+
+
+def unshared_rounds(config: str, reference: str, current: tuple[dict, dict | None],
+                    saved: tuple[dict | None, dict | None]) -> str | None:
+    """Why `config` and `reference` did not share their rounds in time in one of the runs (None: they did):
+    a later group of engines (--qbench-interleave off: a group a config) reuses the round labels minutes apart."""
+    split = [f"{run}: {config} in group {pair[0].get('group')}, {reference} in group {pair[1].get('group')}"
+             for run, pair in (("this run", current), ("the saved run", saved))
+             if pair[0] is not None and pair[1] is not None and pair[0].get("group") != pair[1].get("group")]
+    return "; ".join(split) or None
 
 
 def _decide(case: str, config: str, thresholds: dict[str, float], samples: int,
@@ -312,10 +329,13 @@ class GateKeeper:
         note = HostCheck.of(self.current_probe(), self.saved_probe).note("this run", "the saved run")
         if self.relative_to and config != self.relative_to:
             reference = self.relative_to
-            return self._enforce(relative_perf_gates(
-                config, batch_size, reference, (extra, self.current_case(reference, batch_size)),
-                (saved, self.saved_cases.get((reference, batch_size))), self.thresholds, self.relative_noise,
-                confidence=self.confidence, host_note=note))
+            current = (extra, self.current_case(reference, batch_size))
+            pairs = (saved, self.saved_cases.get((reference, batch_size)))
+            split = unshared_rounds(config, reference, current, pairs)
+            if split is None:
+                return self._enforce(relative_perf_gates(config, batch_size, reference, current, pairs, self.thresholds,
+                                                         self.relative_noise, confidence=self.confidence, host_note=note))
+            note = f"{note} (absolute, not against {reference}: timed in different groups, {split})"
         return self._enforce(perf_gates(config, batch_size, extra, saved, self.thresholds, self.run_noise,
                                         confidence=self.confidence, host_note=note))
 

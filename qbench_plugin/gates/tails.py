@@ -34,7 +34,9 @@ def too_few_for_tail(metric: str, samples: int) -> str | None:
     needed = samples_needed(metric)
     if samples >= needed:
         return None
-    q = QUANTILES[metric]
+    q = QUANTILES.get(metric)
+    if q is None:  # a mean or median needs one batch
+        return "no batches timed; not gated"
     rank = max(1, math.floor(samples * (1 - q)) + 1)  # the order statistic from the top the quantile sits at
     where = "about the largest" if rank == 1 else f"about the {_ordinal(rank)} largest"
     return (f"p{round(q * 100)} of {samples} batches is {where} (max of n); not gated: at least {MIN_BEYOND} "

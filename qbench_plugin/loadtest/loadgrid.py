@@ -20,6 +20,9 @@ import pandas as pd
 
 LATE_TOLERANCE_MS = 10.0  # open loop: a request its user's previous answer held more than this past its slot is late
 MAX_LATE_SHARE = 0.01  # open loop: a point keeps its schedule when at most this share of its window is late
+# open loop: ... and its window answered at least this share of the offered rate (a client too slow to send
+# on time is not late by its own answers, but its rate falls short)
+MIN_RATE_HELD = 0.9
 
 
 @dataclass(frozen=True)
@@ -122,11 +125,13 @@ def late_share(row: Mapping[str, Any]) -> float | None:
 
 
 def kept_schedule(row: Mapping[str, Any]) -> bool:
-    """Closed loop: always. Open loop: at most MAX_LATE_SHARE of the window's requests left late."""
-    if _num(row.get("rate")) is None:
+    """Closed loop: always. Open loop: at most MAX_LATE_SHARE of the window's requests left late, and
+    at least MIN_RATE_HELD of the offered rate answered."""
+    rate = _num(row.get("rate"))
+    if rate is None:
         return True
-    share = late_share(row)
-    return share is not None and share <= MAX_LATE_SHARE
+    share, rps = late_share(row), _num(row.get("load_rps"))
+    return share is not None and share <= MAX_LATE_SHARE and rps is not None and rps >= MIN_RATE_HELD * rate
 
 
 def display(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:

@@ -53,7 +53,8 @@ def _rate(frame: pd.DataFrame) -> tuple[float, Any]:
 
 def _host_rungs(frame: pd.DataFrame) -> pd.Series:
     settings = frame.get("engine_settings", pd.Series([None] * len(frame), index=frame.index))
-    async_on = settings.map(lambda s: isinstance(s, Mapping) and bool(s.get("async_scheduling")))
+    # the in-process engine core (no IPC between the front end and the core) removes host work only too
+    async_on = settings.map(lambda s: isinstance(s, Mapping) and bool(s.get("async_scheduling") or s.get("in_process")))
     graphs = frame.get("cuda_graphs", pd.Series(False, index=frame.index)) == True  # noqa: E712
     return graphs | async_on | (frame["replicas"].fillna(1) > 1)
 
@@ -81,7 +82,7 @@ def bounds(frame: pd.DataFrame, cpu_run: bool) -> list[dict[str, Any]]:
             tokens_bound = "GPU compute"
         elif without_host and with_host > without_host * (1 + GAIN):
             tokens_bound = "host"
-            evidence.append(f"removing host work (graphs, async scheduling, replicas) gained "
+            evidence.append(f"removing host work (graphs, async scheduling, in-process core, replicas) gained "
                             f"{with_host / without_host - 1:.0%}")
         else:
             tokens_bound = "undetermined"

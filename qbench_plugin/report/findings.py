@@ -158,8 +158,9 @@ def load_method(r: RunResults) -> str:
             "failures count the whole run.")
     if _open_loop(r):
         text += (f" Open loop: the users send on a fixed schedule that adds up to the offered req/s, and a request "
-                 f"that left more than {loadgrid.LATE_TOLERANCE_MS:g} ms after its slot is counted as sent late "
-                 f"(a point with more than {loadgrid.MAX_LATE_SHARE:.0%} of its window late missed its schedule).")
+                 f"that its user's previous answer held more than {loadgrid.LATE_TOLERANCE_MS:g} ms past its slot is counted "
+                 f"as sent late (a point with more than {loadgrid.MAX_LATE_SHARE:.0%} of its window late, or answering "
+                 f"under {loadgrid.MIN_RATE_HELD:.0%} of the offered rate, missed its schedule).")
     else:
         text += " Closed loop: each user sends its next request when the last one is answered."
     return text
