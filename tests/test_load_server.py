@@ -206,11 +206,32 @@ def test_plugin_runs_the_load_grid_against_one_server_start_and_reports_capacity
 
 # -- Locust against the shared server -----------------------------------------------------------
 
+STALL_S = 1.5  # nothing sent or answered for this long: the machine stalled (answers here take under 0.5 s)
+
+
+def _longest_silence_s(result) -> float:
+    requests = json.loads(Path(result.files["requests.json"]).read_text())["requests"]
+    moments = sorted([r[0] for r in requests] + [r[0] + r[1] for r in requests])
+    return max((b - a) / 1e9 for a, b in zip(moments, moments[1:])) if len(moments) > 1 else 0.0
+
+
+def _load_past_a_stall(ep, spec, texts, labels, out: Path):
+    """run_load, once more if the whole machine stalled mid-run. A sandbox VM paused for 34 s (its
+    kernel logged a VM fork) and froze Locust and the server alike; a rate over that window says
+    nothing about either. A server that hangs on its own stalls the second run too, and fails."""
+    result = run_load(ep, spec, texts, labels, out / "1")
+    silence = _longest_silence_s(result)
+    if silence < STALL_S:
+        return result
+    print(f"nothing sent or answered for {silence:.1f} s: the machine stalled; running the load again")
+    return run_load(ep, spec, texts, labels, out / "2")
+
+
 def test_ten_users_ramping_up_are_left_out_of_the_measured_window(server, texts, labels, tmp_path):
     # issue 18's case: 10 users at 2 a second spend ~4.5 s below full concurrency
     ep = Endpoint("cpu_default", server.url, "vllm", model=server.model)
     spec = LoadSpec(users=10, spawn_rate=2, duration_s=20, batch_size=8, settle_s=2, truncate=256)
-    result = run_load(ep, spec, texts, labels, tmp_path)
+    result = _load_past_a_stall(ep, spec, texts, labels, tmp_path)
     m = result.metrics
     print("10 users, 20 s window:", result.describe())
     assert m["load_failures"] == 0, result.describe()
@@ -239,7 +260,7 @@ def test_open_loop_holds_a_rate_the_server_can_serve_and_counts_late_requests_at
     # answered at p95 108 ms and 23 of 318 requests left late; with one core taken by a busy loop here,
     # 40 req/s ran near the server's capacity (p99 225 ms)
     spec = LoadSpec(users=8, spawn_rate=20, duration_s=8, batch_size=1, settle_s=1, rate=20.0, truncate=256)
-    held = run_load(ep, spec, texts, labels, tmp_path / "held").metrics
+    held = _load_past_a_stall(ep, spec, texts, labels, tmp_path / "held").metrics
     print("open loop, 20 req/s offered:", held)
     assert held["load_failures"] == 0 and held["load_rps"] == pytest.approx(20, rel=0.1)
     # late means held up by the previous answer: none at 400 ms slots, although a busy client machine wakes

@@ -18,13 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(tmp: Path, name: str, *args: str, slow: str = "") -> tuple[subprocess.CompletedProcess, str, Path]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", QBENCH_TEST_SLOW_CONFIGS=slow or "none",
-               # 1.5x: the gate allows 10% between runs on top of a 10% p50 threshold and the rounds'
-               # interval; 25% sits at that edge on this 2-core machine (README, "How qbench measures")
-               QBENCH_TEST_SLOWDOWN="0.5",
+               # 1.75x: the gate allows 10% between runs on top of a 10% p50 threshold and the rounds'
+               # interval; 25% sits at that edge on this 2-core machine (README, "How qbench measures"),
+               # and 1.5x in 20 rounds passed once on a noisy CI machine (p50 ratio 1.35, 1.05-1.74)
+               QBENCH_TEST_SLOWDOWN="0.75",
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "plugins"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "slowed_engine", "benchmarks", "-k", "latency",
                            f"--qbench-configs-dir={tmp / 'configs'}", "--qbench-batch-sizes=8",
-                           "--qbench-samples=100", "--qbench-rounds=20", f"--qbench-results-dir={tmp / name}", *args],
+                           "--qbench-samples=200", "--qbench-rounds=40", f"--qbench-results-dir={tmp / name}", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     runs = list((tmp / name).iterdir()) if (tmp / name).exists() else []
