@@ -172,10 +172,11 @@ def check_gate_inputs(settings: Settings, configs: Sequence[BenchConfig] | None 
     reads them again), and --qbench-perf-relative-to names a config of this run that the saved run has."""
     from qbench_plugin.gates import gates
 
+    read: dict[str, Any] = {}  # the saved run, read once for both of its checks
     for option, check in (("--qbench-perf-thresholds", lambda: gates.parse_thresholds(settings.perf_thresholds)),
                           ("--qbench-perf-relative-to", lambda: _check_relative_to(settings, configs)),
-                          ("--qbench-perf-baseline", lambda: saved_baseline(settings)),
-                          ("--qbench-perf-relative-to", lambda: _check_reference_saved(settings))):
+                          ("--qbench-perf-baseline", lambda: read.update(saved=saved_baseline(settings))),
+                          ("--qbench-perf-relative-to", lambda: _check_reference_saved(settings, read.get("saved")))):
         try:
             check()
         except ValueError as exc:
@@ -197,12 +198,12 @@ def _check_relative_to(settings: Settings, configs: Sequence[BenchConfig] | None
                          "needs them timed in the same rounds; drop --qbench-interleave off")
 
 
-def _check_reference_saved(settings: Settings) -> None:
-    """The saved run (comparable, checked before) has the reference's cases."""
+def _check_reference_saved(settings: Settings, found: tuple[dict, list[float] | None] | None) -> None:
+    """The saved run (`found` by saved_baseline, comparable) has the reference's cases."""
     reference = settings.perf_relative_to
     if not reference:
         return
-    saved = {config for config, _ in (saved_baseline(settings) or ({}, None))[0]}
+    saved = {config for config, _ in (found or ({}, None))[0]}
     if reference not in saved:
         raise ValueError(f"{reference} has no latency cases in the saved run {settings.perf_baseline} "
                          f"(configs there: {', '.join(sorted(saved))})")

@@ -53,10 +53,11 @@ def _rate(frame: pd.DataFrame) -> tuple[float, Any]:
 
 def _host_rungs(frame: pd.DataFrame) -> pd.Series:
     settings = frame.get("engine_settings", pd.Series([None] * len(frame), index=frame.index))
-    # the in-process engine core (no IPC between the front end and the core) removes host work only too
-    async_on = settings.map(lambda s: isinstance(s, Mapping) and bool(s.get("async_scheduling") or s.get("in_process")))
+    # async scheduling and the in-process engine core (no IPC between front end and core) remove host work only
+    host_settings = settings.map(lambda s: isinstance(s, Mapping)
+                                 and bool(s.get("async_scheduling") or s.get("in_process")))
     graphs = frame.get("cuda_graphs", pd.Series(False, index=frame.index)) == True  # noqa: E712
-    return graphs | async_on | (frame["replicas"].fillna(1) > 1)
+    return graphs | host_settings | (frame["replicas"].fillna(1) > 1)
 
 
 def bounds(frame: pd.DataFrame, cpu_run: bool) -> list[dict[str, Any]]:
