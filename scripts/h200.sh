@@ -7,7 +7,8 @@
 #                                       Locust, pytest-html, llm-compressor in QUANT_PYTHON); names what is not.
 #                                       Run it first: a bundle without bitsandbytes skips two configs, each
 #                                       with its reason, and a matrix timed without them is not the whole matrix
-#   bash scripts/h200.sh prepare        train the Qwen2.5-0.5B-shaped classifier, make GPTQ/AWQ/W8A8 checkpoints
+#   bash scripts/h200.sh prepare        train the Qwen2.5-0.5B-shaped classifier, then make the GPTQ, AWQ and W8A8
+#                                       checkpoints concurrently (QBENCH_PREPARE_CONFIGS picks them; empty: none)
 #   bash scripts/h200.sh matrix OUT CONFIGS [pytest args...]   one pytest run of those configs into OUT/
 #   bash scripts/h200.sh all OUT        prepare, then every GPU config, the sweep of fp16_baseline and
 #                                       hf_reference, the load test, into OUT/
@@ -44,7 +45,7 @@
 #     --qbench-sweep-configs fp16_baseline,hf_reference
 set -euo pipefail
 export QBENCH_CACHE_DIR=${QBENCH_CACHE_DIR:-/tmp/qc} VLLM_WORKER_MULTIPROC_METHOD=spawn PYTHONUNBUFFERED=1
-MODEL=embedded:qwen2.5-0.5b
+MODEL=${QBENCH_MODEL:-embedded:qwen2.5-0.5b}  # another model only to rehearse a stage off the GPU
 QUANT_PYTHON=${QUANT_PYTHON:-/tmp/q/bin/python}
 stage=${1:-}; shift || true
 case "$stage" in
@@ -64,9 +65,24 @@ print(' '.join(m for m in ('vllm', 'datasets', 'bitsandbytes', 'locust', 'pytest
   prepare)
     python3 -c "from qbench_plugin.dataset.embedded import resolve_model; print(resolve_model('$MODEL'))"
     # QBENCH_PREPARE_CONFIGS= (set, empty) trains the fp16 model only: `-`, not `:-`, keeps the empty value
+    # the checkpoints are made concurrently, as the plugin's concurrent engine starts make them: one after
+    # another, GPTQ, AWQ and W8A8 took ~60, 210-240 and 50-65 s plus a process start each, and prepare
+    # 7.7-10 minutes on an H200 (EXPERIMENT_LOG.md); each writes its own log, printed when it ends, and a
+    # failure still fails the stage
+    mkdir -p "$QBENCH_CACHE_DIR"
+    pids=() cfgs=()
     for cfg in ${QBENCH_PREPARE_CONFIGS-gptq_4bit awq_4bit int8_w8a8}; do
-      python3 -m qbench_plugin.cli quantize "configs/$cfg.json" --model "$MODEL" --quant-python "$QUANT_PYTHON"
-    done ;;
+      python3 -m qbench_plugin.cli quantize "configs/$cfg.json" --model "$MODEL" --quant-python "$QUANT_PYTHON" \
+        > "$QBENCH_CACHE_DIR/prepare-$cfg.log" 2>&1 &
+      pids+=($!) cfgs+=("$cfg")
+    done
+    failed=0
+    for i in "${!pids[@]}"; do
+      rc=0; wait "${pids[$i]}" || rc=$?
+      echo "== ${cfgs[$i]}: exit $rc"; tail -n 25 "$QBENCH_CACHE_DIR/prepare-${cfgs[$i]}.log"
+      [ "$rc" = 0 ] || failed=1
+    done
+    exit "$failed" ;;
   matrix)
     out=$1 configs=$2; shift 2
     mkdir -p "$out"
