@@ -64,13 +64,13 @@ print(' '.join(m for m in ('vllm', 'datasets', 'bitsandbytes', 'locust', 'pytest
     echo "vLLM, datasets, bitsandbytes, Locust, pytest-html and llm-compressor are importable" ;;
   prepare)
     python3 -c "from qbench_plugin.dataset.embedded import resolve_model; print(resolve_model('$MODEL'))"
-    # QBENCH_PREPARE_CONFIGS= (set, empty) trains the fp16 model only: `-`, not `:-`, keeps the empty value
     # the checkpoints are made concurrently, as the plugin's concurrent engine starts make them: one after
     # another, GPTQ, AWQ and W8A8 took ~60, 210-240 and 50-65 s plus a process start each, and prepare
-    # 7.7-10 minutes on an H200 (EXPERIMENT_LOG.md); each writes its own log, printed when it ends, and a
-    # failure still fails the stage
+    # 7.7-10 minutes on an H200; made at once, GPTQ and W8A8 took 53 and 50 s (prepare-concurrent-2026-12-03/).
+    # Each writes its own log, printed when it ends, and a failure still fails the stage
     mkdir -p "$QBENCH_CACHE_DIR"
     pids=() cfgs=()
+    # QBENCH_PREPARE_CONFIGS= (set, empty) trains the fp16 model only: `-`, not `:-`, keeps the empty value
     for cfg in ${QBENCH_PREPARE_CONFIGS-gptq_4bit awq_4bit int8_w8a8}; do
       python3 -m qbench_plugin.cli quantize "configs/$cfg.json" --model "$MODEL" --quant-python "$QUANT_PYTHON" \
         > "$QBENCH_CACHE_DIR/prepare-$cfg.log" 2>&1 &
