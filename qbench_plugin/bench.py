@@ -12,6 +12,7 @@ import pytest
 from qbench_plugin.dataset.embedded import default_cache_dir
 from qbench_plugin.measure import ceiling, hf_rungs
 from qbench_plugin.measure.overlapped import overlapped_point
+from qbench_plugin.measure.replica_processes import process_replica_points
 from qbench_plugin.dataset.dataset import EvalSet
 from qbench_plugin.engines.engine import Engine
 from qbench_plugin.measure.measure import (LatencyRecorder, baseline_comparison, classification_metrics, latency_stats,
@@ -184,11 +185,17 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
                                         mode=mode, workers=workers, settings=ceiling.replica_settings(engine, top),
                                         is_out_of_memory=is_out_of_memory)
 
-            also = strings_in if engine.name == "vllm" and mode != "off" else None
-            found = ceiling.replica_point(engine, count, top, texts, lengths, settings.sweep_texts, config=config,
-                                          also=also)
-            for one in found if isinstance(found, list) else [found]:
-                keep(one)
+            if "threads" in settings.sweep_replica_feed:
+                also = strings_in if engine.name == "vllm" and mode != "off" else None
+                found = ceiling.replica_point(engine, count, top, texts, lengths, settings.sweep_texts, config=config,
+                                              also=also)
+                for one in found if isinstance(found, list) else [found]:
+                    keep(one)
+            # an HF replica has no settings another process could start it from: threads only, unless asked
+            feeds = settings.sweep_replica_feed
+            if "processes" in feeds and (engine.name == "vllm" or "threads" not in feeds):
+                for one in process_replica_points(engine, count, top, texts, lengths, settings.sweep_texts, config=config):
+                    keep(one)
         return points
 
     benchmark.pedantic(run, rounds=1, iterations=1)

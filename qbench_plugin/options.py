@@ -127,6 +127,14 @@ def _one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _replica_feeds(value: str) -> tuple[str, ...]:
+    feeds = tuple(part.lower() for part in _csv(value))
+    unknown = [f for f in feeds if f not in ("threads", "processes")]
+    if unknown or not feeds:
+        raise pytest.UsageError(f"expected threads, processes or both, comma-separated, got {value!r}")
+    return feeds
+
+
 def _replica_counts(value: str) -> tuple[int, ...]:
     try:
         counts = tuple(int(part) for part in _csv(value))
@@ -257,6 +265,8 @@ OPTIONS: tuple[_Option, ...] = (
             _engine_settings),
     _Option("sweep_replicas", "2", "engine replicas on one device to try at the best batch size, comma-separated (empty: none)",
             _replica_counts),
+    _Option("sweep_replica_feed", "threads,processes", "how the replicas are fed: threads (one process drives every "
+            "engine) and/or processes (one process a replica, vLLM only), comma-separated", _replica_feeds),
     _Option("sweep_hf_rungs", "auto", "HF engine rungs past padded batches: bucketed or packed, each with any of +compile, "
             "+graphs, +flex, comma-separated (auto: per device, see README; empty: none)", _hf_rungs),
     _Option("sweep_compile_mode", "auto", "torch.compile mode of the +compile rungs (auto: max-autotune-no-cudagraphs on "
@@ -346,6 +356,7 @@ class Settings:
     sweep_max_batch: int
     sweep_engine_settings: tuple[dict[str, int], ...]
     sweep_replicas: tuple[int, ...]
+    sweep_replica_feed: tuple[str, ...]
     sweep_hf_rungs: str
     sweep_compile_mode: str
     sweep_buckets: tuple[int, ...]

@@ -204,7 +204,14 @@ def test_sweep_through_the_plugin(tmp_path, embedded_model):
     assert {(p["input"], p["tokenization_in_timed_region"]) for p in engine} == {("strings", True), ("tokens", False)}
     assert {p["batch_size"] for p in engine if not p["engine_settings"]} == {16, 32, 64}
     assert any(p["engine_settings"] == {"max_num_seqs": 32} and p["replicas"] == 1 for p in engine)
-    (replicated,) = [p for p in engine if p["replicas"] == 2 and p["input"] == "tokens"]
+    fed = lambda p: (p["path_settings"] or {}).get("feed")  # noqa: E731
+    (replicated,) = [p for p in engine if p["replicas"] == 2 and p["input"] == "tokens" and fed(p) is None]
+    # the same replicas again, each built, fed and timed by a process of its own: tokens and strings in
+    processes = [p for p in engine if fed(p) == "processes"]
+    assert sorted(p["input"] for p in processes) == ["strings", "tokens"], processes
+    assert all(p["error"] is None and p["replicas"] == 2 and p["texts"] == replicated["texts"]
+               and p["batch_size"] == replicated["batch_size"] and 0 < p["latency_p50_ms"] <= p["latency_p95_ms"]
+               for p in processes), processes
     # strings in, tokenized by worker processes while the engine runs: one engine, and the replicas
     overlapped = [p for p in engine if p["overlapped"]]
     assert sorted(p["replicas"] for p in overlapped) == [1, 2], overlapped
@@ -292,3 +299,23 @@ def test_replicas_of_an_in_process_rung_get_processes_of_their_own():
     # and their points say so: not the in-process settings of the point they copy
     failed = ceiling.replica_point(_StandIn(fail_on={"max_num_seqs": 512}), 2, top, ["t"] * 8, [1] * 8, 8, config="c")
     assert failed.engine_settings == {"in_process": False, "max_num_seqs": 512}
+
+
+def test_replica_processes_that_cannot_start_are_a_point_with_the_reason(tmp_path):
+    # the real vLLM engine in real spawned processes, asked for a model that is not there
+    from qbench_plugin.engines.engine import VllmEngine
+    from qbench_plugin.measure.replica_processes import process_replica_points
+
+    template = object.__new__(VllmEngine)
+    template.engine_kwargs = {"model": str(tmp_path / "no-model"), "runner": "pooling", "max_model_len": 64}
+    template.labels, template._tokenization, template.device = ["a", "b"], {"truncation": True, "max_length": 64}, "cpu"
+    template.in_process, template.llm, template.threads = True, None, None
+    top = ceiling.Point("c", "vllm", "engine", "tokens", 4, texts_per_s=1.0)
+    (point,) = process_replica_points(template, 2, top, ["t"] * 8, [1] * 8, 8, config="c", start_timeout_s=300)
+    assert point.replicas == 2 and point.path_settings == {"feed": "processes"} and point.texts_per_s == 0
+    assert point.error.startswith("2 replica processes failed: RuntimeError: replica process") and "no-model" in point.error
+
+
+def test_replica_feed_option_is_checked():
+    bad = _pytest("--collect-only", "-q", "--qbench-sweep-replica-feed", "forks")
+    assert bad.returncode != 0 and "expected threads, processes or both" in bad.stderr + bad.stdout

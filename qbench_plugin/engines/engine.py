@@ -174,6 +174,11 @@ class VllmEngine:
         other.threads = inprocess.worker_threads(other.llm) if other.in_process and other.device == "cpu" else None
         return other
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled engine is its settings without the LLM: another process builds its own from them
+        (`variant`), as the sweep's process-fed replicas do."""
+        return {**self.__dict__, "llm": None}
+
     def compute_threads(self):
         """A block in which torch's threads are this engine's (what its classify sets per call), so that a
         bare `llm.classify` beside the engine's own calls computes alike (benchmarks/test_overhead.py)."""

@@ -116,7 +116,9 @@ def ceiling_display(frame: pd.DataFrame) -> pd.DataFrame:
     def settings(row) -> str:
         parts = [f"{k}={v}" for k, v in (row["engine_settings"] or {}).items()] + path_words(row)
         if row["replicas"] > 1:
-            parts.append(f"{row['replicas']} replicas")
+            fed = row.get("path_settings")
+            fed = isinstance(fed, Mapping) and fed.get("feed") == "processes"
+            parts.append(f"{row['replicas']} replicas" + (", a process each" if fed else ""))
         if row["stage"] == "tokenizer" and pd.notna(row.get("tokenizers_parallelism")):
             parts.append("TOKENIZERS_PARALLELISM=" + ("true" if row["tokenizers_parallelism"] else "false"))
         return ", ".join(parts) or "defaults"
