@@ -17,16 +17,6 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in str(value).split(",") if part.strip())
 
 
-def _int_csv(value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in _csv(value))
-    except ValueError:
-        raise pytest.UsageError(f"qbench batch sizes must be comma-separated integers, got {value!r}") from None
-    if not sizes or any(size <= 0 for size in sizes):
-        raise pytest.UsageError(f"qbench batch sizes must be positive integers, got {value!r}")
-    return sizes
-
-
 def _counts(what: str) -> Callable[[str], tuple[int, ...]]:
     """Comma-separated whole numbers of at least 1 (a load-grid axis)."""
 
@@ -182,7 +172,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("label_column", "label", "dataset column holding the label (name or id)"),
     _Option("configs", "", "comma-separated config names from the configs dir (default: all)", _csv),
     _Option("configs_dir", "configs", "directory of config JSON files, relative to the rootdir"),
-    _Option("batch_sizes", "1,4,8,16,32", "comma-separated batch sizes", _int_csv),
+    _Option("batch_sizes", "1,4,8,16,32", "comma-separated batch sizes", _counts("batch sizes")),
     _Option("samples", "50", "timed batches per (config, batch size)", _positive_int),
     _Option("warmup", "5", "untimed batches before the timed ones", _positive_int),
     _Option("rounds", "auto", "interleaved rounds the timed batches are split into (each round times a block of "
@@ -204,10 +194,11 @@ OPTIONS: tuple[_Option, ...] = (
             "engine) gets a physical core to itself and each vLLM engine's processes a core of their own; off: the "
             "OS places them (measured on an H200: pinning did not steady an A/A pair). No effect on a CPU run",
             _on_off),
-    _Option("engine", "vllm", "engine for configs that do not pin one: vllm or hf"),
+    _Option("engine", "vllm", "engine for configs that do not pin one: vllm or hf", _one_of("vllm", "hf")),
     _Option("results_dir", "results", "where each run writes results/<run id>/ (relative to the rootdir)"),
     _Option("max_model_len", "256", "longest input in tokens", _positive_int),
-    _Option("truncation", "truncate", "texts longer than max_model_len: truncate (counted in the report) or reject"),
+    _Option("truncation", "truncate", "texts longer than max_model_len: truncate (counted in the report) or reject",
+            _one_of("truncate", "reject")),
     _Option("cache_dir", "", "cache for trained and quantized models (default: $QBENCH_CACHE_DIR or ~/.cache/qbench)"),
     _Option("calibration_split", "train", "dataset split that calibrates GPTQ/AWQ/int8 (never the evaluated one)"),
     _Option("calibration_dataset", "", "where the calibration split is read: hub id, folder or file (default: "
@@ -279,7 +270,8 @@ OPTIONS: tuple[_Option, ...] = (
             _one_of("process", "thread", "off")),
     _Option("sweep_tokenize_workers", "0", "tokenizer workers of the overlapped points (0: half the CPUs, at most 8)",
             _positive_int),
-    _Option("report", "auto", "write results/<run id>/report.html and benchmark.json: auto (when benchmarks/ runs), always, never"),
+    _Option("report", "auto", "write results/<run id>/report.html and benchmark.json: auto (when benchmarks/ runs), always, never",
+            _one_of("auto", "always", "never")),
 )
 
 
@@ -383,12 +375,6 @@ class Settings:
         values["results_dir"] = root / values["results_dir"]
         values["quant_python"] = root / values["quant_python"]
         values["cache_dir"] = Path(values["cache_dir"]).expanduser() if values["cache_dir"] else None
-        if values["engine"] not in ("vllm", "hf"):
-            raise pytest.UsageError(f"--qbench-engine must be vllm or hf, got {values['engine']!r}")
-        if values["truncation"] not in ("truncate", "reject"):
-            raise pytest.UsageError(f"--qbench-truncation must be truncate or reject, got {values['truncation']!r}")
-        if values["report"] not in ("auto", "always", "never"):
-            raise pytest.UsageError(f"--qbench-report must be auto, always or never, got {values['report']!r}")
         if values["sweep"] and values["sweep_max_batch"] < max(values["batch_sizes"]):
             raise pytest.UsageError(f"--qbench-sweep-max-batch {values['sweep_max_batch']} is below the largest "
                                     f"batch size {max(values['batch_sizes'])}, where the sweep starts")
