@@ -28,7 +28,8 @@
 #                                       max-autotune of the one packed shape is ~3; ~1 with the inductor cache
 #                                       of an earlier run), so run it detached and poll. Cut it with
 #                                       QBENCH_CEILING_TEXTS (8192), QBENCH_CEILING_HF_RUNGS, QBENCH_CEILING_PACK_TEXTS, QBENCH_CEILING_LADDER,
-#                                       QBENCH_CEILING_COMPILE_MODE (auto), QBENCH_CEILING_REPLICAS (2,3,4; empty: none).
+#                                       QBENCH_CEILING_COMPILE_MODE (auto), QBENCH_CEILING_REPLICAS (2,3,4; empty: none),
+#                                       QBENCH_CEILING_REPLICA_FEED (processes).
 #                                       Points are saved as each lands: a run stopped midway keeps them
 #   bash scripts/h200.sh vcpus OUT      each vCPU's speed at the same pure-Python work, all at once and
 #                                       one at a time, and whether a slow one stays slow (scripts/vcpu_speeds.py)
@@ -111,12 +112,15 @@ print(' '.join(m for m in ('vllm', 'datasets', 'bitsandbytes', 'locust', 'pytest
     # 5% does it go on to 262144 batched tokens, async scheduling and larger graph capture; the HF rungs
     # compile one shape (the packed rows), which the graphs rung then replays. Packed batches hold about
     # 4096 texts (200 rows of 512): a call took 184 ms there against 28.1 ms at 25 rows, 21% less per row
-    # (ceiling-2026-12-03c/README.md); QBENCH_CEILING_PACK_TEXTS=0 packs the padded sweep's best batch
+    # (ceiling-2026-12-03c/README.md); QBENCH_CEILING_PACK_TEXTS=0 packs the padded sweep's best batch.
+    # vLLM replicas are fed from processes of their own: fed from threads, 3 replicas did 4,086 texts/s
+    # against one engine's 6,507 (ceiling-2026-12-03c); QBENCH_CEILING_REPLICA_FEED=threads,processes runs both
     ladder=${QBENCH_CEILING_LADDER-in_process=true;in_process=true,max_num_seqs=2048,max_num_batched_tokens=262144,async_scheduling=true,max_cudagraph_capture_size=2048}
     QBENCH_TIME_LIMIT=${QBENCH_TIME_LIMIT:-1080} bash "$0" matrix "$out" fp16_baseline,hf_reference \
       -m "gpu and saturation" --qbench-batch-sizes 512 --qbench-sweep on \
       --qbench-sweep-configs fp16_baseline,hf_reference --qbench-sweep-texts "${QBENCH_CEILING_TEXTS:-8192}" \
       --qbench-sweep-engine-settings "$ladder" --qbench-sweep-replicas "${QBENCH_CEILING_REPLICAS-2,3,4}" \
+      --qbench-sweep-replica-feed "${QBENCH_CEILING_REPLICA_FEED:-processes}" \
       --qbench-sweep-hf-rungs "${QBENCH_CEILING_HF_RUNGS:-packed,packed+compile+graphs,packed+flex+compile}" \
       --qbench-sweep-pack-texts "${QBENCH_CEILING_PACK_TEXTS:-4096}" \
       --qbench-sweep-compile-mode "${QBENCH_CEILING_COMPILE_MODE:-auto}" "$@" ;;

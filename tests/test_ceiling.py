@@ -281,10 +281,24 @@ def test_a_rung_that_cannot_start_is_recorded_and_ends_the_ladder(monkeypatch):
 
 def test_replicas_share_the_memory_and_a_failed_set_is_a_point():
     top = ceiling.Point("c", "vllm", "engine", "tokens", 64, texts_per_s=1.0, engine_settings={"max_num_seqs": 512})
-    engine = _StandIn(fail_on={"gpu_memory_utilization": 0.125})
+    engine = _StandIn(fail_on=ceiling.replica_memory(_StandIn(), 4))
     point = ceiling.replica_point(engine, 4, top, ["t"] * 8, [1] * 8, 8, config="c")
     assert point.replicas == 4 and point.error.startswith("4 replicas failed: ValueError")
     assert engine.log == []  # nothing started, nothing left running
+
+
+def test_replicas_split_the_device_not_the_swept_engines_share():
+    # the sweep has the device alone: fp16_baseline's 0.5 split four ways left no KV cache on an H200
+    class Engine:
+        engine_kwargs: dict = {}
+
+    engine = Engine()
+    assert ceiling.replica_memory(engine, 2) == {}  # a CPU engine has no GPU share to split
+    engine.engine_kwargs = {"gpu_memory_utilization": 0.5}
+    assert [ceiling.replica_memory(engine, n) for n in (2, 4)] == [{"gpu_memory_utilization": 0.425},
+                                                                   {"gpu_memory_utilization": 0.212}]
+    engine.engine_kwargs = {"gpu_memory_utilization": 0.95}  # a user who gave the engine more keeps it
+    assert ceiling.replica_memory(engine, 2) == {"gpu_memory_utilization": 0.475}
 
 
 def test_replicas_of_an_in_process_rung_get_processes_of_their_own():
@@ -295,7 +309,7 @@ def test_replicas_of_an_in_process_rung_get_processes_of_their_own():
     with ceiling.started_replicas(engine, 2, top) as replicas:
         assert len(replicas) == 2
     starts = [overrides for kind, overrides in engine.log if kind == "start"]
-    assert starts == [{"in_process": False, "max_num_seqs": 512, "gpu_memory_utilization": 0.25}] * 2
+    assert starts == [{"in_process": False, "max_num_seqs": 512, "gpu_memory_utilization": 0.425}] * 2
     # and their points say so: not the in-process settings of the point they copy
     failed = ceiling.replica_point(_StandIn(fail_on={"max_num_seqs": 512}), 2, top, ["t"] * 8, [1] * 8, 8, config="c")
     assert failed.engine_settings == {"in_process": False, "max_num_seqs": 512}

@@ -93,6 +93,7 @@ def sweep_batch_sizes(start: int, maximum: int) -> list[int]:
 
 
 MIN_BATCHES = 5  # timed calls per point, however large the batch: a p95 needs a few samples
+REPLICAS_DEVICE_SHARE = 0.85  # of GPU memory, split between the replicas: a sweep has the device alone (not under -n)
 
 
 def batch_indices(lengths: Sequence[int], batch_size: int, total: int, order: str,
@@ -284,14 +285,18 @@ def replica_settings(engine, top: Point) -> dict[str, Any]:
     return share
 
 
+def replica_memory(engine, count: int) -> dict[str, float]:
+    """Each replica's GPU memory share (none on a CPU): the device's or the swept engine's, if larger, split
+    evenly. Split from fp16_baseline's 0.5, four replicas on an H200 had no memory left for a KV cache."""
+    utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
+    return {"gpu_memory_utilization": round(max(utilization, REPLICAS_DEVICE_SHARE) / count, 3)} if utilization else {}
+
+
 @contextmanager
 def started_replicas(engine, count: int, top: Point) -> Iterator[list]:
     """`count` copies of the engine at the best point's settings, each with its share of the GPU memory
-    the original was given; closed on the way out."""
-    share = replica_settings(engine, top)
-    utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
-    if utilization:
-        share["gpu_memory_utilization"] = utilization / count
+    (replica_memory); closed on the way out."""
+    share = {**replica_settings(engine, top), **replica_memory(engine, count)}
     replicas: list = []
     try:
         for _ in range(count):

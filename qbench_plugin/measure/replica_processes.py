@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qbench_plugin.measure.ceiling import STRINGS, TOKENS, MIN_BATCHES, Point, batch_indices, tracked
+from qbench_plugin.measure.ceiling import STRINGS, TOKENS, MIN_BATCHES, Point, batch_indices, replica_memory, tracked
 
 FEED = "processes"  # path_settings["feed"] of these points
 START_TIMEOUT_S = 1800.0  # a cold vLLM start on a GPU compiles for minutes; N start at once
@@ -78,13 +78,10 @@ def process_replica_points(engine, count: int, top: Point, texts: Sequence[str],
                            config: str, inputs: Sequence[str] = (TOKENS, STRINGS),
                            start_timeout_s: float = START_TIMEOUT_S) -> list[Point]:
     """`count` replicas at the best point's batch size and settings (each with its share of the GPU
-    memory `engine` was given), one process each, started at once; a point per input, timed from
+    memory, ceiling.replica_memory), one process each, started at once; a point per input, timed from
     the start signal to the last replica's last result. Replicas that cannot start or fail are one
     point with the error: a finding, not a crash."""
-    settings = dict(top.engine_settings)
-    utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
-    if utilization:
-        settings["gpu_memory_utilization"] = utilization / count
+    settings = {**top.engine_settings, **replica_memory(engine, count)}
     extra = {"feed": FEED}
 
     def point(input: str, **fields: Any) -> Point:
