@@ -40,6 +40,27 @@ def test_each_sample_records_the_tokens_of_the_texts_it_timed():
     assert row_order(len(texts)) == order  # the same for every run
 
 
+def test_a_cpu_plan_sends_every_timed_shape_once_before_the_rounds():
+    # CPU kernels are built per input shape on first use: the rounds must not be where that happens
+    texts = [f"t{i}" for i in range(12)]
+    counts = [1 + i % 3 for i in range(12)]  # three lengths: at bs 1, three shapes
+    plan = RoundPlan.of(samples=10, rounds=None, device="cpu", warmup=1, seed=3)
+    assert plan.every_shape and plan.as_dict()["warmup_every_shape"]
+    assert not RoundPlan.of(samples=10, rounds=None, device="cuda", warmup=1, seed=3).every_shape
+    engines = {"a": _Recorder(), "b": _Recorder()}
+    cases = [("a", 1), ("b", 1), ("b", 2)]
+    run_rounds(engines, cases, texts, plan, is_out_of_memory=lambda exc: False, token_counts=counts)
+    calls_before_rounds = plan.warmup + 3  # warm-up, then one call per bs-1 shape
+    first = engines["a"].calls[:calls_before_rounds]
+    assert sorted({counts[int(t[1:])] for batch in first[plan.warmup:] for t in batch}) == [1, 2, 3]
+    timed = [batch for batch in engines["a"].calls[calls_before_rounds:]]
+    assert len(timed) == plan.rounds * (plan.block + 1)  # the rounds themselves are unchanged
+    # without token counts every batch the rounds will send is its own shape
+    engine = {"a": _Recorder()}
+    run_rounds(engine, [("a", 2)], texts, plan, is_out_of_memory=lambda exc: False)
+    assert len(engine["a"].calls) == plan.warmup + 2 * plan.rounds * (plan.block + 1)
+
+
 def test_mfu_uses_each_cases_timed_tokens():
     table = pd.DataFrame({"config": ["c", "c", "c"], "batch_size": [1, 8, 32],
                           "throughput_samples_per_s": [100.0, 100.0, 100.0],
