@@ -50,9 +50,9 @@ class RoundPlan:
     block: int  # timed batches per case per round
     warmup: int  # untimed batches per case before the first round
     seed: int
-    # then one untimed call per distinct shape of the batches the rounds will time (CPU): CPU kernels are
-    # built per input shape on first use and shared by the process's engines, so without it the first
-    # case of a batch size in each early round paid for the round's new shapes (on the 2-core CPU, rounds
+    # then one untimed call per distinct shape of the batches the rounds will time (CPU): without it the
+    # first case of a batch size in each early round paid for the round's new shapes, as if CPU kernels
+    # were built per shape on first use and shared by the process's engines (on the 2-core CPU, rounds
     # 0-4: 1.47x its median against 0.84x for the cases after it; none after round 15; none on an H200)
     every_shape: bool = False
 
