@@ -97,7 +97,7 @@ def measurement_design(r: RunResults) -> str:
     out = [f"Design: {m.get('design', 'interleaved rounds')}. Each case's {m['rounds'] * m['block']} timed batches "
            f"were split into {m['rounds']} rounds of {m['block']}, after {m['warmup']} untimed warm-up batches"
            + (" and one untimed batch of every shape the rounds would time" if m.get("warmup_every_shape") else "")
-           + f"; in "
+           + "; in "
            f"every round each case ran one untimed call and then its block, the cases in a fresh random order "
            f"(seed {m['seed']}; `qbench.json` -> `measurement.orders` has every round's order). Garbage collection "
            "was off inside a block and memory was read between blocks (per config after its largest batch, in about 25 "
