@@ -191,11 +191,14 @@ def measure_ceiling(benchmark, engine: Engine, texts: list[str], *, settings: Se
                                               also=also)
                 for one in found if isinstance(found, list) else [found]:
                     keep(one)
-            # an HF replica has no settings another process could start it from: threads only, unless asked
-            feeds = settings.sweep_replica_feed
-            if "processes" in feeds and (engine.name == "vllm" or "threads" not in feeds):
+            if "processes" in settings.sweep_replica_feed and engine.name == "vllm":
                 for one in process_replica_points(engine, count, top, texts, lengths, settings.sweep_texts, config=config):
                     keep(one)
+        if top is not None and settings.sweep_replicas and settings.sweep_replica_feed == ("processes",) \
+                and engine.name != "vllm":
+            # an HF replica has no settings another process could start it from: one point says so, not one a count
+            keep(process_replica_points(engine, settings.sweep_replicas[0], top, texts, lengths, settings.sweep_texts,
+                                        config=config)[0])
         return points
 
     benchmark.pedantic(run, rounds=1, iterations=1)

@@ -76,9 +76,11 @@ def test_ceiling_table_gives_engine_points_mfu_and_names_the_best():
               _point(stage="tokenizer", input="strings", texts_per_s=20000.0, tokenizers_parallelism=True),
               _point(config="b", engine="hf", order="length_sorted", texts_per_s=300.0)]
     frame = ceiling_table(points, {"mean_tokens_per_text": 10.0, "non_embedding_params": 1e9}, 1000.0)
-    engine = frame[frame["stage"] == "engine"]
+    engine = frame[(frame["stage"] == "engine") & frame["error"].isna()]
     assert np.allclose(engine["mfu"], 2 * 1e9 * engine["texts_per_s"] * 10 / 1e12 / 1000)
     assert frame.loc[frame["stage"] == "tokenizer", "mfu"].isna().all()
+    assert frame.loc[frame["error"].notna(), "mfu"].isna().all()  # it measured nothing: no 0.00% MFU in the table
+    assert ceiling_display(frame).loc[frame["error"].notna(), "MFU"].eq("-").all()
     top = ceiling_best(frame).set_index("config")
     assert top.loc["a", "batch_size"] == 128 and top.loc["b", "order"] == "length_sorted"
     shown = ceiling_display(frame)
@@ -235,6 +237,23 @@ def test_sweep_through_the_plugin(tmp_path, embedded_model):
     assert "Saturation point of cpu_default" in log and f"{top['texts_per_s']:,.1f} texts/s" in log
     assert "Throughput ceiling" in (run_dir / "report.html").read_text()
 
+
+
+@pytest.mark.slow
+def test_an_hf_sweep_asked_for_process_fed_replicas_says_once_why_it_has_none(tmp_path, embedded_model):
+    # the H200 ceiling script feeds replicas from processes (vLLM only) and sweeps an HF config too: each
+    # replica count used to add an error point of its own to the HF table
+    proc = _pytest("--qbench-sweep", "on", "--qbench-configs", "cpu_default", "--qbench-engine", "hf",
+                   f"--qbench-results-dir={tmp_path}", "--qbench-batch-sizes", "16", "--qbench-sweep-texts", "32",
+                   "--qbench-sweep-max-batch", "32", "--qbench-sweep-hf-rungs", "", "--qbench-sweep-tokenize", "off",
+                   "--qbench-sweep-replicas", "2,3", "--qbench-sweep-replica-feed", "processes")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (run_dir,) = list(tmp_path.iterdir())
+    points = json.loads((run_dir / "qbench.json").read_text())["ceiling"]
+    assert {p["engine"] for p in points} == {"hf"}
+    (replicated,) = [p for p in points if p["replicas"] > 1]
+    assert replicated["error"].endswith("hf replicas are fed from threads only (--qbench-sweep-replica-feed threads)")
+    assert replicated["path_settings"] == {"feed": "processes"} and replicated["texts_per_s"] == 0
 
 # -- ladder and replicas: the decision logic, with stand-in engines (no engine claim) --------------
 

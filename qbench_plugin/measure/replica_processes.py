@@ -19,7 +19,7 @@ import numpy as np
 from qbench_plugin.measure.ceiling import STRINGS, TOKENS, MIN_BATCHES, Point, batch_indices, replica_memory, tracked
 
 FEED = "processes"  # path_settings["feed"] of these points
-START_TIMEOUT_S = 1800.0  # a cold vLLM start on a GPU compiles for minutes; N start at once
+START_TIMEOUT_S = 1800.0  # a cold vLLM start on a GPU compiles for minutes (a replica's start, each in turn)
 
 
 def _serve(template, settings: dict[str, Any], batches: list[list[str]], conn: Connection) -> None:
@@ -51,8 +51,9 @@ def _serve(template, settings: dict[str, Any], batches: list[list[str]], conn: C
         conn.close()
 
 
-def _answers(conns: Sequence[Connection], expected: str, timeout_s: float) -> list[Any]:
-    """One answer from every replica, or the first replica's error (a replica that died says EOF)."""
+def _answers(conns: Sequence[Connection], expected: str, timeout_s: float, *, first: int = 0) -> list[Any]:
+    """One answer from every replica, or the first replica's error (a replica that died says EOF);
+    replicas are named by position, counted from `first`."""
     answers: dict[int, Any] = {}
     deadline = time.monotonic() + timeout_s
     while len(answers) < len(conns):
@@ -61,7 +62,7 @@ def _answers(conns: Sequence[Connection], expected: str, timeout_s: float) -> li
         if not ready:
             raise TimeoutError(f"{len(waiting)} of {len(conns)} replica processes did not answer in {timeout_s:.0f} s")
         for conn in ready:
-            k = conns.index(conn)
+            k = conns.index(conn) + first
             try:
                 kind, value = conn.recv()
             except EOFError:
@@ -70,7 +71,7 @@ def _answers(conns: Sequence[Connection], expected: str, timeout_s: float) -> li
                 raise RuntimeError(f"replica process {k}: {value}")
             if kind != expected:
                 raise RuntimeError(f"replica process {k} answered {kind!r}, expected {expected!r}")
-            answers[k] = value
+            answers[k - first] = value
     return [answers[k] for k in range(len(conns))]
 
 
@@ -78,9 +79,14 @@ def process_replica_points(engine, count: int, top: Point, texts: Sequence[str],
                            config: str, inputs: Sequence[str] = (TOKENS, STRINGS),
                            start_timeout_s: float = START_TIMEOUT_S) -> list[Point]:
     """`count` replicas at the best point's batch size and settings (each with its share of the GPU
-    memory, ceiling.replica_memory), one process each, started at once; a point per input, timed from
-    the start signal to the last replica's last result. Replicas that cannot start or fail are one
-    point with the error: a finding, not a crash."""
+    memory, ceiling.replica_memory), one process each; a point per input, timed from the start signal to
+    the last replica's last result. Replicas that cannot start or fail are one point with the error: a
+    finding, not a crash.
+
+    Each replica starts once the one before it is ready: vLLM sizes its KV cache from whole-device
+    free-memory deltas while it profiles, so replicas profiling at once charge each other's loading to
+    themselves (vllm-project/vllm#55827, seen on 0.24). On the H200, 3 and 4 replicas started at once
+    failed with "No available memory for the cache blocks" at 0.283 and 0.212 of the device each."""
     settings = {**top.engine_settings, **replica_memory(engine, count)}
     extra = {"feed": FEED}
 
@@ -90,7 +96,7 @@ def process_replica_points(engine, count: int, top: Point, texts: Sequence[str],
 
     if engine.name != "vllm":
         return [point(TOKENS, error=f"replicas fed from processes start vLLM engines from their settings; "
-                                    f"{engine.name} replicas are fed from threads only")]
+                                    f"{engine.name} replicas are fed from threads only (--qbench-sweep-replica-feed threads)")]
     batches = [[texts[i] for i in rows]
                for rows in batch_indices(lengths, top.batch_size, total * count, top.order, min_batches=MIN_BATCHES * count)]
     shares = [batches[k::count] for k in range(count)]
@@ -105,7 +111,7 @@ def process_replica_points(engine, count: int, top: Point, texts: Sequence[str],
             child.close()  # so that a replica that dies is EOF here
             conns.append(parent)
             processes.append(process)
-        _answers(conns, "ready", start_timeout_s)
+            _answers([parent], "ready", start_timeout_s, first=len(conns) - 1)
         for input in inputs:
             found = point(input)
             with tracked(found):

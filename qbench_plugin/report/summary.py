@@ -85,14 +85,16 @@ def add_derived(table: pd.DataFrame, workload: Mapping[str, Any], peak_tflops: f
 
 def ceiling_table(points: Iterable[Mapping[str, Any]], workload: Mapping[str, Any],
                   peak_tflops: float | None) -> pd.DataFrame:
-    """The sweep's points (qbench.json "ceiling") with tokens/s, TFLOP/s and MFU; the tokenizer's own
-    points do no model FLOPs and get none."""
+    """The sweep's points (qbench.json "ceiling") with tokens/s, TFLOP/s and MFU, where a point measured
+    model work."""
     frame = pd.DataFrame(list(points))
     if frame.empty:
         return frame
     frame["throughput_samples_per_s"] = frame["texts_per_s"]
     frame = add_derived(frame, workload, peak_tflops).drop(columns="throughput_samples_per_s")
-    frame.loc[frame["stage"] != "engine", ["tokens_per_s", "achieved_tflops", "mfu"]] = float("nan")
+    # the tokenizer's points do no model FLOPs; a failed point measured none (its 0 texts/s is no 0% MFU)
+    failed = frame["error"].notna() if "error" in frame else False
+    frame.loc[(frame["stage"] != "engine") | failed, ["tokens_per_s", "achieved_tflops", "mfu"]] = float("nan")
     return frame
 
 
