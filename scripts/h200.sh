@@ -24,9 +24,9 @@
 #                                       the settings for a ratio between sessions (README, "How qbench measures")
 #   bash scripts/h200.sh ceiling OUT [pytest args...]   the throughput-ceiling sweep of fp16_baseline and
 #                                       hf_reference alone (issue 21's rungs), into OUT/; prepares the fp16 model
-#                                       only. About 13 minutes (engines ~2.5, vLLM ~5, HF ~5.5, of which
-#                                       max-autotune of the one packed shape is ~3; ~1 with the inductor cache
-#                                       of an earlier run), so run it detached and poll. Cut it with
+#                                       only. 12 m 14 s cold, 7 m 30 s with the vLLM and inductor caches of
+#                                       an earlier run (ceiling-2026-12-04/; replicas then started at once, now
+#                                       one after another: add a few engine starts), so run it detached and poll. Cut it with
 #                                       QBENCH_CEILING_TEXTS (8192), QBENCH_CEILING_HF_RUNGS, QBENCH_CEILING_PACK_TEXTS, QBENCH_CEILING_LADDER,
 #                                       QBENCH_CEILING_COMPILE_MODE (auto), QBENCH_CEILING_REPLICAS (2,3,4; empty: none),
 #                                       QBENCH_CEILING_REPLICA_FEED (processes).
