@@ -284,8 +284,12 @@ def test_ladder_stops_at_the_first_rung_without_a_gain(monkeypatch):
     rungs = [{"max_num_seqs": n} for n in (256, 512, 1024, 2048)]
     engine = _StandIn()
     found = list(ceiling.variant_ladder(engine, rungs, [], [], [64], 64, start, config="c", is_out_of_memory=lambda e: False))
-    assert [p.engine_settings for p in found] == rungs[:3]  # 1210 is under 1200 * 1.05: the ladder ends there
+    # 1210 is under 1200 * 1.05: the ladder ends there; each rung had 85% of the device, not the engine's 0.5
+    assert [p.engine_settings for p in found] == [{**r, "gpu_memory_utilization": 0.85} for r in rungs[:3]]
     assert [kind for kind, _ in engine.log].count("close") == 3  # every rung's engine closed
+    own = list(ceiling.variant_ladder(_StandIn(), [{"gpu_memory_utilization": 0.3}], [], [], [64], 64, start, config="c",
+                                      is_out_of_memory=lambda e: False))
+    assert own[0].engine_settings == {"gpu_memory_utilization": 0.3}  # a rung that names its memory keeps it
 
 
 def test_a_rung_that_cannot_start_is_recorded_and_ends_the_ladder(monkeypatch):
@@ -295,12 +299,12 @@ def test_a_rung_that_cannot_start_is_recorded_and_ends_the_ladder(monkeypatch):
     rungs = [{"max_num_seqs": 1024}, {"max_num_seqs": 4096}, {"max_num_seqs": 8192}]
     found = list(ceiling.variant_ladder(engine, rungs, [], [], [64], 64, [], config="c", is_out_of_memory=lambda e: False))
     assert len(found) == 2 and found[1].error.startswith("engine did not start: ValueError: not enough KV cache")
-    assert found[1].engine_settings == {"max_num_seqs": 4096}
+    assert found[1].engine_settings == {"max_num_seqs": 4096, "gpu_memory_utilization": 0.85}
 
 
 def test_replicas_share_the_memory_and_a_failed_set_is_a_point():
     top = ceiling.Point("c", "vllm", "engine", "tokens", 64, texts_per_s=1.0, engine_settings={"max_num_seqs": 512})
-    engine = _StandIn(fail_on=ceiling.replica_memory(_StandIn(), 4))
+    engine = _StandIn(fail_on=ceiling.memory_share(_StandIn(), 4))
     point = ceiling.replica_point(engine, 4, top, ["t"] * 8, [1] * 8, 8, config="c")
     assert point.replicas == 4 and point.error.startswith("4 replicas failed: ValueError")
     assert engine.log == []  # nothing started, nothing left running
@@ -312,12 +316,12 @@ def test_replicas_split_the_device_not_the_swept_engines_share():
         engine_kwargs: dict = {}
 
     engine = Engine()
-    assert ceiling.replica_memory(engine, 2) == {}  # a CPU engine has no GPU share to split
+    assert ceiling.memory_share(engine, 2) == {}  # a CPU engine has no GPU share to split
     engine.engine_kwargs = {"gpu_memory_utilization": 0.5}
-    assert [ceiling.replica_memory(engine, n) for n in (2, 4)] == [{"gpu_memory_utilization": 0.425},
+    assert [ceiling.memory_share(engine, n) for n in (2, 4)] == [{"gpu_memory_utilization": 0.425},
                                                                    {"gpu_memory_utilization": 0.212}]
     engine.engine_kwargs = {"gpu_memory_utilization": 0.95}  # a user who gave the engine more keeps it
-    assert ceiling.replica_memory(engine, 2) == {"gpu_memory_utilization": 0.475}
+    assert ceiling.memory_share(engine, 2) == {"gpu_memory_utilization": 0.475}
 
 
 def test_replicas_of_an_in_process_rung_get_processes_of_their_own():

@@ -253,9 +253,10 @@ def variant_ladder(engine, variants: Sequence[dict[str, int]], texts: Sequence[s
                    is_out_of_memory: Callable[[BaseException], bool]) -> Iterator[Point]:
     """Each engine-settings variant started in turn (the caller has closed `engine`) and swept from tokens;
     the ladder stops at the first rung that does not beat the best so far by 5%, or that cannot start
-    (too big for the device: kept as a point with the error, not raised)."""
+    (too big: a point with the error, not raised). A rung gets the device's memory, not the swept engine's share."""
     best_so_far = fastest(so_far)  # the ladder climbs on raw speed; the named point is best()'s to choose
-    for variant in variants:
+    for rung in variants:
+        variant = {**memory_share(engine, 1), **rung}  # a rung that names its own memory keeps it
         before = best_so_far.texts_per_s if best_so_far else 0.0
         try:
             other = engine.variant(**variant)
@@ -285,8 +286,8 @@ def replica_settings(engine, top: Point) -> dict[str, Any]:
     return share
 
 
-def replica_memory(engine, count: int) -> dict[str, float]:
-    """Each replica's GPU memory share (none on a CPU): the device's or the swept engine's, if larger, split
+def memory_share(engine, count: int) -> dict[str, float]:
+    """Each of `count` engines' GPU share (none on a CPU): the device's or the swept engine's, if larger, split
     evenly. Split from fp16_baseline's 0.5, four replicas on an H200 had no memory left for a KV cache."""
     utilization = getattr(engine, "engine_kwargs", {}).get("gpu_memory_utilization")
     return {"gpu_memory_utilization": round(max(utilization, REPLICAS_DEVICE_SHARE) / count, 3)} if utilization else {}
@@ -295,8 +296,8 @@ def replica_memory(engine, count: int) -> dict[str, float]:
 @contextmanager
 def started_replicas(engine, count: int, top: Point) -> Iterator[list]:
     """`count` copies of the engine at the best point's settings, each with its share of the GPU memory
-    (replica_memory); closed on the way out."""
-    share = {**replica_settings(engine, top), **replica_memory(engine, count)}
+    (memory_share); closed on the way out."""
+    share = {**replica_settings(engine, top), **memory_share(engine, count)}
     replicas: list = []
     try:
         for _ in range(count):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qbench_plugin.measure.ceiling import STRINGS, TOKENS, MIN_BATCHES, Point, batch_indices, replica_memory, tracked
+from qbench_plugin.measure.ceiling import STRINGS, TOKENS, MIN_BATCHES, Point, batch_indices, memory_share, tracked
 
 FEED = "processes"  # path_settings["feed"] of these points
 START_TIMEOUT_S = 1800.0  # a cold vLLM start on a GPU compiles for minutes (a replica's start, each in turn)
@@ -79,7 +79,7 @@ def process_replica_points(engine, count: int, top: Point, texts: Sequence[str],
                            config: str, inputs: Sequence[str] = (TOKENS, STRINGS),
                            start_timeout_s: float = START_TIMEOUT_S) -> list[Point]:
     """`count` replicas at the best point's batch size and settings (each with its share of the GPU
-    memory, ceiling.replica_memory), one process each; a point per input, timed from the start signal to
+    memory, ceiling.memory_share), one process each; a point per input, timed from the start signal to
     the last replica's last result. Replicas that cannot start or fail are one point with the error: a
     finding, not a crash.
 
@@ -87,7 +87,7 @@ def process_replica_points(engine, count: int, top: Point, texts: Sequence[str],
     free-memory deltas while it profiles, so replicas profiling at once charge each other's loading to
     themselves (vllm-project/vllm#55827, seen on 0.24). On the H200, 3 and 4 replicas started at once
     failed with "No available memory for the cache blocks" at 0.283 and 0.212 of the device each."""
-    settings = {**top.engine_settings, **replica_memory(engine, count)}
+    settings = {**top.engine_settings, **memory_share(engine, count)}
     extra = {"feed": FEED}
 
     def point(input: str, **fields: Any) -> Point:
